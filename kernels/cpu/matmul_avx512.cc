@@ -1,0 +1,114 @@
+// AVX-512 packed matmul: register tiles of up to 12 rows x 32 columns (24 accumulators).
+// Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c; only called when the CPU has them.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <cstdint>
+
+#include "kernels/cpu/matmul_internal.h"
+
+namespace blockserve::kernels::internal {
+namespace {
+
+constexpr int kMaxRows = 12;
+
+template <WeightType T>
+inline void LoadRow(const uint8_t* p, __m512& lo, __m512& hi) {
+  if constexpr (T == WeightType::kF32) {
+    const float* f = reinterpret_cast<const float*>(p);
+    lo = _mm512_loadu_ps(f);
+    hi = _mm512_loadu_ps(f + 16);
+  } else if constexpr (T == WeightType::kF16) {
+    lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    hi = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+  } else {
+    const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512i b =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+    lo = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+    hi = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+  }
+}
+
+// acc[r] (+)= x[r][0..kc) * panel[0..kc)[0..32) for R rows. `first`: start from zero, else
+// continue the chain from the values already in y.
+template <WeightType T, int R>
+void Tile(const float* x, int ldx, const uint8_t* panel, int kc, float* y, int ldy, bool first,
+          __mmask16 m0, __mmask16 m1) {
+  constexpr size_t kRowBytes = kPanel * WeightTypeSize(T);
+  __m512 acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) {
+    if (first) {
+      acc0[r] = _mm512_setzero_ps();
+      acc1[r] = _mm512_setzero_ps();
+    } else {
+      acc0[r] = _mm512_maskz_loadu_ps(m0, y + r * ldy);
+      acc1[r] = _mm512_maskz_loadu_ps(m1, y + r * ldy + 16);
+    }
+  }
+  for (int k = 0; k < kc; ++k) {
+    __m512 b0, b1;
+    LoadRow<T>(panel + k * kRowBytes, b0, b1);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
+      acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(y + r * ldy, m0, acc0[r]);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc1[r]);
+  }
+}
+
+template <WeightType T>
+using TileFn = void (*)(const float*, int, const uint8_t*, int, float*, int, bool, __mmask16,
+                        __mmask16);
+
+template <WeightType T, int... Rs>
+constexpr auto MakeTiles(std::integer_sequence<int, Rs...>) {
+  return std::array<TileFn<T>, sizeof...(Rs)>{&Tile<T, Rs + 1>...};
+}
+
+template <WeightType T>
+void Run(const float* x, int m, int ldx, const PackedMatrix& w, int p0, int p1, float* y,
+         int ldy) {
+  static constexpr auto kTiles = MakeTiles<T>(std::make_integer_sequence<int, kMaxRows>());
+  constexpr size_t es = WeightTypeSize(T);
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  for (int p = p0; p < p1; ++p) {
+    const int n0 = p * kPanel;
+    const int valid = std::min(kPanel, w.n - n0);
+    const __mmask16 m0 = valid >= 16 ? 0xffff : static_cast<__mmask16>((1u << valid) - 1);
+    const __mmask16 m1 =
+        valid >= 32 ? 0xffff : (valid <= 16 ? 0 : static_cast<__mmask16>((1u << (valid - 16)) - 1));
+    const uint8_t* panel = data + static_cast<size_t>(p) * w.k * kPanel * es;
+    for (int k0 = 0; k0 < w.k; k0 += kKChunk) {
+      const int kc = std::min(kKChunk, w.k - k0);
+      const uint8_t* chunk = panel + static_cast<size_t>(k0) * kPanel * es;
+      for (int r0 = 0; r0 < m; r0 += kMaxRows) {
+        const int rows = std::min(kMaxRows, m - r0);
+        kTiles[rows - 1](x + static_cast<size_t>(r0) * ldx + k0, ldx, chunk, kc,
+                         y + static_cast<size_t>(r0) * ldy + n0, ldy, k0 == 0, m0, m1);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void MatmulPanelsAvx512(const float* x, int m, int ldx, const PackedMatrix& w, int p0, int p1,
+                        float* y, int ldy) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return Run<WeightType::kF32>(x, m, ldx, w, p0, p1, y, ldy);
+    case WeightType::kF16:
+      return Run<WeightType::kF16>(x, m, ldx, w, p0, p1, y, ldy);
+    case WeightType::kBF16:
+      return Run<WeightType::kBF16>(x, m, ldx, w, p0, p1, y, ldy);
+  }
+}
+
+}  // namespace blockserve::kernels::internal

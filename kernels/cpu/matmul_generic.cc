@@ -1,0 +1,2 @@
+#define MATMUL_GENERIC_NAME MatmulPanelsGeneric
+#include "kernels/cpu/matmul_generic.inc"

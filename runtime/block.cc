@@ -1,0 +1,42 @@
+#include "runtime/block.h"
+
+namespace blockserve::runtime {
+
+const char* BlockKindName(BlockKind k) {
+  switch (k) {
+    case BlockKind::kEmbed:
+      return "embed";
+    case BlockKind::kAttn:
+      return "attn";
+    case BlockKind::kFfn:
+      return "ffn";
+    case BlockKind::kHead:
+      return "head";
+  }
+  return "?";
+}
+
+void Batch::Clear() {
+  spans.clear();
+  tokens.clear();
+  logit_rows.clear();
+}
+
+void Batch::Add(SeqId seq, int pos, const int32_t* toks, int len, SeqSpan::Logits logits) {
+  const int first_row = num_tokens();
+  spans.push_back({seq, pos, len, logits});
+  tokens.insert(tokens.end(), toks, toks + len);
+  if (logits == SeqSpan::Logits::kAll) {
+    for (int i = 0; i < len; ++i) logit_rows.push_back(first_row + i);
+  } else if (logits == SeqSpan::Logits::kLast && len > 0) {
+    logit_rows.push_back(first_row + len - 1);
+  }
+}
+
+float* ExecContext::Scratch(int slot, size_t n) {
+  if (scratch_.size() <= static_cast<size_t>(slot)) scratch_.resize(slot + 1);
+  if (scratch_[slot].size() < n) scratch_[slot].resize(n);
+  return scratch_[slot].data();
+}
+
+}  // namespace blockserve::runtime

@@ -1,0 +1,67 @@
+// The unit of execution: a block maps the hidden states of a batch of sequence spans to new
+// hidden states. A model is an ordered chain of blocks (embed, attn/ffn per layer, head).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "runtime/device.h"
+
+namespace blockserve::runtime {
+
+enum class BlockKind : uint8_t { kEmbed, kAttn, kFfn, kHead };
+const char* BlockKindName(BlockKind k);
+
+using SeqId = int64_t;
+
+// One sequence's slice of a batch: `len` consecutive tokens starting at position `pos`. A
+// prefill span has many tokens, a decode span one; both mix freely in one batch.
+struct SeqSpan {
+  SeqId seq = 0;
+  int pos = 0;
+  int len = 0;
+  enum class Logits : uint8_t { kNone, kLast, kAll } logits = Logits::kLast;
+};
+
+struct Batch {
+  std::vector<SeqSpan> spans;
+  std::vector<int32_t> tokens;  // [num_tokens]: the spans' tokens, in span order
+  std::vector<float> hidden;    // [num_tokens][dim]
+  std::vector<int> logit_rows;  // token rows the head produces logits for
+  std::vector<float> logits;    // [logit_rows.size()][vocab]
+
+  void Clear();
+  // Appends a span for `seq` with `tokens` at positions pos, pos + 1, ...
+  void Add(SeqId seq, int pos, const int32_t* tokens, int len,
+           SeqSpan::Logits logits = SeqSpan::Logits::kLast);
+  int num_tokens() const { return static_cast<int>(tokens.size()); }
+};
+
+// Scratch and device for executing blocks; owned by one engine thread.
+class ExecContext {
+ public:
+  explicit ExecContext(CpuDevice* device) : device_(device) {}
+  CpuDevice& device() { return *device_; }
+  ThreadPool& pool() { return device_->pool(); }
+  // Scratch buffer `slot` with room for at least `n` floats (contents unspecified).
+  float* Scratch(int slot, size_t n);
+
+ private:
+  CpuDevice* device_;
+  std::vector<std::vector<float>> scratch_;
+};
+
+class Block {
+ public:
+  virtual ~Block() = default;
+  virtual BlockKind kind() const = 0;
+  // Runs the block on `batch` (hidden states in and out; embed reads tokens, head writes
+  // logits). Errors: invalid token ids, KV exhaustion, non-contiguous positions.
+  virtual absl::Status Forward(Batch& batch, ExecContext& ctx) = 0;
+  // Drops all state held for `seq` (attn: its KV pages). No-op for stateless blocks.
+  virtual void ReleaseSequence(SeqId seq) {}
+  virtual size_t weight_bytes() const = 0;
+};
+
+}  // namespace blockserve::runtime

@@ -1,0 +1,137 @@
+// attn: RMSNorm, fused Q|K|V projection, RoPE, grouped-query attention over this block's paged
+// KV cache, output projection, residual add. Stateful: holds the KV of its sequences.
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "runtime/blocks/blocks.h"
+#include "runtime/kv_cache.h"
+#include "runtime/linear.h"
+#include "runtime/status_macros.h"
+
+namespace blockserve::runtime {
+namespace {
+
+class AttnBlock final : public Block {
+ public:
+  AttnBlock(const ModelConfig& c, Tensor norm, PackedLinear qkv, PackedLinear wo,
+            const BlockOptions& opt)
+      : cfg_(c), norm_(std::move(norm)), qkv_(std::move(qkv)), wo_(std::move(wo)),
+        kv_(c.kv_dim(), opt.kv_page_size, opt.kv_max_pages) {}
+  BlockKind kind() const override { return BlockKind::kAttn; }
+  size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
+  void ReleaseSequence(SeqId seq) override { kv_.Release(seq); }
+
+  absl::Status Forward(Batch& batch, ExecContext& ctx) override {
+    const int t = batch.num_tokens();
+    const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), qkv_n = dim + 2 * kv_dim;
+    RETURN_IF_ERROR(ReserveKv(batch));
+    float* x = batch.hidden.data();                                    // [t, dim]
+    float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim);           // [t, dim]
+    float* qkv = ctx.Scratch(1, static_cast<size_t>(t) * qkv_n);        // [t, dim + 2*kv_dim]
+    float* att = ctx.Scratch(2, static_cast<size_t>(t) * dim);          // [t, dim]
+    float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim);          // [t, dim]
+    kernels::RmsNorm(x, norm_.data<float>(), t, dim, cfg_.norm_eps, xn);
+    qkv_.Forward(ctx.pool(), xn, t, qkv);
+    WriteKv(batch, qkv);
+    Attend(batch, ctx, qkv, att);
+    wo_.Forward(ctx.pool(), att, t, out);
+    const size_t n = static_cast<size_t>(t) * dim;
+    for (size_t i = 0; i < n; ++i) x[i] += out[i];
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status ReserveKv(const Batch& batch) {
+    for (const SeqSpan& s : batch.spans) {
+      const int have = kv_.Length(s.seq);
+      if (s.pos != have) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sequence ", s.seq, ": span starts at position ", s.pos, " but its KV holds ", have));
+      }
+      if (s.pos + s.len > cfg_.max_seq_len) {
+        return absl::OutOfRangeError(absl::StrCat("sequence ", s.seq, ": position ",
+                                                  s.pos + s.len, " exceeds the context length ",
+                                                  cfg_.max_seq_len));
+      }
+      RETURN_IF_ERROR(kv_.Reserve(s.seq, s.pos + s.len));
+    }
+    return absl::OkStatus();
+  }
+
+  // Rotates q and k of every token by its position and appends k, v to the sequence's KV.
+  void WriteKv(const Batch& batch, float* qkv) {
+    const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hd = cfg_.head_dim();
+    const int qkv_n = dim + 2 * kv_dim;
+    std::vector<float> cos_v(hd / 2), sin_v(hd / 2);
+    int row = 0;
+    for (const SeqSpan& s : batch.spans) {
+      for (int i = 0; i < s.len; ++i, ++row) {
+        float* q = qkv + static_cast<size_t>(row) * qkv_n;
+        float* k = q + dim;
+        float* v = k + kv_dim;
+        kernels::RopeAngles(s.pos + i, hd, cfg_.rope_theta, cos_v.data(), sin_v.data());
+        kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v.data(), sin_v.data());
+        kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v.data(), sin_v.data());
+        std::memcpy(kv_.Key(s.seq, s.pos + i), k, sizeof(float) * kv_dim);
+        std::memcpy(kv_.Value(s.seq, s.pos + i), v, sizeof(float) * kv_dim);
+      }
+      kv_.SetLength(s.seq, s.pos + s.len);
+    }
+  }
+
+  // One task per (token, head): causal attention over positions [0, pos].
+  void Attend(const Batch& batch, ExecContext& ctx, const float* qkv, float* att) {
+    const int dim = cfg_.dim, qkv_n = dim + 2 * cfg_.kv_dim();
+    struct Row {
+      SeqId seq;
+      int pos;
+    };
+    std::vector<Row> rows;
+    rows.reserve(batch.num_tokens());
+    for (const SeqSpan& s : batch.spans) {
+      for (int i = 0; i < s.len; ++i) rows.push_back({s.seq, s.pos + i});
+    }
+    const kernels::AttentionShape shape{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(),
+                                        kv_.page_size()};
+    const int heads = cfg_.n_heads;
+    ctx.pool().Run(static_cast<int>(rows.size()) * heads, [&](int task) {
+      thread_local std::vector<float> scores;
+      const Row& r = rows[task / heads];
+      const int h = task % heads;
+      if (scores.size() < static_cast<size_t>(r.pos + 1)) scores.resize(r.pos + 1);
+      kernels::AttendOne(qkv + static_cast<size_t>(task / heads) * qkv_n,
+                         kv_.KeyPages(r.seq).data(), kv_.ValuePages(r.seq).data(), r.pos + 1,
+                         shape, h, h + 1, scores.data(),
+                         att + static_cast<size_t>(task / heads) * dim);
+    });
+  }
+
+  ModelConfig cfg_;
+  Tensor norm_;       // [dim] f32
+  PackedLinear qkv_;  // [dim + 2*kv_dim, dim]: wq rows, wk rows, wv rows
+  PackedLinear wo_;   // [dim, dim]
+  KvCache kv_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Block>> MakeAttnBlock(const ModelWeights& w, int layer,
+                                                     const BlockOptions& opt) {
+  const ModelConfig& c = w.config;
+  if (opt.kv_page_size <= 0) return absl::InvalidArgumentError("kv_page_size must be positive");
+  ASSIGN_OR_RETURN(const Tensor* norm, w.Get(LayerTensor(layer, "attention_norm"), {c.dim}));
+  ASSIGN_OR_RETURN(const Tensor* wq, w.Get(LayerTensor(layer, "wq"), {c.dim, c.dim}));
+  ASSIGN_OR_RETURN(const Tensor* wk, w.Get(LayerTensor(layer, "wk"), {c.kv_dim(), c.dim}));
+  ASSIGN_OR_RETURN(const Tensor* wv, w.Get(LayerTensor(layer, "wv"), {c.kv_dim(), c.dim}));
+  ASSIGN_OR_RETURN(const Tensor* wo, w.Get(LayerTensor(layer, "wo"), {c.dim, c.dim}));
+  const DType storage = opt.weight_dtype.value_or(wq->dtype());
+  ASSIGN_OR_RETURN(PackedLinear qkv, PackedLinear::Pack({wq, wk, wv}, storage));
+  ASSIGN_OR_RETURN(PackedLinear o, PackedLinear::Pack({wo}, storage));
+  return std::make_shared<AttnBlock>(c, ToF32Tensor(*norm), std::move(qkv), std::move(o), opt);
+}
+
+}  // namespace blockserve::runtime

@@ -1,0 +1,29 @@
+// Factories for the block kinds, each implemented in its own file.
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "runtime/block.h"
+#include "runtime/model_weights.h"
+
+namespace blockserve::runtime {
+
+struct BlockOptions {
+  // Storage type for matrix weights; nullopt keeps the file's type.
+  std::optional<DType> weight_dtype;
+  int kv_page_size = 16;  // tokens per KV page
+  int kv_max_pages = 0;   // per attn block; 0 = unbounded
+};
+
+absl::StatusOr<std::shared_ptr<Block>> MakeEmbedBlock(const ModelWeights& w,
+                                                      const BlockOptions& opt);
+absl::StatusOr<std::shared_ptr<Block>> MakeAttnBlock(const ModelWeights& w, int layer,
+                                                     const BlockOptions& opt);
+absl::StatusOr<std::shared_ptr<Block>> MakeFfnBlock(const ModelWeights& w, int layer,
+                                                    const BlockOptions& opt);
+absl::StatusOr<std::shared_ptr<Block>> MakeHeadBlock(const ModelWeights& w,
+                                                     const BlockOptions& opt);
+
+}  // namespace blockserve::runtime

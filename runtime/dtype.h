@@ -1,0 +1,35 @@
+// Storage element types and scalar conversions (f32 compute everywhere on CPU).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+
+#include "kernels/half.h"
+
+namespace blockserve::runtime {
+
+enum class DType : uint8_t { kF32, kF16, kBF16, kI32 };
+
+constexpr size_t DTypeSize(DType t) {
+  switch (t) {
+    case DType::kF16:
+    case DType::kBF16:
+      return 2;
+    default:
+      return 4;
+  }
+}
+
+const char* DTypeName(DType t);
+
+using kernels::BF16ToFloat;
+using kernels::FloatToBF16;
+using kernels::FloatToHalf;
+using kernels::HalfToFloat;
+
+// Converts `n` elements of `src` (of type `t`, not kI32) to f32.
+void ConvertToF32(DType t, const void* src, size_t n, float* dst);
+
+}  // namespace blockserve::runtime

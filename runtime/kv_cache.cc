@@ -1,0 +1,71 @@
+#include "runtime/kv_cache.h"
+
+#include "runtime/check.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/tensor.h"
+
+namespace blockserve::runtime {
+
+KvCache::KvCache(int kv_dim, int page_size, int max_pages)
+    : kv_dim_(kv_dim), page_size_(page_size), max_pages_(max_pages) {}
+
+absl::Status KvCache::Reserve(SeqId seq, int len) {
+  Seq& s = seqs_[seq];
+  const size_t page_floats = static_cast<size_t>(page_size_) * kv_dim_;
+  const size_t need = (static_cast<size_t>(len) + page_size_ - 1) / page_size_;
+  while (s.k.size() < need) {
+    float* page;
+    if (!free_.empty()) {
+      page = free_.back();
+      free_.pop_back();
+    } else {
+      if (max_pages_ > 0 && static_cast<int>(pages_.size()) >= max_pages_) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("KV cache full: ", pages_used_, " of ", max_pages_, " pages in use"));
+      }
+      pages_.push_back(AllocateAligned(2 * page_floats * sizeof(float)));
+      page = static_cast<float*>(pages_.back().get());
+    }
+    s.k.push_back(page);
+    s.v.push_back(page + page_floats);
+    ++pages_used_;
+  }
+  return absl::OkStatus();
+}
+
+const KvCache::Seq& KvCache::Get(SeqId seq) const {
+  static const Seq kEmpty;
+  auto it = seqs_.find(seq);
+  return it == seqs_.end() ? kEmpty : it->second;
+}
+
+int KvCache::Length(SeqId seq) const { return Get(seq).length; }
+
+void KvCache::SetLength(SeqId seq, int len) {
+  Seq& s = seqs_[seq];
+  BS_CHECK(len <= static_cast<int>(s.k.size()) * page_size_);
+  s.length = len;
+}
+
+float* KvCache::Key(SeqId seq, int pos) {
+  const Seq& s = seqs_.at(seq);
+  return const_cast<float*>(s.k[pos / page_size_]) + (pos % page_size_) * kv_dim_;
+}
+
+float* KvCache::Value(SeqId seq, int pos) {
+  const Seq& s = seqs_.at(seq);
+  return const_cast<float*>(s.v[pos / page_size_]) + (pos % page_size_) * kv_dim_;
+}
+
+const std::vector<const float*>& KvCache::KeyPages(SeqId seq) const { return Get(seq).k; }
+const std::vector<const float*>& KvCache::ValuePages(SeqId seq) const { return Get(seq).v; }
+
+void KvCache::Release(SeqId seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  for (const float* p : it->second.k) free_.push_back(const_cast<float*>(p));
+  pages_used_ -= static_cast<int>(it->second.k.size());
+  seqs_.erase(it);
+}
+
+}  // namespace blockserve::runtime

@@ -1,0 +1,54 @@
+// Paged KV storage of one attn block instance: fixed-size pages of [page_size][kv_dim] floats
+// for K and for V, a page list per sequence. Owned by the engine thread (no locks).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "runtime/block.h"
+
+namespace blockserve::runtime {
+
+class KvCache {
+ public:
+  // max_pages == 0: grow without bound.
+  KvCache(int kv_dim, int page_size, int max_pages);
+
+  // Makes room for positions [0, len) of `seq`. ResourceExhausted when the pool is full (the
+  // sequence keeps what it had).
+  absl::Status Reserve(SeqId seq, int len);
+  // Positions written so far (the next token goes at this position).
+  int Length(SeqId seq) const;
+  void SetLength(SeqId seq, int len);
+
+  float* Key(SeqId seq, int pos);
+  float* Value(SeqId seq, int pos);
+  const std::vector<const float*>& KeyPages(SeqId seq) const;
+  const std::vector<const float*>& ValuePages(SeqId seq) const;
+
+  void Release(SeqId seq);
+  int page_size() const { return page_size_; }
+  int pages_used() const { return pages_used_; }
+  int pages_allocated() const { return static_cast<int>(pages_.size()); }
+  size_t num_sequences() const { return seqs_.size(); }
+
+ private:
+  struct Seq {
+    std::vector<const float*> k;
+    std::vector<const float*> v;
+    int length = 0;
+  };
+  const Seq& Get(SeqId seq) const;
+
+  int kv_dim_;
+  int page_size_;
+  int max_pages_;
+  int pages_used_ = 0;
+  std::vector<std::shared_ptr<void>> pages_;  // each holds K then V
+  std::vector<float*> free_;
+  absl::flat_hash_map<SeqId, Seq> seqs_;
+};
+
+}  // namespace blockserve::runtime

@@ -1,0 +1,96 @@
+#include "runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/activations.h"
+
+namespace blockserve::runtime {
+
+absl::Status SamplingParams::Validate() const {
+  if (!(temperature >= 0.0f) || !std::isfinite(temperature)) {
+    return absl::InvalidArgumentError(absl::StrCat("temperature must be >= 0, got ", temperature));
+  }
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+  }
+  if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
+  return absl::OkStatus();
+}
+
+Sampler::Sampler(const SamplingParams& params)
+    : params_(params), rng_state_(params.seed == 0 ? 0x9E3779B97F4A7C15ull : params.seed) {}
+
+uint32_t Sampler::NextU32() {  // xorshift64*, as llama2.c random_u32
+  rng_state_ ^= rng_state_ >> 12;
+  rng_state_ ^= rng_state_ << 25;
+  rng_state_ ^= rng_state_ >> 27;
+  return static_cast<uint32_t>((rng_state_ * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+float Sampler::NextF32() { return static_cast<float>(NextU32() >> 8) / 16777216.0f; }
+
+int Argmax(const float* x, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+int Sampler::SampleTopP(const float* probs, int n, float coin) {
+  // Tokens below the cutoff cannot be part of the nucleus; dropping them first keeps the sort
+  // short (llama2.c's trick).
+  const float cutoff = (1.0f - params_.top_p) / static_cast<float>(n - 1);
+  candidates_.clear();
+  for (int i = 0; i < n; ++i) {
+    if (probs[i] >= cutoff) candidates_.push_back({probs[i], i});
+  }
+  std::stable_sort(candidates_.begin(), candidates_.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  float cumulative = 0.0f;
+  int last = static_cast<int>(candidates_.size()) - 1;
+  for (int i = 0; i < static_cast<int>(candidates_.size()); ++i) {
+    cumulative += candidates_[i].first;
+    if (cumulative > params_.top_p) {
+      last = i;
+      break;
+    }
+  }
+  const float r = coin * cumulative;
+  float cdf = 0.0f;
+  for (int i = 0; i <= last; ++i) {
+    cdf += candidates_[i].first;
+    if (r < cdf) return candidates_[i].second;
+  }
+  return candidates_[last].second;
+}
+
+int Sampler::Sample(float* logits, int vocab) {
+  if (params_.temperature == 0.0f) return Argmax(logits, vocab);
+  for (int i = 0; i < vocab; ++i) logits[i] /= params_.temperature;
+  if (params_.top_k > 0 && params_.top_k < vocab) {
+    std::vector<float> sorted(logits, logits + vocab);
+    std::nth_element(sorted.begin(), sorted.begin() + (params_.top_k - 1), sorted.end(),
+                     std::greater<float>());
+    const float kth = sorted[params_.top_k - 1];
+    for (int i = 0; i < vocab; ++i) {
+      if (logits[i] < kth) logits[i] = -std::numeric_limits<float>::infinity();
+    }
+  }
+  kernels::Softmax(logits, vocab);
+  const float coin = NextF32();
+  if (params_.top_p <= 0.0f || params_.top_p >= 1.0f) {
+    float cdf = 0.0f;
+    for (int i = 0; i < vocab; ++i) {
+      cdf += logits[i];
+      if (coin < cdf) return i;
+    }
+    return vocab - 1;
+  }
+  return SampleTopP(logits, vocab, coin);
+}
+
+}  // namespace blockserve::runtime

@@ -1,0 +1,107 @@
+#include "server/generate_command.h"
+
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "blockzoo/model_loader.h"
+#include "runtime/chain.h"
+#include "runtime/device.h"
+#include "scheduler/generator.h"
+
+ABSL_FLAG(std::string, model, "", "model file: llama2.c checkpoint (.bin) or GGUF");
+ABSL_FLAG(std::string, tokenizer, "", "tokenizer file (llama2.c .bin or tokenizer.json); "
+                                      "default: the GGUF's own, or tok<vocab>.bin next to the model");
+ABSL_FLAG(std::string, prompt, "", "prompt text");
+ABSL_FLAG(int, max_tokens, 256, "tokens to generate at most");
+ABSL_FLAG(double, temperature, 0.0, "sampling temperature (0 = greedy)");
+ABSL_FLAG(double, top_p, 1.0, "nucleus sampling mass in (0, 1]");
+ABSL_FLAG(int, top_k, 0, "sample among the k most likely tokens (0 = off)");
+ABSL_FLAG(uint64_t, seed, 0, "sampling seed (0 = fixed default)");
+ABSL_FLAG(int, threads, 0, "compute threads (0 = BLOCKSERVE_THREADS or all CPUs)");
+
+namespace blockserve::server {
+namespace {
+
+// Prints a piece unless it is a single unprintable control byte (as llama2.c does).
+void PrintPiece(const std::string& piece) {
+  if (piece.size() == 1) {
+    const unsigned char c = piece[0];
+    if (!(std::isprint(c) || std::isspace(c))) return;
+  }
+  std::fwrite(piece.data(), 1, piece.size(), stdout);
+}
+
+}  // namespace
+
+int RunGenerate() {
+  const std::string model_path = absl::GetFlag(FLAGS_model);
+  if (model_path.empty()) {
+    std::fprintf(stderr, "blockserve generate: --model is required\n");
+    return 2;
+  }
+  const std::string tok_flag = absl::GetFlag(FLAGS_tokenizer);
+  auto loaded = blockzoo::LoadModelFile(
+      model_path, tok_flag.empty() ? std::nullopt : std::optional<std::string>(tok_flag));
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(loaded.status().message()).c_str());
+    return 1;
+  }
+  if (!loaded->tokenizer) {
+    std::fprintf(stderr, "error: %s: no tokenizer found; pass --tokenizer\n", model_path.c_str());
+    return 1;
+  }
+  const runtime::Tokenizer& tok = *loaded->tokenizer;
+  auto chain = runtime::BuildChain(loaded->weights);
+  if (!chain.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(chain.status().message()).c_str());
+    return 1;
+  }
+  const int threads = absl::GetFlag(FLAGS_threads);
+  runtime::CpuDevice cpu(threads > 0 ? threads : runtime::DefaultThreadCount());
+  runtime::ExecContext ctx(&cpu);
+
+  scheduler::GenerationRequest req;
+  req.prompt = tok.Encode(absl::GetFlag(FLAGS_prompt), /*add_bos=*/true);
+  if (req.prompt.empty()) req.prompt.push_back(0);
+  req.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  req.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  req.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  req.sampling.top_k = absl::GetFlag(FLAGS_top_k);
+  req.sampling.seed = absl::GetFlag(FLAGS_seed);
+  for (int32_t id : {tok.bos_id(), tok.eos_id()}) {
+    if (id >= 0) req.stop_tokens.push_back(id);
+  }
+  // Echo the prompt (every token after the first, as llama2.c prints it).
+  for (size_t i = 1; i < req.prompt.size(); ++i) PrintPiece(tok.Decode(req.prompt[i - 1], req.prompt[i]));
+  int32_t prev = req.prompt.back();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto result = scheduler::GenerateBatch(*chain, ctx, {req}, [&](int, int32_t id) {
+    PrintPiece(tok.Decode(prev, id));
+    std::fflush(stdout);
+    prev = id;
+  });
+  std::printf("\n");
+  if (!result.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
+    return 1;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto& r = (*result)[0];
+  std::fprintf(stderr, "%zu tokens in %.3f s (%.1f tok/s), finish: %s, %s\n", r.tokens.size(),
+               secs, r.tokens.size() / secs,
+               scheduler::FinishReasonName(r.finish), cpu.name().c_str());
+  return 0;
+}
+
+int RunDevices() {
+  for (const auto& d : runtime::ListDevices()) {
+    std::printf("%s: %s\n", d.kind == runtime::DeviceKind::kCpu ? "cpu" : "cuda",
+                d.description.c_str());
+  }
+  return 0;
+}
+
+}  // namespace blockserve::server

@@ -13,10 +13,12 @@
 
 namespace blockserve::runtime {
 namespace {
-constexpr int kSpinIterations = 200000;  // ~ a few ms of spinning before sleeping
+constexpr int kSpinIterations = 30000;  // ~0.5 ms of spinning before sleeping
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) {
+ThreadPool::ThreadPool(int num_threads)
+    // Spinning only pays when every thread has a core; oversubscribed, it starves the others.
+    : spin_iterations_(num_threads <= DefaultCpuCount() ? kSpinIterations : 64) {
   for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
@@ -38,7 +40,7 @@ void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   while (true) {
     uint64_t g = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < kSpinIterations; ++spin) {
+    for (int spin = 0; g == seen && spin < spin_iterations_; ++spin) {
       BS_PAUSE();
       g = generation_.load(std::memory_order_acquire);
     }
@@ -68,7 +70,13 @@ void ThreadPool::Run(int n, absl::FunctionRef<void(int)> fn) {
   DoTasks();
   // Every worker must leave DoTasks before the job's state can be reused.
   const int workers = static_cast<int>(workers_.size());
-  while (workers_done_.load(std::memory_order_acquire) < workers) BS_PAUSE();
+  for (int spin = 0; workers_done_.load(std::memory_order_acquire) < workers; ++spin) {
+    if (spin < spin_iterations_) {
+      BS_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn) {
@@ -86,6 +94,10 @@ int DefaultThreadCount() {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
+  return DefaultCpuCount();
+}
+
+int DefaultCpuCount() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));

@@ -38,6 +38,7 @@ class ThreadPool {
   std::atomic<int> next_{0};
   std::atomic<int> workers_done_{0};
   std::atomic<bool> stop_{false};
+  const int spin_iterations_;
   int num_tasks_ = 0;
   const absl::FunctionRef<void(int)>* fn_ = nullptr;
 };
@@ -45,5 +46,7 @@ class ThreadPool {
 // Threads to use by default: the BLOCKSERVE_THREADS environment variable, else the number of
 // CPUs this process may run on.
 int DefaultThreadCount();
+// CPUs this process may run on.
+int DefaultCpuCount();
 
 }  // namespace blockserve::runtime

@@ -1,0 +1,141 @@
+// Every non-matmul kernel against a plain double-precision reference.
+#include <cmath>
+
+#include "kernels/cpu/activations.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/half.h"
+#include "tests/testing/test_util.h"
+
+namespace blockserve::kernels {
+namespace {
+
+using blockserve::testing::RandomVector;
+
+TEST(RmsNorm, MatchesReference) {
+  const int rows = 3, dim = 67;
+  auto x = RandomVector(rows * dim, 1);
+  auto w = RandomVector(dim, 2);
+  std::vector<float> out(rows * dim);
+  RmsNorm(x.data(), w.data(), rows, dim, 1e-5f, out.data());
+  for (int r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int j = 0; j < dim; ++j) ss += double(x[r * dim + j]) * x[r * dim + j];
+    const double scale = 1.0 / std::sqrt(ss / dim + 1e-5);
+    for (int j = 0; j < dim; ++j) {
+      EXPECT_NEAR(out[r * dim + j], w[j] * x[r * dim + j] * scale, 1e-5);
+    }
+  }
+}
+
+TEST(Rope, BothConventionsMatchReference) {
+  const int heads = 3, hd = 16, pos = 37;
+  const float theta = 10000.0f;
+  std::vector<float> c(hd / 2), s(hd / 2);
+  RopeAngles(pos, hd, theta, c.data(), s.data());
+  for (RopeStyle style : {RopeStyle::kInterleaved, RopeStyle::kRotateHalf}) {
+    auto x = RandomVector(heads * hd, 3);
+    auto y = x;
+    ApplyRope(style, y.data(), heads, hd, c.data(), s.data());
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < hd / 2; ++i) {
+        const double ang = pos * std::pow(double(theta), -2.0 * i / hd);
+        const int a = style == RopeStyle::kInterleaved ? 2 * i : i;
+        const int b = style == RopeStyle::kInterleaved ? 2 * i + 1 : i + hd / 2;
+        const double x0 = x[h * hd + a], x1 = x[h * hd + b];
+        EXPECT_NEAR(y[h * hd + a], x0 * std::cos(ang) - x1 * std::sin(ang), 2e-5);
+        EXPECT_NEAR(y[h * hd + b], x0 * std::sin(ang) + x1 * std::cos(ang), 2e-5);
+      }
+    }
+  }
+}
+
+TEST(SwiGlu, MatchesReference) {
+  auto g = RandomVector(50, 4, 3.0f), u = RandomVector(50, 5);
+  std::vector<float> out(50);
+  SwiGlu(g.data(), u.data(), 50, out.data());
+  for (int i = 0; i < 50; ++i) {
+    const double ref = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+    EXPECT_NEAR(out[i], ref, 1e-5 * (1 + std::fabs(ref)));
+  }
+}
+
+TEST(Softmax, MatchesReferenceAndIsStableForLargeInputs) {
+  auto x = RandomVector(40, 6, 20.0f);
+  x[3] = 1e4f;  // would overflow exp without the max subtraction
+  auto y = x;
+  Softmax(y.data(), 40);
+  double mx = *std::max_element(x.begin(), x.end()), sum = 0;
+  for (float v : x) sum += std::exp(v - mx);
+  for (int i = 0; i < 40; ++i) EXPECT_NEAR(y[i], std::exp(x[i] - mx) / sum, 1e-6);
+}
+
+TEST(Attention, PagedGqaMatchesReference) {
+  AttentionShape s{8, 2, 8, 4};  // 8 query heads share 2 kv heads; pages of 4 tokens
+  const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 11;
+  const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
+  auto kbuf = RandomVector(n_pages * s.page_size * kv_dim, 7);
+  auto vbuf = RandomVector(n_pages * s.page_size * kv_dim, 8);
+  std::vector<const float*> kp, vp;
+  for (int p = n_pages - 1; p >= 0; --p) {  // pages out of order in memory on purpose
+    kp.insert(kp.begin(), kbuf.data() + p * s.page_size * kv_dim);
+    vp.insert(vp.begin(), vbuf.data() + p * s.page_size * kv_dim);
+  }
+  auto q = RandomVector(s.n_heads * s.head_dim, 9);
+  std::vector<float> out(s.n_heads * s.head_dim), scores(n_ctx);
+  AttendOne(q.data(), kp.data(), vp.data(), n_ctx, s, 0, s.n_heads, scores.data(), out.data());
+  for (int h = 0; h < s.n_heads; ++h) {
+    const int kvh = h / (s.n_heads / s.n_kv_heads);
+    std::vector<double> sc(n_ctx);
+    double mx = -1e300, sum = 0;
+    for (int t = 0; t < n_ctx; ++t) {
+      const float* k = kp[t / s.page_size] + (t % s.page_size) * kv_dim + kvh * s.head_dim;
+      double d = 0;
+      for (int i = 0; i < s.head_dim; ++i) d += double(q[h * s.head_dim + i]) * k[i];
+      sc[t] = d / std::sqrt(double(s.head_dim));
+      mx = std::max(mx, sc[t]);
+    }
+    for (auto& v : sc) sum += (v = std::exp(v - mx));
+    for (int i = 0; i < s.head_dim; ++i) {
+      double ref = 0;
+      for (int t = 0; t < n_ctx; ++t) {
+        ref += sc[t] / sum * vp[t / s.page_size][(t % s.page_size) * kv_dim + kvh * s.head_dim + i];
+      }
+      EXPECT_NEAR(out[h * s.head_dim + i], ref, 1e-5) << "head " << h << " dim " << i;
+    }
+  }
+}
+
+TEST(Embedding, LooksUpRowsOfEveryType) {
+  const int vocab = 5, dim = 3;
+  std::vector<float> table = RandomVector(vocab * dim, 10);
+  std::vector<uint16_t> half(table.size()), bf(table.size());
+  for (size_t i = 0; i < table.size(); ++i) {
+    half[i] = FloatToHalf(table[i]);
+    bf[i] = FloatToBF16(table[i]);
+  }
+  const int ids[] = {4, 0, 4};
+  std::vector<float> out(3 * dim);
+  EmbeddingLookup(WeightType::kF32, table.data(), dim, ids, 3, out.data());
+  for (int j = 0; j < dim; ++j) EXPECT_EQ(out[j], table[4 * dim + j]);
+  EmbeddingLookup(WeightType::kF16, half.data(), dim, ids, 3, out.data());
+  for (int j = 0; j < dim; ++j) EXPECT_NEAR(out[dim + j], table[j], 2e-3);
+  EmbeddingLookup(WeightType::kBF16, bf.data(), dim, ids, 3, out.data());
+  for (int j = 0; j < dim; ++j) EXPECT_NEAR(out[2 * dim + j], table[4 * dim + j], 2e-2);
+}
+
+TEST(Half, RoundTripsEveryFiniteHalf) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00) continue;  // inf / nan
+    ASSERT_EQ(FloatToHalf(HalfToFloat(static_cast<uint16_t>(h))), h) << std::hex << h;
+  }
+  EXPECT_EQ(HalfToFloat(FloatToHalf(65504.0f)), 65504.0f);
+  EXPECT_TRUE(std::isinf(HalfToFloat(FloatToHalf(1e6f))));
+  EXPECT_EQ(BF16ToFloat(FloatToBF16(1.0f)), 1.0f);
+  EXPECT_NEAR(BF16ToFloat(FloatToBF16(3.14159f)), 3.14159f, 0.02f);
+}
+
+}  // namespace
+}  // namespace blockserve::kernels

@@ -1,0 +1,31 @@
+#include "runtime/device.h"
+
+#include "tests/testing/test_util.h"
+
+namespace blockserve::runtime {
+namespace {
+
+TEST(Device, CpuCapabilitiesAreQueried) {
+  CpuDevice cpu(2);
+  const Device& d = cpu;
+  EXPECT_EQ(d.kind(), DeviceKind::kCpu);
+  EXPECT_TRUE(d.Supports(Op::kMatmul, DType::kF16));
+  EXPECT_TRUE(d.Supports(Op::kMatmul, DType::kBF16));
+  EXPECT_TRUE(d.Supports(Op::kAttention, DType::kF32));
+  EXPECT_FALSE(d.Supports(Op::kAttention, DType::kF16));
+  EXPECT_NE(d.name().find("2 threads"), std::string::npos);
+}
+
+TEST(Device, ListingWorksWithoutAGpu) {
+  const auto devices = ListDevices();
+  ASSERT_FALSE(devices.empty());
+  EXPECT_EQ(devices[0].kind, DeviceKind::kCpu);
+  if (CudaDeviceCount() == 0) {
+    for (const auto& d : devices) {
+      if (d.kind == DeviceKind::kCuda) EXPECT_EQ(d.description.rfind("no GPU", 0), 0u);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace blockserve::runtime

@@ -47,14 +47,12 @@ void KvCache::SetLength(SeqId seq, int len) {
   s.length = len;
 }
 
-float* KvCache::Key(SeqId seq, int pos) {
-  const Seq& s = seqs_.at(seq);
-  return const_cast<float*>(s.k[pos / page_size_]) + (pos % page_size_) * kv_dim_;
+float* KvCache::KeyPage(SeqId seq, int pos) {
+  return const_cast<float*>(seqs_.at(seq).k[pos / page_size_]);
 }
 
-float* KvCache::Value(SeqId seq, int pos) {
-  const Seq& s = seqs_.at(seq);
-  return const_cast<float*>(s.v[pos / page_size_]) + (pos % page_size_) * kv_dim_;
+float* KvCache::ValuePage(SeqId seq, int pos) {
+  return const_cast<float*>(seqs_.at(seq).v[pos / page_size_]);
 }
 
 const std::vector<const float*>& KvCache::KeyPages(SeqId seq) const { return Get(seq).k; }

@@ -1,4 +1,4 @@
-// Paged KV storage of one attn block instance: fixed-size pages of [page_size][kv_dim] floats
+// Paged KV storage of one attn block instance: fixed-size pages of page_size * kv_dim floats
 // for K and for V, a page list per sequence. Owned by the engine thread (no locks).
 #pragma once
 
@@ -23,8 +23,9 @@ class KvCache {
   int Length(SeqId seq) const;
   void SetLength(SeqId seq, int len);
 
-  float* Key(SeqId seq, int pos);
-  float* Value(SeqId seq, int pos);
+  // The K and V pages holding position `pos` (layout: kernels/cpu/attention.h).
+  float* KeyPage(SeqId seq, int pos);
+  float* ValuePage(SeqId seq, int pos);
   const std::vector<const float*>& KeyPages(SeqId seq) const;
   const std::vector<const float*>& ValuePages(SeqId seq) const;
 

@@ -1,4 +1,8 @@
 // Grouped-query attention of one query token over a paged KV cache.
+//
+// Page layout (chosen for the kernel): a K page is [n_kv_heads][head_dim][page_size] —
+// transposed, so 16 keys' scores come out of one vector FMA per head dimension without
+// horizontal sums — and a V page is [page_size][n_kv_heads * head_dim].
 #pragma once
 
 namespace blockserve::kernels {
@@ -6,14 +10,22 @@ namespace blockserve::kernels {
 struct AttentionShape {
   int n_heads = 0;
   int n_kv_heads = 0;  // n_heads % n_kv_heads == 0; query head h reads kv head h / group
-  int head_dim = 0;
-  int page_size = 0;  // tokens per KV page; a page is [page_size][n_kv_heads * head_dim]
+  int head_dim = 0;    // at most kMaxHeadDim
+  int page_size = 0;   // tokens per KV page, a multiple of kPageAlign
 };
+
+constexpr int kPageAlign = 16;
+constexpr int kMaxHeadDim = 256;
+
+// Writes one token's k, v ([n_kv_heads * head_dim] each) into slot `slot` of its pages.
+void StoreKv(const float* k, const float* v, const AttentionShape& shape, int slot,
+             float* k_page, float* v_page);
 
 // For query heads [head_begin, head_end):
 //   out[h] = softmax(q[h] . K[0..n_ctx) / sqrt(head_dim)) . V[0..n_ctx)
 // q, out: [n_heads][head_dim]; k_pages/v_pages: the sequence's pages in order;
-// scores: scratch of n_ctx floats.
+// scores: scratch of n_ctx rounded up to kPageAlign floats. The result for a query depends only
+// on its own inputs (never on other queries computed alongside).
 void AttendOne(const float* q, const float* const* k_pages, const float* const* v_pages,
                int n_ctx, const AttentionShape& shape, int head_begin, int head_end,
                float* scores, float* out);

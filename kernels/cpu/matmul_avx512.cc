@@ -13,6 +13,7 @@ namespace blockserve::kernels::internal {
 namespace {
 
 constexpr int kMaxRows = 12;
+constexpr int kPrefetchRows = 24;  // panel rows ahead (3 KiB of f32)
 
 template <WeightType T>
 inline void LoadRow(const uint8_t* p, __m512& lo, __m512& hi) {
@@ -49,6 +50,9 @@ void Tile(const float* x, int ldx, const uint8_t* panel, int kc, float* y, int l
     }
   }
   for (int k = 0; k < kc; ++k) {
+    {  // weights stream from DRAM: prefetch well ahead (the next chunk/panel is contiguous)
+      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + kPrefetchRows) * kRowBytes), _MM_HINT_T0);
+    }
     __m512 b0, b1;
     LoadRow<T>(panel + k * kRowBytes, b0, b1);
     for (int r = 0; r < R; ++r) {

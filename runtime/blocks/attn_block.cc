@@ -20,6 +20,7 @@ class AttnBlock final : public Block {
   AttnBlock(const ModelConfig& c, Tensor norm, PackedLinear qkv, PackedLinear wo,
             const BlockOptions& opt)
       : cfg_(c), norm_(std::move(norm)), qkv_(std::move(qkv)), wo_(std::move(wo)),
+        shape_{c.n_heads, c.n_kv_heads, c.head_dim(), opt.kv_page_size},
         kv_(c.kv_dim(), opt.kv_page_size, opt.kv_max_pages) {}
   BlockKind kind() const override { return BlockKind::kAttn; }
   size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
@@ -76,8 +77,8 @@ class AttnBlock final : public Block {
         kernels::RopeAngles(s.pos + i, hd, cfg_.rope_theta, cos_v.data(), sin_v.data());
         kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v.data(), sin_v.data());
         kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v.data(), sin_v.data());
-        std::memcpy(kv_.Key(s.seq, s.pos + i), k, sizeof(float) * kv_dim);
-        std::memcpy(kv_.Value(s.seq, s.pos + i), v, sizeof(float) * kv_dim);
+        kernels::StoreKv(k, v, shape_, (s.pos + i) % kv_.page_size(), kv_.KeyPage(s.seq, s.pos + i),
+                         kv_.ValuePage(s.seq, s.pos + i));
       }
       kv_.SetLength(s.seq, s.pos + s.len);
     }
@@ -95,17 +96,16 @@ class AttnBlock final : public Block {
     for (const SeqSpan& s : batch.spans) {
       for (int i = 0; i < s.len; ++i) rows.push_back({s.seq, s.pos + i});
     }
-    const kernels::AttentionShape shape{cfg_.n_heads, cfg_.n_kv_heads, cfg_.head_dim(),
-                                        kv_.page_size()};
     const int heads = cfg_.n_heads;
     ctx.pool().Run(static_cast<int>(rows.size()) * heads, [&](int task) {
       thread_local std::vector<float> scores;
       const Row& r = rows[task / heads];
       const int h = task % heads;
-      if (scores.size() < static_cast<size_t>(r.pos + 1)) scores.resize(r.pos + 1);
+      const size_t need = (r.pos + kernels::kPageAlign) / kernels::kPageAlign * kernels::kPageAlign;
+      if (scores.size() < need) scores.resize(need);
       kernels::AttendOne(qkv + static_cast<size_t>(task / heads) * qkv_n,
                          kv_.KeyPages(r.seq).data(), kv_.ValuePages(r.seq).data(), r.pos + 1,
-                         shape, h, h + 1, scores.data(),
+                         shape_, h, h + 1, scores.data(),
                          att + static_cast<size_t>(task / heads) * dim);
     });
   }
@@ -114,6 +114,7 @@ class AttnBlock final : public Block {
   Tensor norm_;       // [dim] f32
   PackedLinear qkv_;  // [dim + 2*kv_dim, dim]: wq rows, wk rows, wv rows
   PackedLinear wo_;   // [dim, dim]
+  kernels::AttentionShape shape_;
   KvCache kv_;
 };
 
@@ -122,7 +123,14 @@ class AttnBlock final : public Block {
 absl::StatusOr<std::shared_ptr<Block>> MakeAttnBlock(const ModelWeights& w, int layer,
                                                      const BlockOptions& opt) {
   const ModelConfig& c = w.config;
-  if (opt.kv_page_size <= 0) return absl::InvalidArgumentError("kv_page_size must be positive");
+  if (opt.kv_page_size <= 0 || opt.kv_page_size % kernels::kPageAlign != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_page_size must be a positive multiple of ",
+                                                   kernels::kPageAlign, ", got ", opt.kv_page_size));
+  }
+  if (c.head_dim() > kernels::kMaxHeadDim) {
+    return absl::UnimplementedError(absl::StrCat("head_dim ", c.head_dim(), " exceeds ",
+                                                 kernels::kMaxHeadDim));
+  }
   ASSIGN_OR_RETURN(const Tensor* norm, w.Get(LayerTensor(layer, "attention_norm"), {c.dim}));
   ASSIGN_OR_RETURN(const Tensor* wq, w.Get(LayerTensor(layer, "wq"), {c.dim, c.dim}));
   ASSIGN_OR_RETURN(const Tensor* wk, w.Get(LayerTensor(layer, "wk"), {c.kv_dim(), c.dim}));

@@ -73,25 +73,31 @@ TEST(Softmax, MatchesReferenceAndIsStableForLargeInputs) {
 }
 
 TEST(Attention, PagedGqaMatchesReference) {
-  AttentionShape s{8, 2, 8, 4};  // 8 query heads share 2 kv heads; pages of 4 tokens
-  const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 11;
+  AttentionShape s{8, 2, 8, 16};  // 8 query heads share 2 kv heads; pages of 16 tokens
+  const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 37;
   const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
-  auto kbuf = RandomVector(n_pages * s.page_size * kv_dim, 7);
-  auto vbuf = RandomVector(n_pages * s.page_size * kv_dim, 8);
-  std::vector<const float*> kp, vp;
-  for (int p = n_pages - 1; p >= 0; --p) {  // pages out of order in memory on purpose
-    kp.insert(kp.begin(), kbuf.data() + p * s.page_size * kv_dim);
-    vp.insert(vp.begin(), vbuf.data() + p * s.page_size * kv_dim);
+  // Logical K/V rows, stored through StoreKv into pages placed out of order in memory.
+  auto krows = RandomVector(n_ctx * kv_dim, 7);
+  auto vrows = RandomVector(n_ctx * kv_dim, 8);
+  std::vector<float> kbuf(n_pages * s.page_size * kv_dim), vbuf(kbuf.size());
+  std::vector<const float*> kp(n_pages), vp(n_pages);
+  for (int p = 0; p < n_pages; ++p) {
+    kp[p] = kbuf.data() + (n_pages - 1 - p) * s.page_size * kv_dim;
+    vp[p] = vbuf.data() + (n_pages - 1 - p) * s.page_size * kv_dim;
+  }
+  for (int t = 0; t < n_ctx; ++t) {
+    StoreKv(krows.data() + t * kv_dim, vrows.data() + t * kv_dim, s, t % s.page_size,
+            const_cast<float*>(kp[t / s.page_size]), const_cast<float*>(vp[t / s.page_size]));
   }
   auto q = RandomVector(s.n_heads * s.head_dim, 9);
-  std::vector<float> out(s.n_heads * s.head_dim), scores(n_ctx);
+  std::vector<float> out(s.n_heads * s.head_dim), scores(n_pages * s.page_size);
   AttendOne(q.data(), kp.data(), vp.data(), n_ctx, s, 0, s.n_heads, scores.data(), out.data());
   for (int h = 0; h < s.n_heads; ++h) {
     const int kvh = h / (s.n_heads / s.n_kv_heads);
     std::vector<double> sc(n_ctx);
     double mx = -1e300, sum = 0;
     for (int t = 0; t < n_ctx; ++t) {
-      const float* k = kp[t / s.page_size] + (t % s.page_size) * kv_dim + kvh * s.head_dim;
+      const float* k = krows.data() + t * kv_dim + kvh * s.head_dim;
       double d = 0;
       for (int i = 0; i < s.head_dim; ++i) d += double(q[h * s.head_dim + i]) * k[i];
       sc[t] = d / std::sqrt(double(s.head_dim));
@@ -101,7 +107,7 @@ TEST(Attention, PagedGqaMatchesReference) {
     for (int i = 0; i < s.head_dim; ++i) {
       double ref = 0;
       for (int t = 0; t < n_ctx; ++t) {
-        ref += sc[t] / sum * vp[t / s.page_size][(t % s.page_size) * kv_dim + kvh * s.head_dim + i];
+        ref += sc[t] / sum * vrows[t * kv_dim + kvh * s.head_dim + i];
       }
       EXPECT_NEAR(out[h * s.head_dim + i], ref, 1e-5) << "head " << h << " dim " << i;
     }

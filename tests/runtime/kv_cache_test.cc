@@ -12,7 +12,7 @@ TEST(KvCache, PagesAreReservedReusedAndBounded) {
   KvCache kv(/*kv_dim=*/4, /*page_size=*/2, /*max_pages=*/3);
   ASSERT_THAT(kv.Reserve(1, 3), IsOk());  // 2 pages
   EXPECT_EQ(kv.pages_used(), 2);
-  kv.Key(1, 2)[3] = 7.0f;
+  kv.KeyPage(1, 2)[3] = 7.0f;
   kv.SetLength(1, 3);
   EXPECT_EQ(kv.Length(1), 3);
   EXPECT_EQ(kv.KeyPages(1).size(), 2u);

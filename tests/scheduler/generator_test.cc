@@ -20,7 +20,7 @@ class GeneratorTest : public ::testing::Test {
     ASSERT_THAT(m, IsOk());
     model_ = std::move(*m);
     runtime::BlockOptions opt;
-    opt.kv_page_size = 8;
+    opt.kv_page_size = 32;
     auto c = runtime::BuildChain(model_.weights, opt);
     ASSERT_THAT(c, IsOk());
     chain_ = std::make_unique<runtime::Chain>(std::move(*c));

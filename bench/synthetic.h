@@ -1,0 +1,18 @@
+// Synthetic Llama-shape models with random weights: for timing only, never for correctness.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/model_weights.h"
+
+namespace blockserve::bench {
+
+// The reference shape: dim 768, 12 layers, 12 heads, FFN 2048, vocab 32000 (~110M
+// parameters, untied head).
+runtime::ModelConfig Llama110MConfig();
+
+// Random weights (uniform, std ~0.02; norms 1) stored as `dtype`.
+runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& config,
+                                           runtime::DType dtype, uint64_t seed);
+
+}  // namespace blockserve::bench

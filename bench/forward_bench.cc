@@ -90,12 +90,14 @@ double Prefill(const runtime::Chain& chain, runtime::ExecContext& ctx, int token
 int Main(int argc, char** argv) {
   int threads = runtime::DefaultThreadCount();
   bool quick = false;
-  std::string only_dtype, only_mode;  // --dtype f32|f16, --mode decode|prefill (for profiling)
+  std::string only_dtype, only_mode;
+  int only_batch = 0;  // --dtype f32|f16, --mode decode|prefill (for profiling)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc) only_dtype = argv[++i];
     if (!std::strcmp(argv[i], "--mode") && i + 1 < argc) only_mode = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
   }
   runtime::CpuDevice cpu(threads);
   runtime::ExecContext ctx(&cpu);
@@ -127,6 +129,7 @@ int Main(int argc, char** argv) {
     double b1 = 1;
     for (int batch : {1, 8, 32}) {
       if (only_mode == "prefill") break;
+      if (only_batch > 0 && batch != only_batch) continue;
       const double tps = Decode(*chain, ctx, batch, context, steps, reps);
       if (batch == 1) b1 = tps;
       std::printf("  decode %-4s batch %2d: %8.1f tok/s  (%5.1f%% of batch-1 roofline, %.1fx batch 1)\n",
@@ -137,9 +140,9 @@ int Main(int argc, char** argv) {
       out[name] = j;
       continue;
     }
-    if (only_mode != "prefill") {
+    if (only_mode != "prefill" && only_batch == 0) {
       j["decode_b1_roofline_pct"] = 100 * b1 / roof;
-      j["decode_b32_over_b1"] = j["decode_tok_s"]["32"].get<double>() / b1;
+      if (only_batch == 0) j["decode_b32_over_b1"] = j["decode_tok_s"]["32"].get<double>() / b1;
     }
     const double secs = Prefill(*chain, ctx, prefill_tokens, reps);
     const double attn_flops = 2.0 * 2.0 * cfg.n_layers * cfg.dim * (prefill_tokens * (prefill_tokens + 1) / 2.0);

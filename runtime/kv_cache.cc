@@ -1,6 +1,8 @@
 #include "runtime/kv_cache.h"
 
 #include "runtime/check.h"
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "runtime/tensor.h"
 
@@ -19,12 +21,20 @@ absl::Status KvCache::Reserve(SeqId seq, int len) {
       page = free_.back();
       free_.pop_back();
     } else {
-      if (max_pages_ > 0 && static_cast<int>(pages_.size()) >= max_pages_) {
+      if (max_pages_ > 0 && num_pages_ >= max_pages_) {
         return absl::ResourceExhaustedError(
             absl::StrCat("KV cache full: ", pages_used_, " of ", max_pages_, " pages in use"));
       }
-      pages_.push_back(AllocateAligned(2 * page_floats * sizeof(float)));
-      page = static_cast<float*>(pages_.back().get());
+      // Pages come from slabs (huge-page backed when large): one allocation and one round of
+      // page faults per slab, not per page.
+      const int slab_pages = max_pages_ > 0 ? std::min(kSlabPages, max_pages_ - num_pages_)
+                                            : kSlabPages;
+      slabs_.push_back(AllocateAligned(slab_pages * 2 * page_floats * sizeof(float)));
+      auto* base = static_cast<float*>(slabs_.back().get());
+      for (int i = slab_pages - 1; i >= 0; --i) free_.push_back(base + i * 2 * page_floats);
+      num_pages_ += slab_pages;
+      page = free_.back();
+      free_.pop_back();
     }
     s.k.push_back(page);
     s.v.push_back(page + page_floats);

@@ -32,7 +32,7 @@ class KvCache {
   void Release(SeqId seq);
   int page_size() const { return page_size_; }
   int pages_used() const { return pages_used_; }
-  int pages_allocated() const { return static_cast<int>(pages_.size()); }
+  int pages_allocated() const { return num_pages_; }
   size_t num_sequences() const { return seqs_.size(); }
 
  private:
@@ -47,7 +47,9 @@ class KvCache {
   int page_size_;
   int max_pages_;
   int pages_used_ = 0;
-  std::vector<std::shared_ptr<void>> pages_;  // each holds K then V
+  static constexpr int kSlabPages = 64;
+  int num_pages_ = 0;                         // pages carved from slabs so far
+  std::vector<std::shared_ptr<void>> slabs_;  // each page holds K then V
   std::vector<float*> free_;
   absl::flat_hash_map<SeqId, Seq> seqs_;
 };

@@ -6,6 +6,19 @@
 #include "kernels/cpu/vec_math.h"
 
 namespace blockserve::kernels {
+namespace {
+
+// 16 floats as one value; each target_clones clone lowers it to its widest registers.
+typedef float V16 __attribute__((vector_size(64)));
+
+inline V16 Load16(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store16(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+}  // namespace
 
 void StoreKv(const float* k, const float* v, const AttentionShape& s, int slot, float* k_page,
              float* v_page) {
@@ -28,15 +41,32 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
   for (int h = head_begin; h < head_end; ++h) {
     const float* qh = q + h * hd;
     const int kvh = h / group;
-    // Scores, kL keys at a time from the transposed K pages.
-    for (int t0 = 0; t0 < n_ctx; t0 += kL) {
-      const float* kt = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
-      float acc[kL] = {};
+    // Scores, kL keys at a time from the transposed K pages; four key blocks at once when
+    // there are enough, for independent FMA chains (each score's own order is unchanged).
+    int t0 = 0;
+    for (; t0 + 4 * kL <= n_ctx; t0 += 4 * kL) {
+      const float* k0 = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
+      const float* k1 = k_pages[(t0 + kL) / ps] + kvh * hd * ps + ((t0 + kL) % ps);
+      const float* k2 = k_pages[(t0 + 2 * kL) / ps] + kvh * hd * ps + ((t0 + 2 * kL) % ps);
+      const float* k3 = k_pages[(t0 + 3 * kL) / ps] + kvh * hd * ps + ((t0 + 3 * kL) % ps);
+      V16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int i = 0; i < hd; ++i) {
         const float qi = qh[i];
-        for (int j = 0; j < kL; ++j) acc[j] += qi * kt[i * ps + j];
+        a0 += qi * Load16(k0 + i * ps);
+        a1 += qi * Load16(k1 + i * ps);
+        a2 += qi * Load16(k2 + i * ps);
+        a3 += qi * Load16(k3 + i * ps);
       }
-      for (int j = 0; j < kL; ++j) scores[t0 + j] = acc[j] * scale;
+      Store16(scores + t0, a0 * scale);
+      Store16(scores + t0 + kL, a1 * scale);
+      Store16(scores + t0 + 2 * kL, a2 * scale);
+      Store16(scores + t0 + 3 * kL, a3 * scale);
+    }
+    for (; t0 < n_ctx; t0 += kL) {
+      const float* kt = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
+      V16 acc = {};
+      for (int i = 0; i < hd; ++i) acc += qh[i] * Load16(kt + i * ps);
+      Store16(scores + t0, acc * scale);
     }
     float max_score = -INFINITY;
     for (int t = 0; t < n_ctx; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
@@ -52,9 +82,19 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
     float sum = 0.0f;
     for (int j = 0; j < kL; ++j) sum += lane_sum[j];
     const float inv = 1.0f / sum;
-    // out = sum_t p_t v_t, four keys per pass.
-    float o[kMaxHeadDim];
-    for (int i = 0; i < hd; ++i) o[i] = 0.0f;
+    float* oh = out + h * hd;
+    if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loop
+      for (int i = 0; i < hd; ++i) oh[i] = 0.0f;
+      for (int t = 0; t < n_ctx; ++t) {
+        const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
+        for (int i = 0; i < hd; ++i) oh[i] += scores[t] * v[i];
+      }
+      for (int i = 0; i < hd; ++i) oh[i] *= inv;
+      continue;
+    }
+    // out = sum_t p_t v_t, four keys per pass, 16 dims at a time.
+    V16 o[kMaxHeadDim / kL] = {};
+    const int nv = hd / kL;
     int t = 0;
     for (; t + 4 <= n_ctx; t += 4) {
       const float* v0 = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
@@ -62,15 +102,17 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
       const float* v2 = v_pages[(t + 2) / ps] + ((t + 2) % ps) * kv_dim + kvh * hd;
       const float* v3 = v_pages[(t + 3) / ps] + ((t + 3) % ps) * kv_dim + kvh * hd;
       const float p0 = scores[t], p1 = scores[t + 1], p2 = scores[t + 2], p3 = scores[t + 3];
-      for (int i = 0; i < hd; ++i) o[i] += (p0 * v0[i] + p1 * v1[i]) + (p2 * v2[i] + p3 * v3[i]);
+      for (int c = 0; c < nv; ++c) {
+        o[c] += (p0 * Load16(v0 + c * kL) + p1 * Load16(v1 + c * kL)) +
+                (p2 * Load16(v2 + c * kL) + p3 * Load16(v3 + c * kL));
+      }
     }
     for (; t < n_ctx; ++t) {
       const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
       const float p = scores[t];
-      for (int i = 0; i < hd; ++i) o[i] += p * v[i];
+      for (int c = 0; c < nv; ++c) o[c] += p * Load16(v + c * kL);
     }
-    float* oh = out + h * hd;
-    for (int i = 0; i < hd; ++i) oh[i] = o[i] * inv;
+    for (int c = 0; c < nv; ++c) Store16(oh + c * kL, o[c] * inv);
   }
 }
 

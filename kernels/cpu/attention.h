@@ -10,7 +10,7 @@ namespace blockserve::kernels {
 struct AttentionShape {
   int n_heads = 0;
   int n_kv_heads = 0;  // n_heads % n_kv_heads == 0; query head h reads kv head h / group
-  int head_dim = 0;    // at most kMaxHeadDim
+  int head_dim = 0;    // at most kMaxHeadDim (multiples of 16 take the vector path)
   int page_size = 0;   // tokens per KV page, a multiple of kPageAlign
 };
 

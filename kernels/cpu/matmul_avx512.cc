@@ -13,7 +13,13 @@ namespace blockserve::kernels::internal {
 namespace {
 
 constexpr int kMaxRows = 12;
-constexpr int kPrefetchRows = 24;  // panel rows ahead (3 KiB of f32)
+// Prefetch distance in panel rows. A single streaming row (decode) wants a short distance that
+// keeps the hardware prefetchers in step; multi-row tiles run slower per row and fetch the same
+// row of the next chunk (contiguous) so it is in L1 when their next chunk starts.
+template <int R>
+constexpr int PrefetchRows() {
+  return R <= 2 ? 24 : kKChunk;
+}
 
 template <WeightType T>
 inline void LoadRow(const uint8_t* p, __m512& lo, __m512& hi) {
@@ -51,7 +57,7 @@ void Tile(const float* x, int ldx, const uint8_t* panel, int kc, float* y, int l
   }
   for (int k = 0; k < kc; ++k) {
     {  // weights stream from DRAM: prefetch well ahead (the next chunk/panel is contiguous)
-      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + kPrefetchRows) * kRowBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + PrefetchRows<R>()) * kRowBytes), _MM_HINT_T0);
     }
     __m512 b0, b1;
     LoadRow<T>(panel + k * kRowBytes, b0, b1);

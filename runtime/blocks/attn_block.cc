@@ -1,6 +1,7 @@
 // attn: RMSNorm, fused Q|K|V projection, RoPE, grouped-query attention over this block's paged
 // KV cache, output projection, residual add. Stateful: holds the KV of its sequences.
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -67,21 +68,36 @@ class AttnBlock final : public Block {
   void WriteKv(const Batch& batch, float* qkv) {
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hd = cfg_.head_dim();
     const int qkv_n = dim + 2 * kv_dim;
-    std::vector<float> cos_v(hd / 2), sin_v(hd / 2);
     int row = 0;
     for (const SeqSpan& s : batch.spans) {
       for (int i = 0; i < s.len; ++i, ++row) {
         float* q = qkv + static_cast<size_t>(row) * qkv_n;
         float* k = q + dim;
         float* v = k + kv_dim;
-        kernels::RopeAngles(s.pos + i, hd, cfg_.rope_theta, cos_v.data(), sin_v.data());
-        kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v.data(), sin_v.data());
-        kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v.data(), sin_v.data());
+        const float* cos_v = RopeCos(s.pos + i);
+        const float* sin_v = cos_v + hd / 2;
+        kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v, sin_v);
+        kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v, sin_v);
         kernels::StoreKv(k, v, shape_, (s.pos + i) % kv_.page_size(), kv_.KeyPage(s.seq, s.pos + i),
                          kv_.ValuePage(s.seq, s.pos + i));
       }
       kv_.SetLength(s.seq, s.pos + s.len);
     }
+  }
+
+  // cos then sin of position `pos` ([head_dim/2] each), from a table grown on demand.
+  const float* RopeCos(int pos) {
+    const int half = cfg_.head_dim() / 2;
+    if (pos >= rope_positions_) {
+      const int n = std::min(cfg_.max_seq_len, std::max(pos + 1, 2 * rope_positions_));
+      rope_table_.resize(static_cast<size_t>(n) * 2 * half);
+      for (int p = rope_positions_; p < n; ++p) {
+        float* row = rope_table_.data() + static_cast<size_t>(p) * 2 * half;
+        kernels::RopeAngles(p, cfg_.head_dim(), cfg_.rope_theta, row, row + half);
+      }
+      rope_positions_ = n;
+    }
+    return rope_table_.data() + static_cast<size_t>(pos) * 2 * half;
   }
 
   // One task per (token, head): causal attention over positions [0, pos].
@@ -116,6 +132,8 @@ class AttnBlock final : public Block {
   PackedLinear wo_;   // [dim, dim]
   kernels::AttentionShape shape_;
   KvCache kv_;
+  std::vector<float> rope_table_;  // [positions][cos(head_dim/2), sin(head_dim/2)]
+  int rope_positions_ = 0;
 };
 
 }  // namespace

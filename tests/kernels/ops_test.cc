@@ -73,7 +73,8 @@ TEST(Softmax, MatchesReferenceAndIsStableForLargeInputs) {
 }
 
 TEST(Attention, PagedGqaMatchesReference) {
-  AttentionShape s{8, 2, 8, 16};  // 8 query heads share 2 kv heads; pages of 16 tokens
+  for (int head_dim : {8, 32}) {
+  AttentionShape s{8, 2, head_dim, 16};  // 8 query heads share 2 kv heads; pages of 16 tokens
   const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 37;
   const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
   // Logical K/V rows, stored through StoreKv into pages placed out of order in memory.
@@ -111,6 +112,7 @@ TEST(Attention, PagedGqaMatchesReference) {
       }
       EXPECT_NEAR(out[h * s.head_dim + i], ref, 1e-5) << "head " << h << " dim " << i;
     }
+  }
   }
 }
 

@@ -11,12 +11,25 @@ namespace {
 // 16 floats as one value; each target_clones clone lowers it to its widest registers.
 typedef float V16 __attribute__((vector_size(64)));
 
-inline V16 Load16(const float* p) {
+// Helpers pass vectors by pointer: by value they would change the ABI between clones.
+inline void Madd16(V16* acc, float s, const float* p) {
   V16 v;
   std::memcpy(&v, p, sizeof(v));
-  return v;
+  *acc += s * v;
 }
-inline void Store16(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void Madd4x16(V16* acc, float p0, const float* v0, float p1, const float* v1, float p2,
+                     const float* v2, float p3, const float* v3) {
+  V16 a, b, c, d;
+  std::memcpy(&a, v0, sizeof(a));
+  std::memcpy(&b, v1, sizeof(b));
+  std::memcpy(&c, v2, sizeof(c));
+  std::memcpy(&d, v3, sizeof(d));
+  *acc += (p0 * a + p1 * b) + (p2 * c + p3 * d);
+}
+inline void StoreScaled16(float* p, const V16* v, float s) {
+  const V16 r = *v * s;
+  std::memcpy(p, &r, sizeof(r));
+}
 
 }  // namespace
 
@@ -52,21 +65,21 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
       V16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int i = 0; i < hd; ++i) {
         const float qi = qh[i];
-        a0 += qi * Load16(k0 + i * ps);
-        a1 += qi * Load16(k1 + i * ps);
-        a2 += qi * Load16(k2 + i * ps);
-        a3 += qi * Load16(k3 + i * ps);
+        Madd16(&a0, qi, k0 + i * ps);
+        Madd16(&a1, qi, k1 + i * ps);
+        Madd16(&a2, qi, k2 + i * ps);
+        Madd16(&a3, qi, k3 + i * ps);
       }
-      Store16(scores + t0, a0 * scale);
-      Store16(scores + t0 + kL, a1 * scale);
-      Store16(scores + t0 + 2 * kL, a2 * scale);
-      Store16(scores + t0 + 3 * kL, a3 * scale);
+      StoreScaled16(scores + t0, &a0, scale);
+      StoreScaled16(scores + t0 + kL, &a1, scale);
+      StoreScaled16(scores + t0 + 2 * kL, &a2, scale);
+      StoreScaled16(scores + t0 + 3 * kL, &a3, scale);
     }
     for (; t0 < n_ctx; t0 += kL) {
       const float* kt = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
       V16 acc = {};
-      for (int i = 0; i < hd; ++i) acc += qh[i] * Load16(kt + i * ps);
-      Store16(scores + t0, acc * scale);
+      for (int i = 0; i < hd; ++i) Madd16(&acc, qh[i], kt + i * ps);
+      StoreScaled16(scores + t0, &acc, scale);
     }
     float max_score = -INFINITY;
     for (int t = 0; t < n_ctx; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
@@ -103,16 +116,15 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
       const float* v3 = v_pages[(t + 3) / ps] + ((t + 3) % ps) * kv_dim + kvh * hd;
       const float p0 = scores[t], p1 = scores[t + 1], p2 = scores[t + 2], p3 = scores[t + 3];
       for (int c = 0; c < nv; ++c) {
-        o[c] += (p0 * Load16(v0 + c * kL) + p1 * Load16(v1 + c * kL)) +
-                (p2 * Load16(v2 + c * kL) + p3 * Load16(v3 + c * kL));
+        Madd4x16(&o[c], p0, v0 + c * kL, p1, v1 + c * kL, p2, v2 + c * kL, p3, v3 + c * kL);
       }
     }
     for (; t < n_ctx; ++t) {
       const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
       const float p = scores[t];
-      for (int c = 0; c < nv; ++c) o[c] += p * Load16(v + c * kL);
+      for (int c = 0; c < nv; ++c) Madd16(&o[c], p, v + c * kL);
     }
-    for (int c = 0; c < nv; ++c) Store16(oh + c * kL, o[c] * inv);
+    for (int c = 0; c < nv; ++c) StoreScaled16(oh + c * kL, &o[c], inv);
   }
 }
 

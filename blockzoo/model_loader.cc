@@ -43,7 +43,7 @@ absl::StatusOr<LoadedModel> LoadModelFile(const std::string& path,
     ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizerFile(*tokenizer_path, vocab));
   } else if (!out.tokenizer) {
     const auto dir = std::filesystem::path(path).parent_path();
-    for (const std::string name : {absl::StrCat("tok", vocab, ".bin"), std::string("tokenizer.bin")}) {
+    for (const std::string& name : {absl::StrCat("tok", vocab, ".bin"), std::string("tokenizer.bin")}) {
       const auto candidate = dir / name;
       if (std::filesystem::exists(candidate)) {
         ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizerFile(candidate.string(), vocab));

@@ -13,14 +13,8 @@ namespace blockserve::blockzoo {
 namespace {
 
 using blockserve::testing::IsOk;
+using blockserve::testing::ReadFile;
 using blockserve::testing::StatusIs;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 absl::StatusOr<GgufFile> Parse(const std::string& b) {
   return ParseGguf(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "x.gguf");

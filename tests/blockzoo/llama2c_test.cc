@@ -12,14 +12,8 @@ namespace blockserve::blockzoo {
 namespace {
 
 using blockserve::testing::IsOk;
+using blockserve::testing::ReadFile;
 using blockserve::testing::StatusIs;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 absl::StatusOr<runtime::ModelWeights> Parse(const std::string& bytes) {
   return ParseLlama2cBytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),

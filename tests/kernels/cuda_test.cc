@@ -11,7 +11,9 @@ namespace {
 TEST(CudaDevice, QueryNeverFails) {
   const DeviceInfo info = QueryDevices();
   EXPECT_FALSE(info.message.empty());
-  if (info.count == 0) EXPECT_EQ(info.message.rfind("no GPU", 0), 0u) << info.message;
+  if (info.count == 0) {
+    EXPECT_EQ(info.message.rfind("no GPU", 0), 0u) << info.message;
+  }
 }
 
 TEST(CudaRmsNorm, MatchesCpu) {

@@ -22,7 +22,9 @@ TEST(Device, ListingWorksWithoutAGpu) {
   EXPECT_EQ(devices[0].kind, DeviceKind::kCpu);
   if (CudaDeviceCount() == 0) {
     for (const auto& d : devices) {
-      if (d.kind == DeviceKind::kCuda) EXPECT_EQ(d.description.rfind("no GPU", 0), 0u);
+      if (d.kind == DeviceKind::kCuda) {
+        EXPECT_EQ(d.description.rfind("no GPU", 0), 0u);
+      }
     }
   }
 }

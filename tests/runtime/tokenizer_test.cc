@@ -19,14 +19,8 @@ namespace blockserve::runtime {
 namespace {
 
 using blockserve::testing::IsOk;
+using blockserve::testing::ReadFile;
 using blockserve::testing::StatusIs;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 std::unique_ptr<Tokenizer> GgufTok(const std::string& path) {
   auto file = MappedFile::Open(path);

@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <optional>
 #include <random>
 #include <string>
@@ -39,7 +41,10 @@ inline std::optional<std::string> ModelsDir() {
   if (const char* env = std::getenv("BLOCKSERVE_MODELS_DIR")) candidates.push_back(env);
   candidates.push_back(std::string(BLOCKSERVE_SOURCE_DIR) + "/../shared/models");
   for (const auto& c : candidates) {
-    if (std::filesystem::exists(c + "/stories260K/stories260K.bin")) return c;
+    if (std::filesystem::exists(c + "/stories260K/stories260K.bin") &&
+        std::filesystem::exists(c + "/stories260K/reference.json")) {
+      return c;
+    }
   }
   return std::nullopt;
 }
@@ -63,6 +68,13 @@ class TempDir {
  private:
   std::string path_;
 };
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
 
 inline std::vector<float> RandomVector(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

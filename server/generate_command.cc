@@ -84,6 +84,7 @@ int RunGenerate() {
     prev = id;
   });
   std::printf("\n");
+  std::fflush(stdout);
   if (!result.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
     return 1;

@@ -16,7 +16,6 @@ struct Live {
   std::vector<int32_t> pending;  // tokens to feed next step
   runtime::Sampler sampler;
   bool done = false;
-  bool started = false;
 };
 
 absl::Status Validate(const runtime::Chain& chain, const std::vector<GenerationRequest>& reqs) {
@@ -80,7 +79,6 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(
         waiting = true;
         continue;
       }
-      live[i].started = true;
       batch.Add(seq_base + i, live[i].pos, live[i].pending.data(),
                 static_cast<int>(live[i].pending.size()));
       members.push_back(i);

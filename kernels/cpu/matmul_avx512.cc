@@ -4,8 +4,9 @@
 
 #include <algorithm>
 #include <array>
-#include <utility>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "kernels/cpu/matmul_internal.h"
 
@@ -39,10 +40,10 @@ inline void LoadRow(const uint8_t* p, __m512& lo, __m512& hi) {
   }
 }
 
-// acc[r] (+)= x[r][0..kc) * panel[0..kc)[0..32) for R rows. `first`: start from zero, else
-// continue the chain from the values already in y.
+// acc[r] (+)= a[0..kc)[r] * panel[0..kc)[0..32) for R rows, `a` packed [k][R]. `first`: start
+// from zero, else continue the chain from the values already in y.
 template <WeightType T, int R>
-void Tile(const float* x, int ldx, const uint8_t* panel, int kc, float* y, int ldy, bool first,
+void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, bool first,
           __mmask16 m0, __mmask16 m1) {
   constexpr size_t kRowBytes = kPanel * WeightTypeSize(T);
   __m512 acc0[R], acc1[R];
@@ -57,14 +58,15 @@ void Tile(const float* x, int ldx, const uint8_t* panel, int kc, float* y, int l
   }
   for (int k = 0; k < kc; ++k) {
     {  // weights stream from DRAM: prefetch well ahead (the next chunk/panel is contiguous)
-      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + PrefetchRows<R>()) * kRowBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + PrefetchRows<R>()) * kRowBytes),
+                   _MM_HINT_T0);
     }
     __m512 b0, b1;
     LoadRow<T>(panel + k * kRowBytes, b0, b1);
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
-      acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+      const __m512 av = _mm512_set1_ps(a[k * R + r]);
+      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -74,12 +76,46 @@ void Tile(const float* x, int ldx, const uint8_t* panel, int kc, float* y, int l
 }
 
 template <WeightType T>
-using TileFn = void (*)(const float*, int, const uint8_t*, int, float*, int, bool, __mmask16,
+using TileFn = void (*)(const float*, const uint8_t*, int, float*, int, bool, __mmask16,
                         __mmask16);
 
 template <WeightType T, int... Rs>
 constexpr auto MakeTiles(std::integer_sequence<int, Rs...>) {
   return std::array<TileFn<T>, sizeof...(Rs)>{&Tile<T, Rs + 1>...};
+}
+
+// Rows per block: the block's packed activations (kRowBlock x k floats) stay in L2 while every
+// panel of the thread's range streams past them, and each k-chunk of a panel (in L1) serves all
+// of the block's tiles.
+constexpr int kRowBlock = 4 * kMaxRows;
+
+// One register tile of a row block: `rows` rows starting at `r0`, packed at `a` as
+// [chunk][k][rows] (chunk-major so each tile's chunk is one contiguous run).
+struct TileSpan {
+  int r0, rows;
+  const float* a;
+};
+
+// Splits `mb` rows into ceil(mb / kMaxRows) tiles of near-equal size (32 -> 11+11+10, not
+// 12+12+8: a short last tile wastes FMA slots) and packs x's rows for each.
+int PackBlock(const float* x, int ldx, int r0, int mb, int k, float* buf, TileSpan* tiles) {
+  const int n = (mb + kMaxRows - 1) / kMaxRows;
+  int row = r0;
+  for (int t = 0; t < n; ++t) {
+    const int rows = mb / n + (t < mb % n ? 1 : 0);
+    tiles[t] = {row, rows, buf};
+    for (int k0 = 0; k0 < k; k0 += kKChunk) {
+      const int kc = std::min(kKChunk, k - k0);
+      for (int kk = 0; kk < kc; ++kk) {
+        for (int r = 0; r < rows; ++r) {
+          buf[kk * rows + r] = x[static_cast<size_t>(row + r) * ldx + k0 + kk];
+        }
+      }
+      buf += static_cast<size_t>(kc) * rows;
+    }
+    row += rows;
+  }
+  return n;
 }
 
 template <WeightType T>
@@ -88,20 +124,28 @@ void Run(const float* x, int m, int ldx, const PackedMatrix& w, int p0, int p1, 
   static constexpr auto kTiles = MakeTiles<T>(std::make_integer_sequence<int, kMaxRows>());
   constexpr size_t es = WeightTypeSize(T);
   const auto* data = static_cast<const uint8_t*>(w.data);
-  for (int p = p0; p < p1; ++p) {
-    const int n0 = p * kPanel;
-    const int valid = std::min(kPanel, w.n - n0);
-    const __mmask16 m0 = valid >= 16 ? 0xffff : static_cast<__mmask16>((1u << valid) - 1);
-    const __mmask16 m1 =
-        valid >= 32 ? 0xffff : (valid <= 16 ? 0 : static_cast<__mmask16>((1u << (valid - 16)) - 1));
-    const uint8_t* panel = data + static_cast<size_t>(p) * w.k * kPanel * es;
-    for (int k0 = 0; k0 < w.k; k0 += kKChunk) {
-      const int kc = std::min(kKChunk, w.k - k0);
-      const uint8_t* chunk = panel + static_cast<size_t>(k0) * kPanel * es;
-      for (int r0 = 0; r0 < m; r0 += kMaxRows) {
-        const int rows = std::min(kMaxRows, m - r0);
-        kTiles[rows - 1](x + static_cast<size_t>(r0) * ldx + k0, ldx, chunk, kc,
-                         y + static_cast<size_t>(r0) * ldy + n0, ldy, k0 == 0, m0, m1);
+  thread_local std::vector<float> packed;
+  packed.resize(static_cast<size_t>(std::min(m, kRowBlock)) * w.k);
+  TileSpan tiles[kRowBlock / kMaxRows];
+  for (int rb = 0; rb < m; rb += kRowBlock) {
+    const int ntiles = PackBlock(x, ldx, rb, std::min(kRowBlock, m - rb), w.k, packed.data(), tiles);
+    for (int p = p0; p < p1; ++p) {
+      const int n0 = p * kPanel;
+      const int valid = std::min(kPanel, w.n - n0);
+      const __mmask16 m0 = valid >= 16 ? 0xffff : static_cast<__mmask16>((1u << valid) - 1);
+      const __mmask16 m1 = valid >= 32 ? 0xffff
+                           : valid <= 16
+                               ? 0
+                               : static_cast<__mmask16>((1u << (valid - 16)) - 1);
+      const uint8_t* panel = data + static_cast<size_t>(p) * w.k * kPanel * es;
+      for (int k0 = 0; k0 < w.k; k0 += kKChunk) {
+        const int kc = std::min(kKChunk, w.k - k0);
+        const uint8_t* chunk = panel + static_cast<size_t>(k0) * kPanel * es;
+        for (int t = 0; t < ntiles; ++t) {
+          const TileSpan& ts = tiles[t];
+          kTiles[ts.rows - 1](ts.a + static_cast<size_t>(k0) * ts.rows, chunk, kc,
+                              y + static_cast<size_t>(ts.r0) * ldy + n0, ldy, k0 == 0, m0, m1);
+        }
       }
     }
   }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -40,7 +41,7 @@ inline void LoadRow(const uint8_t* p, __m512& lo, __m512& hi) {
   }
 }
 
-// acc[r] (+)= a[0..kc)[r] * panel[0..kc)[0..32) for R rows, `a` packed [k][R]. `first`: start
+// acc[r] (+)= a[r][0..kc) * panel[0..kc)[0..32) for R rows, `a` packed [R][kc]. `first`: start
 // from zero, else continue the chain from the values already in y.
 template <WeightType T, int R>
 void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, bool first,
@@ -64,7 +65,7 @@ void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, bool 
     __m512 b0, b1;
     LoadRow<T>(panel + k * kRowBytes, b0, b1);
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[k * R + r]);
+      const __m512 av = _mm512_set1_ps(a[r * kc + k]);
       acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
     }
@@ -90,7 +91,8 @@ constexpr auto MakeTiles(std::integer_sequence<int, Rs...>) {
 constexpr int kRowBlock = 4 * kMaxRows;
 
 // One register tile of a row block: `rows` rows starting at `r0`, packed at `a` as
-// [chunk][k][rows] (chunk-major so each tile's chunk is one contiguous run).
+// [chunk][rows][kc]: each tile's chunk is one contiguous run, its rows kc floats apart (x's own
+// stride, a multiple of 4 KiB when k = 2048, would put every row in the same L1 sets).
 struct TileSpan {
   int r0, rows;
   const float* a;
@@ -106,10 +108,8 @@ int PackBlock(const float* x, int ldx, int r0, int mb, int k, float* buf, TileSp
     tiles[t] = {row, rows, buf};
     for (int k0 = 0; k0 < k; k0 += kKChunk) {
       const int kc = std::min(kKChunk, k - k0);
-      for (int kk = 0; kk < kc; ++kk) {
-        for (int r = 0; r < rows; ++r) {
-          buf[kk * rows + r] = x[static_cast<size_t>(row + r) * ldx + k0 + kk];
-        }
+      for (int r = 0; r < rows; ++r) {
+        std::memcpy(buf + r * kc, x + static_cast<size_t>(row + r) * ldx + k0, kc * sizeof(float));
       }
       buf += static_cast<size_t>(kc) * rows;
     }

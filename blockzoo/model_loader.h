@@ -22,6 +22,12 @@ struct LoadedModel {
 absl::StatusOr<LoadedModel> LoadModelFile(const std::string& path,
                                           const std::optional<std::string>& tokenizer_path);
 
+// Tokenizer file format by name: "hf-json" (.json), "sentencepiece" (.model), "gguf" (.gguf,
+// a GGUF's tokenizer.* keys), else "llama2c".
+std::string TokenizerFormatForPath(const std::string& path);
+// tok<vocab>.bin or tokenizer.bin in the directory of a llama2.c checkpoint.
+std::optional<std::string> FindTokenizerNextTo(const std::string& model_path, int vocab_size);
+
 absl::StatusOr<std::unique_ptr<runtime::Tokenizer>> LoadTokenizerFile(const std::string& path,
                                                                       int vocab_size);
 

@@ -7,11 +7,15 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "blockzoo/model_loader.h"
+#include "blockzoo/zoo_model.h"
+#include "runtime/status_macros.h"
 #include "runtime/chain.h"
 #include "runtime/device.h"
 #include "scheduler/generator.h"
 
-ABSL_FLAG(std::string, model, "", "model file: llama2.c checkpoint (.bin) or GGUF");
+ABSL_FLAG(std::string, model, "",
+          "model file (llama2.c checkpoint .bin or GGUF), or with --zoo a model name in the zoo");
+ABSL_FLAG(std::string, zoo, "", "block zoo directory: run --model NAME from it");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer file (llama2.c .bin or tokenizer.json); "
                                       "default: the GGUF's own, or tok<vocab>.bin next to the model");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
@@ -34,6 +38,39 @@ void PrintPiece(const std::string& piece) {
   std::fwrite(piece.data(), 1, piece.size(), stdout);
 }
 
+struct Runnable {
+  std::unique_ptr<runtime::Chain> chain;
+  std::unique_ptr<runtime::Tokenizer> tokenizer;
+};
+
+// A model file, or a model of the zoo at `zoo` when that is set; a tokenizer is required.
+absl::StatusOr<Runnable> LoadForGenerate(const std::string& model, const std::string& zoo_dir,
+                                         const std::string& tokenizer) {
+  Runnable r;
+  if (!zoo_dir.empty()) {
+    ASSIGN_OR_RETURN(auto zoo, blockzoo::Zoo::Open(zoo_dir, /*create=*/false));
+    ASSIGN_OR_RETURN(blockzoo::ZooModel m, blockzoo::LoadZooModel(*zoo, model, {}, false));
+    r.chain = std::move(m.chain);
+    r.tokenizer = std::move(m.tokenizer);
+    if (!tokenizer.empty()) {
+      ASSIGN_OR_RETURN(r.tokenizer, blockzoo::LoadTokenizerFile(tokenizer, r.chain->config().vocab_size));
+    }
+  } else {
+    ASSIGN_OR_RETURN(blockzoo::LoadedModel loaded,
+                     blockzoo::LoadModelFile(model, tokenizer.empty()
+                                                        ? std::nullopt
+                                                        : std::optional<std::string>(tokenizer)));
+    ASSIGN_OR_RETURN(runtime::Chain chain, runtime::BuildChain(loaded.weights));
+    r.chain = std::make_unique<runtime::Chain>(std::move(chain));
+    r.tokenizer = std::move(loaded.tokenizer);
+  }
+  if (!r.tokenizer) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(model, ": no tokenizer found; pass --tokenizer"));
+  }
+  return r;
+}
+
 }  // namespace
 
 int RunGenerate() {
@@ -42,23 +79,13 @@ int RunGenerate() {
     std::fprintf(stderr, "blockserve generate: --model is required\n");
     return 2;
   }
-  const std::string tok_flag = absl::GetFlag(FLAGS_tokenizer);
-  auto loaded = blockzoo::LoadModelFile(
-      model_path, tok_flag.empty() ? std::nullopt : std::optional<std::string>(tok_flag));
+  auto loaded = LoadForGenerate(model_path, absl::GetFlag(FLAGS_zoo), absl::GetFlag(FLAGS_tokenizer));
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(loaded.status().message()).c_str());
     return 1;
   }
-  if (!loaded->tokenizer) {
-    std::fprintf(stderr, "error: %s: no tokenizer found; pass --tokenizer\n", model_path.c_str());
-    return 1;
-  }
   const runtime::Tokenizer& tok = *loaded->tokenizer;
-  auto chain = runtime::BuildChain(loaded->weights);
-  if (!chain.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(chain.status().message()).c_str());
-    return 1;
-  }
+  const runtime::Chain* chain = loaded->chain.get();
   const int threads = absl::GetFlag(FLAGS_threads);
   runtime::CpuDevice cpu(threads > 0 ? threads : runtime::DefaultThreadCount());
   runtime::ExecContext ctx(&cpu);

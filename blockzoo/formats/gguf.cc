@@ -236,4 +236,69 @@ absl::StatusOr<GgufFile> ParseGguf(const uint8_t* data, size_t size, const std::
   return f;
 }
 
+namespace {
+
+template <typename T>
+void Put(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(v));  // GGUF is little-endian, as are we
+}
+
+void PutString(std::string& out, const std::string& s) {
+  Put<uint64_t>(out, s.size());
+  out += s;
+}
+
+void PutScalar(std::string& out, GgufType t, int64_t i, double f) {
+  switch (t) {
+    case GgufType::kU8: case GgufType::kI8: case GgufType::kBool:
+      return Put<uint8_t>(out, static_cast<uint8_t>(i));
+    case GgufType::kU16: case GgufType::kI16:
+      return Put<uint16_t>(out, static_cast<uint16_t>(i));
+    case GgufType::kU32: case GgufType::kI32:
+      return Put<uint32_t>(out, static_cast<uint32_t>(i));
+    case GgufType::kU64: case GgufType::kI64:
+      return Put<uint64_t>(out, static_cast<uint64_t>(i));
+    case GgufType::kF32:
+      return Put<float>(out, static_cast<float>(f));
+    case GgufType::kF64:
+      return Put<double>(out, f);
+    default:
+      return;
+  }
+}
+
+bool IsFloat(GgufType t) { return t == GgufType::kF32 || t == GgufType::kF64; }
+
+}  // namespace
+
+std::string SerializeGgufMetadata(const std::map<std::string, GgufValue>& kv) {
+  std::string out = "GGUF";
+  Put<uint32_t>(out, 3);
+  Put<uint64_t>(out, 0);
+  Put<uint64_t>(out, kv.size());
+  for (const auto& [key, v] : kv) {
+    PutString(out, key);
+    Put<uint32_t>(out, static_cast<uint32_t>(v.type));
+    if (v.type == GgufType::kString) {
+      PutString(out, v.s);
+    } else if (v.type == GgufType::kArray) {
+      Put<uint32_t>(out, static_cast<uint32_t>(v.elem_type));
+      if (v.elem_type == GgufType::kString) {
+        Put<uint64_t>(out, v.strings.size());
+        for (const std::string& s : v.strings) PutString(out, s);
+      } else if (IsFloat(v.elem_type)) {
+        Put<uint64_t>(out, v.floats.size());
+        for (double f : v.floats) PutScalar(out, v.elem_type, 0, f);
+      } else {
+        Put<uint64_t>(out, v.ints.size());
+        for (int64_t i : v.ints) PutScalar(out, v.elem_type, i, 0.0);
+      }
+    } else {
+      PutScalar(out, v.type, v.i, v.f);
+    }
+  }
+  out.append((32 - out.size() % 32) % 32, '\0');
+  return out;
+}
+
 }  // namespace blockserve::blockzoo

@@ -50,6 +50,10 @@ struct GgufFile {
   absl::StatusOr<std::string> GetString(const std::string& key) const;
 };
 
+// A GGUF v3 file holding only the metadata `kv` (no tensors): how the zoo stores a GGUF's
+// tokenizer (its tokenizer.* keys) so that the GGUF tokenizer loader reads it back unchanged.
+std::string SerializeGgufMetadata(const std::map<std::string, GgufValue>& kv);
+
 absl::StatusOr<GgufFile> ParseGguf(const uint8_t* data, size_t size, const std::string& source);
 
 }  // namespace blockserve::blockzoo

@@ -1,0 +1,64 @@
+#include "blockzoo/zoo_model.h"
+
+#include "absl/strings/str_cat.h"
+#include "runtime/status_macros.h"
+
+namespace blockserve::blockzoo {
+
+using runtime::BlockKind;
+
+absl::StatusOr<runtime::ModelWeights> BlockWeights(const Zoo& zoo, const ChainEntry& e,
+                                                   const runtime::ModelConfig& family,
+                                                   bool verify_hash) {
+  ASSIGN_OR_RETURN(SafetensorsFile f, zoo.ReadBlock(e.block, &e, verify_hash));
+  runtime::ModelWeights w;
+  w.config = family;
+  w.config.tied_embeddings = false;  // a head block carries its own output matrix
+  w.source = zoo.BlockPath(e.block);
+  for (auto& [name, t] : f.tensors) {
+    const bool layered = e.kind == BlockKind::kAttn || e.kind == BlockKind::kFfn;
+    w.tensors[layered ? runtime::LayerTensor(e.layer, name) : name] = t;
+  }
+  return w;
+}
+
+absl::StatusOr<std::shared_ptr<runtime::Block>> LoadBlock(const Zoo& zoo, const ChainEntry& e,
+                                                          const runtime::ModelConfig& family,
+                                                          const runtime::BlockOptions& opt,
+                                                          bool verify_hash) {
+  ASSIGN_OR_RETURN(runtime::ModelWeights w, BlockWeights(zoo, e, family, verify_hash));
+  switch (e.kind) {
+    case BlockKind::kEmbed:
+      return runtime::MakeEmbedBlock(w, opt);
+    case BlockKind::kAttn:
+      return runtime::MakeAttnBlock(w, e.layer, opt);
+    case BlockKind::kFfn:
+      return runtime::MakeFfnBlock(w, e.layer, opt);
+    case BlockKind::kHead:
+      return runtime::MakeHeadBlock(w, opt);
+  }
+  return absl::InternalError("unknown block kind");
+}
+
+absl::StatusOr<ZooModel> LoadZooModel(const Zoo& zoo, const std::string& name,
+                                      const runtime::BlockOptions& opt, bool verify_hash) {
+  ZooModel out;
+  ASSIGN_OR_RETURN(out.manifest, zoo.GetManifest(name));
+  std::vector<std::shared_ptr<runtime::Block>> blocks;
+  for (const ChainEntry& e : out.manifest.chain) {
+    if (!e.lora.empty()) {
+      return absl::UnimplementedError(
+          absl::StrCat("model '", name, "': LoRA blocks are not supported by this build yet"));
+    }
+    ASSIGN_OR_RETURN(auto block, LoadBlock(zoo, e, out.manifest.family, opt, verify_hash));
+    blocks.push_back(std::move(block));
+  }
+  ASSIGN_OR_RETURN(runtime::Chain chain, runtime::Chain::Create(out.manifest.family, std::move(blocks)));
+  out.chain = std::make_unique<runtime::Chain>(std::move(chain));
+  if (!out.manifest.tokenizer.empty()) {
+    ASSIGN_OR_RETURN(out.tokenizer, zoo.LoadTokenizer(out.manifest));
+  }
+  return out;
+}
+
+}  // namespace blockserve::blockzoo

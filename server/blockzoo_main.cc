@@ -1,0 +1,27 @@
+// blockzoo: manage a block zoo.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/usage.h"
+#include "server/cli_flags.h"
+#include "server/zoo_commands.h"
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args = blockserve::server::ParseFlags(
+      argc, argv,
+      "blockzoo <command> --zoo DIR [args]\n"
+      "  import SOURCE [--name N --tokenizer FILE --replace]  llama2.c .bin, GGUF or HF directory\n"
+      "  ls                       models with parent, blocks and bytes\n"
+      "  show NAME                a model's family and chain (with how many models share each block)\n"
+      "  stats                    logical bytes (summed over models), physical bytes, ratio\n"
+      "  verify                   check every manifest, block hash and tokenizer\n"
+      "  gc                       remove unreferenced blocks and leftovers of interrupted writes\n"
+      "  rm NAME                  remove a model (its blocks stay until gc)\n"
+      "  derive --from BASE --name NEW --recipe partial|full [--layers K --kinds attn,ffn\n"
+      "         --rel_norm R --seed S]  synthetic fine-tune (labelled synthetic)\n"
+      "Flags accept dashes or underscores. See --helpfull.");
+  std::vector<std::string> rest(args.begin() + std::min<size_t>(args.size(), 2), args.end());
+  const std::string cmd = args.size() > 1 ? args[1] : "";
+  return blockserve::server::RunZooCommand(cmd, rest);
+}

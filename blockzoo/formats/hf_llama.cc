@@ -144,7 +144,7 @@ absl::StatusOr<HfModel> LoadHfLlama(const std::string& dir) {
       const std::string file = it->get<std::string>();
       // Plain file names only: an index must not point outside the model directory.
       if (file.empty() || file.find('/') != std::string::npos || file == "." || file == ".." ||
-          file.find('\\0') != std::string::npos) {
+          file.find('\0') != std::string::npos) {
         return Bad(index_path.string(), "weight_map." + it.key(),
                    absl::StrCat("'", file, "' is not a file name in the model directory"));
       }

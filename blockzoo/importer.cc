@@ -9,6 +9,7 @@
 #include "blockzoo/formats/gguf_model.h"
 #include "blockzoo/formats/hf_llama.h"
 #include "blockzoo/formats/llama2c.h"
+#include "blockzoo/formats/peft.h"
 #include "blockzoo/model_loader.h"
 #include "runtime/mapped_file.h"
 #include "runtime/status_macros.h"
@@ -99,6 +100,79 @@ absl::StatusOr<ImportResult> StoreModel(const Zoo& zoo, const FileLock& lock,
   return r;
 }
 
+namespace {
+
+// HF's q/k row order (rotate-half) back to llama2.c's interleaved order, for B [out, r].
+runtime::Tensor UnpermuteRows(const runtime::Tensor& b, int n_heads) {
+  const int64_t rows = b.dim(0), cols = b.dim(1), hd = rows / n_heads;
+  const size_t row_bytes = cols * runtime::DTypeSize(b.dtype());
+  runtime::Tensor out = runtime::Tensor::Zeros(b.dtype(), b.shape());
+  for (int64_t h = 0; h < n_heads; ++h) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      for (int64_t j = 0; j < 2; ++j) {
+        std::memcpy(static_cast<char*>(out.mutable_raw()) + (h * hd + 2 * i + j) * row_bytes,
+                    static_cast<const char*>(b.raw()) + (h * hd + j * (hd / 2) + i) * row_bytes,
+                    row_bytes);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<ImportResult> ImportPeftAdapter(const Zoo& zoo, const std::string& dir,
+                                               const std::string& base, const ImportOptions& opt) {
+  ASSIGN_OR_RETURN(PeftAdapter peft, LoadPeftAdapter(dir));
+  ASSIGN_OR_RETURN(FileLock lock, zoo.LockForWrite());
+  ASSIGN_OR_RETURN(Manifest m, zoo.GetManifest(base));
+  const std::string name = opt.name.empty() ? ModelNameFromPath(dir) : opt.name;
+  if (!opt.replace && zoo.HasModel(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("model '", name, "' already exists"));
+  }
+  ImportResult r;
+  r.manifest = m;
+  r.manifest.name = name;
+  r.manifest.parent = base;
+  r.manifest.synthetic = false;
+  std::error_code ec;
+  r.manifest.provenance = {{"source", fs::absolute(dir, ec).string()},
+                           {"format", "peft"},
+                           {"importer", "blockzoo import"},
+                           {"rank", peft.rank},
+                           {"alpha", peft.alpha},
+                           {"adapter_config", peft.config}};
+  size_t done = 0;
+  for (auto& [key, tensors] : peft.blocks) {
+    if (opt.progress) opt.progress("blocks", done++, peft.blocks.size());
+    const auto [kind, layer] = key;
+    if (layer >= m.family.n_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, ": adapter has layer ", layer,
+                                                     ", the base has ", m.family.n_layers));
+    }
+    LoraBlock lora;
+    lora.attaches_to = kind;
+    lora.alpha = peft.alpha;
+    for (auto& [tname, t] : tensors) {
+      const bool qk_b = tname == "wq.lora_B" || tname == "wk.lora_B";
+      if (qk_b && m.family.rope_style == runtime::RopeStyle::kInterleaved && t.rank() == 2) {
+        lora.tensors[tname] =
+            UnpermuteRows(t, tname == "wq.lora_B" ? m.family.n_heads : m.family.n_kv_heads);
+      } else {
+        lora.tensors[tname] = t;
+      }
+    }
+    ASSIGN_OR_RETURN(PutBlockResult put, zoo.PutLora(lock, m.family, lora));
+    (put.existed ? r.blocks_shared : r.blocks_written)++;
+    for (ChainEntry& e : r.manifest.chain) {
+      if (e.kind == kind && e.layer == layer) e.lora = put.id;
+    }
+  }
+  if (opt.progress) opt.progress("blocks", peft.blocks.size(), peft.blocks.size());
+  RETURN_IF_ERROR(zoo.PutManifest(lock, r.manifest, opt.replace));
+  return r;
+}
+
 absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& source,
                                          const ImportOptions& opt) {
   Manifest tmpl;
@@ -110,6 +184,10 @@ absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& sour
   std::optional<std::string> tokenizer_path = opt.tokenizer;
   std::string format;
   if (fs::is_directory(source, ec)) {
+    if (fs::exists(fs::path(source) / "adapter_config.json", ec)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, " is a PEFT adapter: import it with --base MODEL (the zoo model it adapts)"));
+    }
     format = "huggingface";
     ASSIGN_OR_RETURN(HfModel hf, LoadHfLlama(source));
     weights = std::move(hf.weights);

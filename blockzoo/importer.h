@@ -33,6 +33,11 @@ struct TokenizerBytes {
 absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& source,
                                          const ImportOptions& opt);
 
+// Imports a PEFT LoRA adapter directory onto zoo model `base`: a new model `opt.name` (default:
+// the directory name) whose chain is the base's with LoRA blocks attached.
+absl::StatusOr<ImportResult> ImportPeftAdapter(const Zoo& zoo, const std::string& dir,
+                                               const std::string& base, const ImportOptions& opt);
+
 // Stores `w` as blocks plus a manifest built from `tmpl` (name, parent, provenance, synthetic;
 // family, chain and tokenizer are filled in). The caller holds the zoo's write lock.
 absl::StatusOr<ImportResult> StoreModel(const Zoo& zoo, const FileLock& lock,

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "blockzoo/model_loader.h"
 #include "blockzoo/sha256.h"
+#include "runtime/lora.h"
 #include "runtime/mapped_file.h"
 #include "runtime/status_macros.h"
 
@@ -71,6 +72,15 @@ absl::Status CheckBlockTensors(BlockKind kind, const ModelConfig& c, const Block
   return absl::OkStatus();
 }
 
+constexpr char kLoraKind[] = "lora";
+
+nlohmann::json LoraHparams(BlockKind attaches_to, const ModelConfig& c, float alpha) {
+  nlohmann::json j = BlockHparams(attaches_to, c);
+  j["attaches_to"] = runtime::BlockKindName(attaches_to);
+  j["alpha"] = static_cast<double>(alpha);
+  return j;
+}
+
 std::string TokenizerExt(const std::string& format) {
   if (format == "llama2c") return ".bin";
   if (format == "hf-json") return ".json";
@@ -111,10 +121,10 @@ bool IsTemp(const fs::path& p) { return absl::StartsWith(p.filename().string(), 
 
 }  // namespace
 
-std::string BlockId(BlockKind kind, const std::string& hparams_json, const BlockTensors& tensors) {
+std::string BlockId(const std::string& kind, const std::string& hparams_json,
+                    const BlockTensors& tensors) {
   Sha256 h;
-  h.Update(absl::StrCat(kBlockFormat, "\n", runtime::BlockKindName(kind), "\n", hparams_json,
-                        "\n"));
+  h.Update(absl::StrCat(kBlockFormat, "\n", kind, "\n", hparams_json, "\n"));
   for (const auto& [name, t] : tensors) {
     h.Update(absl::StrCat(name, "\n", SafetensorsDType(t.dtype()), " ",
                           absl::StrJoin(t.shape(), ","), " ", t.nbytes(), "\n"));
@@ -156,7 +166,22 @@ absl::StatusOr<PutBlockResult> Zoo::PutBlock(const FileLock&, BlockKind kind,
                                              const BlockTensors& tensors) const {
   RETURN_IF_ERROR(CheckBlockTensors(kind, family, tensors,
                                     absl::StrCat(runtime::BlockKindName(kind), " block")));
-  const std::string hparams = BlockHparams(kind, family).dump();
+  return PutBlockFile(runtime::BlockKindName(kind), BlockHparams(kind, family).dump(), tensors);
+}
+
+absl::StatusOr<PutBlockResult> Zoo::PutLora(const FileLock&, const ModelConfig& family,
+                                            const LoraBlock& lora) const {
+  // Building the run-time adapter checks every name and shape.
+  RETURN_IF_ERROR(runtime::LoraAdapter::Create(lora.attaches_to, family, lora.tensors, lora.alpha,
+                                               "LoRA block")
+                      .status());
+  return PutBlockFile(kLoraKind, LoraHparams(lora.attaches_to, family, lora.alpha).dump(),
+                      lora.tensors);
+}
+
+absl::StatusOr<PutBlockResult> Zoo::PutBlockFile(const std::string& kind,
+                                                 const std::string& hparams,
+                                                 const BlockTensors& tensors) const {
   PutBlockResult r;
   r.id = BlockId(kind, hparams, tensors);
   for (const auto& [name, t] : tensors) r.tensors[name] = {t.dtype(), t.shape()};
@@ -165,7 +190,7 @@ absl::StatusOr<PutBlockResult> Zoo::PutBlock(const FileLock&, BlockKind kind,
   for (const auto& [name, t] : tensors) ordered[name] = &t;
   const std::string header = SafetensorsHeader(
       ordered, {{"blockserve.format", kBlockFormat},
-                {"blockserve.kind", runtime::BlockKindName(kind)},
+                {"blockserve.kind", kind},
                 {"blockserve.hparams", hparams}});
   r.bytes = header.size();
   for (const auto& [name, t] : tensors) r.bytes += t.nbytes();
@@ -266,15 +291,30 @@ absl::StatusOr<Manifest> Zoo::GetManifest(const std::string& name) const {
   return m;
 }
 
-absl::StatusOr<SafetensorsFile> Zoo::ReadBlock(const std::string& id, const ChainEntry* expect,
-                                               bool verify_hash) const {
+absl::StatusOr<SafetensorsFile> Zoo::MapBlock(const std::string& id, bool verify_hash) const {
   if (!IsHexId(id)) return absl::InvalidArgumentError(absl::StrCat("bad block id '", id, "'"));
   const std::string path = BlockPath(id);
   ASSIGN_OR_RETURN(SafetensorsFile f, ReadSafetensors(path));
+  if (f.metadata["blockserve.format"] != kBlockFormat) {
+    return absl::DataLossError(absl::StrCat(path, ": not a blockserve block"));
+  }
+  if (verify_hash) {
+    const std::string actual =
+        BlockId(f.metadata["blockserve.kind"], f.metadata["blockserve.hparams"], f.tensors);
+    if (actual != id) {
+      return absl::DataLossError(absl::StrCat(path, ": content hash is ", actual, " (corrupt block)"));
+    }
+  }
+  return f;
+}
+
+absl::StatusOr<SafetensorsFile> Zoo::ReadBlock(const std::string& id, const ChainEntry* expect,
+                                               bool verify_hash) const {
+  ASSIGN_OR_RETURN(SafetensorsFile f, MapBlock(id, verify_hash));
+  const std::string path = BlockPath(id);
   auto bad = [&](auto&&... what) {
     return absl::DataLossError(absl::StrCat(path, ": ", what...));
   };
-  if (f.metadata["blockserve.format"] != kBlockFormat) return bad("not a blockserve block");
   auto kind = ParseBlockKind(f.metadata["blockserve.kind"]);
   if (!kind.ok()) return bad("metadata blockserve.kind: ", kind.status().message());
   if (expect != nullptr) {
@@ -296,11 +336,30 @@ absl::StatusOr<SafetensorsFile> Zoo::ReadBlock(const std::string& id, const Chai
       }
     }
   }
-  if (verify_hash) {
-    const std::string actual = BlockId(*kind, f.metadata["blockserve.hparams"], f.tensors);
-    if (actual != id) return bad("content hash is ", actual, " (corrupt block)");
-  }
   return f;
+}
+
+absl::StatusOr<LoraBlock> Zoo::ReadLora(const std::string& id, BlockKind kind,
+                                        const ModelConfig& family, bool verify_hash) const {
+  ASSIGN_OR_RETURN(SafetensorsFile f, MapBlock(id, verify_hash));
+  const std::string path = BlockPath(id);
+  if (f.metadata["blockserve.kind"] != kLoraKind) {
+    return absl::DataLossError(absl::StrCat(path, ": not a LoRA block"));
+  }
+  const auto hp = nlohmann::json::parse(f.metadata["blockserve.hparams"], nullptr, false);
+  if (hp.is_discarded() || !hp.is_object() || !hp.contains("alpha") || !hp["alpha"].is_number()) {
+    return absl::DataLossError(absl::StrCat(path, ": metadata blockserve.hparams lacks alpha"));
+  }
+  LoraBlock out;
+  out.attaches_to = kind;
+  out.alpha = hp["alpha"].get<float>();
+  if (hp.dump() != LoraHparams(kind, family, out.alpha).dump()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": LoRA block made for ", hp.dump(), ", not a ", runtime::BlockKindName(kind),
+        " block of this family"));
+  }
+  out.tensors = std::move(f.tensors);
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<runtime::Tokenizer>> Zoo::LoadTokenizer(const Manifest& m) const {
@@ -349,6 +408,14 @@ absl::StatusOr<VerifyReport> Zoo::Verify(const ProgressFn& progress) const {
       }
       auto f = ReadBlock(e.block, &e, /*verify_hash=*/false);
       if (!f.ok()) r.errors.push_back(std::string(f.status().message()));
+      if (!e.lora.empty()) {
+        auto l = ReadLora(e.lora, e.kind, m->family, /*verify_hash=*/false);
+        if (!l.ok()) {
+          r.errors.push_back(absl::StrCat(ManifestPath(name), ": LoRA of ",
+                                          runtime::BlockKindName(e.kind), " ", e.layer, ": ",
+                                          l.status().message()));
+        }
+      }
     }
     if (!m->tokenizer.empty()) {
       const std::string path = TokenizerPath(m->tokenizer, m->tokenizer_format);
@@ -376,7 +443,7 @@ absl::StatusOr<VerifyReport> Zoo::Verify(const ProgressFn& progress) const {
       r.errors.push_back(absl::StrCat(f, ": unexpected file in blocks/"));
       continue;
     }
-    auto b = ReadBlock(id, nullptr, /*verify_hash=*/true);
+    auto b = MapBlock(id, /*verify_hash=*/true);
     if (!b.ok()) r.errors.push_back(std::string(b.status().message()));
     if (!referenced.count(id)) {
       r.notes.push_back(absl::StrCat(f, ": not referenced by any model (gc removes it)"));

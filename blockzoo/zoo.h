@@ -33,8 +33,16 @@ using BlockTensors = std::map<std::string, runtime::Tensor>;
 
 // Content id of a block: SHA-256 over a format tag, the kind, the kind's family hyper-parameters
 // and every tensor's name, dtype, shape and bytes (in name order).
-std::string BlockId(runtime::BlockKind kind, const std::string& hparams_json,
+std::string BlockId(const std::string& kind, const std::string& hparams_json,
                     const BlockTensors& tensors);
+
+// A LoRA block: "<target>.lora_A" [rank, in] / "<target>.lora_B" [out, rank] tensors for the
+// projections of one attn or ffn block, and alpha (delta = alpha / rank * B A).
+struct LoraBlock {
+  runtime::BlockKind attaches_to = runtime::BlockKind::kAttn;
+  float alpha = 1.0f;
+  BlockTensors tensors;
+};
 
 struct PutBlockResult {
   std::string id;
@@ -82,6 +90,8 @@ class Zoo {
   absl::StatusOr<PutBlockResult> PutBlock(const FileLock& lock, runtime::BlockKind kind,
                                           const runtime::ModelConfig& family,
                                           const BlockTensors& tensors) const;
+  absl::StatusOr<PutBlockResult> PutLora(const FileLock& lock, const runtime::ModelConfig& family,
+                                         const LoraBlock& lora) const;
   // Stores tokenizer bytes (`format` as in Manifest::tokenizer_format); returns the id.
   absl::StatusOr<std::string> PutTokenizer(const FileLock& lock, const std::string& bytes,
                                            const std::string& format) const;
@@ -98,6 +108,9 @@ class Zoo {
   // its content hash when `verify_hash`.
   absl::StatusOr<SafetensorsFile> ReadBlock(const std::string& id, const ChainEntry* expect,
                                             bool verify_hash) const;
+  // Maps a LoRA block and checks it fits a `kind` block of `family`.
+  absl::StatusOr<LoraBlock> ReadLora(const std::string& id, runtime::BlockKind kind,
+                                     const runtime::ModelConfig& family, bool verify_hash) const;
   absl::StatusOr<std::unique_ptr<runtime::Tokenizer>> LoadTokenizer(const Manifest& m) const;
 
   absl::StatusOr<ZooStats> Stats() const;
@@ -106,6 +119,10 @@ class Zoo {
 
  private:
   explicit Zoo(std::string dir) : dir_(std::move(dir)) {}
+  absl::StatusOr<PutBlockResult> PutBlockFile(const std::string& kind, const std::string& hparams,
+                                              const BlockTensors& tensors) const;
+  // Maps block `id` and checks its format tag and (when `verify_hash`) its content hash.
+  absl::StatusOr<SafetensorsFile> MapBlock(const std::string& id, bool verify_hash) const;
   std::string dir_;
 };
 

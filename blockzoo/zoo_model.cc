@@ -40,17 +40,24 @@ absl::StatusOr<std::shared_ptr<runtime::Block>> LoadBlock(const Zoo& zoo, const 
   return absl::InternalError("unknown block kind");
 }
 
+absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadLora(
+    const Zoo& zoo, const ChainEntry& e, const runtime::ModelConfig& family, bool verify_hash) {
+  ASSIGN_OR_RETURN(LoraBlock l, zoo.ReadLora(e.lora, e.kind, family, verify_hash));
+  return runtime::LoraAdapter::Create(e.kind, family, l.tensors, l.alpha, zoo.BlockPath(e.lora));
+}
+
 absl::StatusOr<ZooModel> LoadZooModel(const Zoo& zoo, const std::string& name,
                                       const runtime::BlockOptions& opt, bool verify_hash) {
   ZooModel out;
   ASSIGN_OR_RETURN(out.manifest, zoo.GetManifest(name));
   std::vector<std::shared_ptr<runtime::Block>> blocks;
   for (const ChainEntry& e : out.manifest.chain) {
-    if (!e.lora.empty()) {
-      return absl::UnimplementedError(
-          absl::StrCat("model '", name, "': LoRA blocks are not supported by this build yet"));
-    }
     ASSIGN_OR_RETURN(auto block, LoadBlock(zoo, e, out.manifest.family, opt, verify_hash));
+    if (!e.lora.empty()) {
+      ASSIGN_OR_RETURN(auto adapter, LoadLora(zoo, e, out.manifest.family, verify_hash));
+      RETURN_IF_ERROR(block->AttachAdapter(kModelAdapterKey, std::move(adapter)));
+      out.adapter = kModelAdapterKey;
+    }
     blocks.push_back(std::move(block));
   }
   ASSIGN_OR_RETURN(runtime::Chain chain, runtime::Chain::Create(out.manifest.family, std::move(blocks)));

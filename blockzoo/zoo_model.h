@@ -8,6 +8,7 @@
 #include "blockzoo/zoo.h"
 #include "runtime/blocks/blocks.h"
 #include "runtime/chain.h"
+#include "runtime/lora.h"
 
 namespace blockserve::blockzoo {
 
@@ -24,8 +25,16 @@ absl::StatusOr<runtime::ModelWeights> BlockWeights(const Zoo& zoo, const ChainEn
                                                    const runtime::ModelConfig& family,
                                                    bool verify_hash);
 
+// The run-time adapter of manifest entry `e`'s LoRA block.
+absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadLora(
+    const Zoo& zoo, const ChainEntry& e, const runtime::ModelConfig& family, bool verify_hash);
+
+// The adapter key under which LoadZooModel attaches a model's own LoRA blocks.
+constexpr int32_t kModelAdapterKey = 1;
+
 struct ZooModel {
   Manifest manifest;
+  int32_t adapter = 0;  // what spans of this model set SeqSpan::adapter to (0: no LoRA)
   std::unique_ptr<runtime::Chain> chain;
   std::unique_ptr<runtime::Tokenizer> tokenizer;  // null when the model has none
 };

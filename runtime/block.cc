@@ -1,5 +1,7 @@
 #include "runtime/block.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace blockserve::runtime {
 
 const char* BlockKindName(BlockKind k) {
@@ -22,9 +24,10 @@ void Batch::Clear() {
   logit_rows.clear();
 }
 
-void Batch::Add(SeqId seq, int pos, const int32_t* toks, int len, SeqSpan::Logits logits) {
+void Batch::Add(SeqId seq, int pos, const int32_t* toks, int len, SeqSpan::Logits logits,
+                int32_t adapter) {
   const int first_row = num_tokens();
-  spans.push_back({seq, pos, len, logits});
+  spans.push_back({seq, pos, len, logits, adapter});
   tokens.insert(tokens.end(), toks, toks + len);
   if (logits == SeqSpan::Logits::kAll) {
     for (int i = 0; i < len; ++i) logit_rows.push_back(first_row + i);
@@ -37,6 +40,11 @@ float* ExecContext::Scratch(int slot, size_t n) {
   if (scratch_.size() <= static_cast<size_t>(slot)) scratch_.resize(slot + 1);
   if (scratch_[slot].size() < n) scratch_[slot].resize(n);
   return scratch_[slot].data();
+}
+
+absl::Status Block::AttachAdapter(int32_t, std::shared_ptr<const LoraAdapter>) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(BlockKindName(kind()), " blocks take no LoRA adapters"));
 }
 
 }  // namespace blockserve::runtime

@@ -3,12 +3,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "runtime/device.h"
 
 namespace blockserve::runtime {
+
+class LoraAdapter;
 
 enum class BlockKind : uint8_t { kEmbed, kAttn, kFfn, kHead };
 const char* BlockKindName(BlockKind k);
@@ -22,6 +25,9 @@ struct SeqSpan {
   int pos = 0;
   int len = 0;
   enum class Logits : uint8_t { kNone, kLast, kAll } logits = Logits::kLast;
+  // LoRA adapter key (0: none). attn/ffn blocks apply the adapter attached under this key to
+  // the span's rows; blocks without one attached fail the call.
+  int32_t adapter = 0;
 };
 
 struct Batch {
@@ -34,7 +40,7 @@ struct Batch {
   void Clear();
   // Appends a span for `seq` with `tokens` at positions pos, pos + 1, ...
   void Add(SeqId seq, int pos, const int32_t* tokens, int len,
-           SeqSpan::Logits logits = SeqSpan::Logits::kLast);
+           SeqSpan::Logits logits = SeqSpan::Logits::kLast, int32_t adapter = 0);
   int num_tokens() const { return static_cast<int>(tokens.size()); }
 };
 
@@ -62,6 +68,10 @@ class Block {
   // Drops all state held for `seq` (attn: its KV pages). No-op for stateless blocks.
   virtual void ReleaseSequence(SeqId seq) {}
   virtual size_t weight_bytes() const = 0;
+  // LoRA adapters this block applies to spans that name `key` (attn and ffn blocks only).
+  // Many adapters may be attached at once; each span picks its own.
+  virtual absl::Status AttachAdapter(int32_t key, std::shared_ptr<const LoraAdapter> adapter);
+  virtual void DetachAdapter(int32_t key) {}
 };
 
 }  // namespace blockserve::runtime

@@ -80,7 +80,8 @@ absl::StatusOr<std::vector<GenerationResult>> GenerateBatch(
         continue;
       }
       batch.Add(seq_base + i, live[i].pos, live[i].pending.data(),
-                static_cast<int>(live[i].pending.size()));
+                static_cast<int>(live[i].pending.size()), runtime::SeqSpan::Logits::kLast,
+                requests[i].adapter);
       members.push_back(i);
     }
     if (members.empty()) {

@@ -16,6 +16,7 @@ namespace blockserve::scheduler {
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;  // token ids, BOS included when wanted; not empty
+  int32_t adapter = 0;          // LoRA adapter key (SeqSpan::adapter)
   int max_tokens = 16;          // generated tokens at most
   runtime::SamplingParams sampling;
   std::vector<int32_t> stop_tokens;  // generation ends (without emitting it) on any of these

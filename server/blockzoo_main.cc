@@ -12,14 +12,16 @@ int main(int argc, char** argv) {
       argc, argv,
       "blockzoo <command> --zoo DIR [args]\n"
       "  import SOURCE [--name N --tokenizer FILE --replace]  llama2.c .bin, GGUF or HF directory\n"
+      "  import PEFT_DIR --base MODEL [--name N]  a PEFT LoRA adapter on a zoo model\n"
       "  ls                       models with parent, blocks and bytes\n"
       "  show NAME                a model's family and chain (with how many models share each block)\n"
       "  stats                    logical bytes (summed over models), physical bytes, ratio\n"
       "  verify                   check every manifest, block hash and tokenizer\n"
       "  gc                       remove unreferenced blocks and leftovers of interrupted writes\n"
       "  rm NAME                  remove a model (its blocks stay until gc)\n"
-      "  derive --from BASE --name NEW --recipe partial|full [--layers K --kinds attn,ffn\n"
-      "         --rel_norm R --seed S]  synthetic fine-tune (labelled synthetic)\n"
+      "  derive --from BASE --name NEW --recipe partial|full|lora [--layers K --kinds attn,ffn\n"
+      "         --rel_norm R --seed S --lora_rank R --lora_alpha A --lora_targets wq,wv --merge]\n"
+      "         synthetic fine-tune (labelled synthetic)\n"
       "Flags accept dashes or underscores. See --helpfull.");
   std::vector<std::string> rest(args.begin() + std::min<size_t>(args.size(), 2), args.end());
   const std::string cmd = args.size() > 1 ? args[1] : "";

@@ -40,6 +40,7 @@ void PrintPiece(const std::string& piece) {
 
 struct Runnable {
   std::unique_ptr<runtime::Chain> chain;
+  int32_t adapter = 0;
   std::unique_ptr<runtime::Tokenizer> tokenizer;
 };
 
@@ -51,6 +52,7 @@ absl::StatusOr<Runnable> LoadForGenerate(const std::string& model, const std::st
     ASSIGN_OR_RETURN(auto zoo, blockzoo::Zoo::Open(zoo_dir, /*create=*/false));
     ASSIGN_OR_RETURN(blockzoo::ZooModel m, blockzoo::LoadZooModel(*zoo, model, {}, false));
     r.chain = std::move(m.chain);
+    r.adapter = m.adapter;
     r.tokenizer = std::move(m.tokenizer);
     if (!tokenizer.empty()) {
       ASSIGN_OR_RETURN(r.tokenizer, blockzoo::LoadTokenizerFile(tokenizer, r.chain->config().vocab_size));
@@ -94,6 +96,7 @@ int RunGenerate() {
   req.prompt = tok.Encode(absl::GetFlag(FLAGS_prompt), /*add_bos=*/true);
   if (req.prompt.empty()) req.prompt.push_back(0);
   req.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  req.adapter = loaded->adapter;
   req.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   req.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   req.sampling.top_k = absl::GetFlag(FLAGS_top_k);

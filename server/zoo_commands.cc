@@ -21,7 +21,12 @@ ABSL_FLAG(std::string, name, "", "model name (import: default from the source; d
 ABSL_FLAG(std::string, tokenizer, "", "import: tokenizer file overriding the source's own");
 ABSL_FLAG(bool, replace, false, "import/derive: replace a model of the same name");
 ABSL_FLAG(std::string, from, "", "derive: the base model");
-ABSL_FLAG(std::string, recipe, "partial", "derive: partial | full");
+ABSL_FLAG(std::string, recipe, "partial", "derive: partial | full | lora");
+ABSL_FLAG(int, lora_rank, 8, "derive lora: rank");
+ABSL_FLAG(double, lora_alpha, 16.0, "derive lora: alpha (delta = alpha / rank * B A)");
+ABSL_FLAG(std::string, lora_targets, "wq,wv", "derive lora: projections (wq wk wv wo w1 w2 w3)");
+ABSL_FLAG(bool, merge, false, "derive lora: write W + delta as new blocks instead of LoRA blocks");
+ABSL_FLAG(std::string, base, "", "import of a PEFT adapter directory: the zoo model it adapts");
 ABSL_FLAG(int, layers, 1, "derive partial: perturb the blocks of the top K layers");
 ABSL_FLAG(std::string, kinds, "attn,ffn", "derive partial: block kinds to perturb");
 ABSL_FLAG(double, rel_norm, 0.01, "derive: relative Frobenius norm of each perturbation");
@@ -86,7 +91,9 @@ int Import(const std::vector<std::string>& args) {
   if (!absl::GetFlag(FLAGS_tokenizer).empty()) opt.tokenizer = absl::GetFlag(FLAGS_tokenizer);
   opt.replace = absl::GetFlag(FLAGS_replace);
   opt.progress = Progress("import " + args[0]);
-  auto r = blockzoo::ImportModel(**zoo, args[0], opt);
+  const std::string base = absl::GetFlag(FLAGS_base);
+  auto r = base.empty() ? blockzoo::ImportModel(**zoo, args[0], opt)
+                        : blockzoo::ImportPeftAdapter(**zoo, args[0], base, opt);
   if (!r.ok()) return Fail(r.status());
   std::printf("imported %s: %zu blocks (%d new, %d already in the zoo), %s, tokenizer %s\n",
               r->manifest.name.c_str(), r->manifest.chain.size(), r->blocks_written,
@@ -225,10 +232,16 @@ int Derive() {
     opt.recipe = blockzoo::DeriveOptions::Recipe::kPartial;
   } else if (recipe == "full") {
     opt.recipe = blockzoo::DeriveOptions::Recipe::kFull;
+  } else if (recipe == "lora") {
+    opt.recipe = blockzoo::DeriveOptions::Recipe::kLora;
   } else {
-    std::fprintf(stderr, "error: --recipe must be partial or full\n");
+    std::fprintf(stderr, "error: --recipe must be partial, full or lora\n");
     return 2;
   }
+  opt.lora_rank = absl::GetFlag(FLAGS_lora_rank);
+  opt.lora_alpha = static_cast<float>(absl::GetFlag(FLAGS_lora_alpha));
+  opt.lora_targets = absl::StrSplit(absl::GetFlag(FLAGS_lora_targets), ',', absl::SkipEmpty());
+  opt.merge = absl::GetFlag(FLAGS_merge);
   opt.top_layers = absl::GetFlag(FLAGS_layers);
   opt.kinds.clear();
   for (absl::string_view k : absl::StrSplit(absl::GetFlag(FLAGS_kinds), ',', absl::SkipEmpty())) {

@@ -11,6 +11,7 @@
 #include "runtime/blocks/blocks.h"
 #include "runtime/kv_cache.h"
 #include "runtime/linear.h"
+#include "runtime/lora.h"
 #include "runtime/status_macros.h"
 
 namespace blockserve::runtime {
@@ -26,10 +27,15 @@ class AttnBlock final : public Block {
   BlockKind kind() const override { return BlockKind::kAttn; }
   size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
   void ReleaseSequence(SeqId seq) override { kv_.Release(seq); }
+  absl::Status AttachAdapter(int32_t key, std::shared_ptr<const LoraAdapter> a) override {
+    return adapters_.Attach(BlockKind::kAttn, key, std::move(a));
+  }
+  void DetachAdapter(int32_t key) override { adapters_.Detach(key); }
 
   absl::Status Forward(Batch& batch, ExecContext& ctx) override {
     const int t = batch.num_tokens();
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), qkv_n = dim + 2 * kv_dim;
+    RETURN_IF_ERROR(adapters_.Check(batch));
     RETURN_IF_ERROR(ReserveKv(batch));
     float* x = batch.hidden.data();                                    // [t, dim]
     float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim);           // [t, dim]
@@ -38,9 +44,13 @@ class AttnBlock final : public Block {
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim);          // [t, dim]
     kernels::RmsNorm(x, norm_.data<float>(), t, dim, cfg_.norm_eps, xn);
     qkv_.Forward(ctx.pool(), xn, t, qkv);
+    adapters_.Apply(batch, "wq", ctx, xn, qkv, qkv_n, 0);
+    adapters_.Apply(batch, "wk", ctx, xn, qkv, qkv_n, dim);
+    adapters_.Apply(batch, "wv", ctx, xn, qkv, qkv_n, dim + kv_dim);
     WriteKv(batch, qkv);
     Attend(batch, ctx, qkv, att);
     wo_.Forward(ctx.pool(), att, t, out);
+    adapters_.Apply(batch, "wo", ctx, att, out, dim, 0);
     const size_t n = static_cast<size_t>(t) * dim;
     for (size_t i = 0; i < n; ++i) x[i] += out[i];
     return absl::OkStatus();
@@ -132,6 +142,7 @@ class AttnBlock final : public Block {
   PackedLinear wo_;   // [dim, dim]
   kernels::AttentionShape shape_;
   KvCache kv_;
+  AdapterTable adapters_;
   std::vector<float> rope_table_;  // [positions][cos(head_dim/2), sin(head_dim/2)]
   int rope_positions_ = 0;
 };

@@ -3,6 +3,7 @@
 #include "kernels/cpu/rmsnorm.h"
 #include "runtime/blocks/blocks.h"
 #include "runtime/linear.h"
+#include "runtime/lora.h"
 #include "runtime/status_macros.h"
 
 namespace blockserve::runtime {
@@ -15,8 +16,13 @@ class FfnBlock final : public Block {
         gate_up_(std::move(gate_up)), down_(std::move(down)) {}
   BlockKind kind() const override { return BlockKind::kFfn; }
   size_t weight_bytes() const override { return norm_.nbytes() + gate_up_.bytes() + down_.bytes(); }
+  absl::Status AttachAdapter(int32_t key, std::shared_ptr<const LoraAdapter> a) override {
+    return adapters_.Attach(BlockKind::kFfn, key, std::move(a));
+  }
+  void DetachAdapter(int32_t key) override { adapters_.Detach(key); }
 
   absl::Status Forward(Batch& batch, ExecContext& ctx) override {
+    RETURN_IF_ERROR(adapters_.Check(batch));
     const int t = batch.num_tokens();
     float* x = batch.hidden.data();                                     // [t, dim]
     float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim_);           // [t, dim]
@@ -25,11 +31,14 @@ class FfnBlock final : public Block {
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim_);          // [t, dim]
     kernels::RmsNorm(x, norm_.data<float>(), t, dim_, eps_, xn);
     gate_up_.Forward(ctx.pool(), xn, t, gu);
+    adapters_.Apply(batch, "w1", ctx, xn, gu, 2 * hidden_, 0);
+    adapters_.Apply(batch, "w3", ctx, xn, gu, 2 * hidden_, hidden_);
     for (int i = 0; i < t; ++i) {
       const float* row = gu + static_cast<size_t>(i) * 2 * hidden_;
       kernels::SwiGlu(row, row + hidden_, hidden_, h + static_cast<size_t>(i) * hidden_);
     }
     down_.Forward(ctx.pool(), h, t, out);
+    adapters_.Apply(batch, "w2", ctx, h, out, dim_, 0);
     const size_t n = static_cast<size_t>(t) * dim_;
     for (size_t i = 0; i < n; ++i) x[i] += out[i];
     return absl::OkStatus();
@@ -41,6 +50,7 @@ class FfnBlock final : public Block {
   Tensor norm_;  // [dim] f32
   PackedLinear gate_up_;  // [2*hidden, dim]: w1 rows then w3 rows
   PackedLinear down_;     // [dim, hidden]
+  AdapterTable adapters_;
 };
 
 }  // namespace

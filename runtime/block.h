@@ -26,7 +26,8 @@ struct SeqSpan {
   int len = 0;
   enum class Logits : uint8_t { kNone, kLast, kAll } logits = Logits::kLast;
   // LoRA adapter key (0: none). attn/ffn blocks apply the adapter attached under this key to
-  // the span's rows; blocks without one attached fail the call.
+  // the span's rows; a block with no adapter under that key runs its base weights (an adapter
+  // usually touches only some projections of some layers).
   int32_t adapter = 0;
 };
 

@@ -91,16 +91,6 @@ absl::Status AdapterTable::Attach(BlockKind kind, int32_t key,
   return absl::OkStatus();
 }
 
-absl::Status AdapterTable::Check(const Batch& batch) const {
-  for (const SeqSpan& s : batch.spans) {
-    if (s.adapter != 0 && !adapters_.count(s.adapter)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("sequence ", s.seq, ": LoRA adapter ", s.adapter, " is not attached"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 void AdapterTable::Apply(const Batch& batch, const std::string& target, ExecContext& ctx,
                          const float* x, float* y, int ldy, int col0) const {
   if (adapters_.empty()) return;
@@ -109,8 +99,9 @@ void AdapterTable::Apply(const Batch& batch, const std::string& target, ExecCont
     const int32_t key = batch.spans[i].adapter;
     const int first = row;
     while (i < batch.spans.size() && batch.spans[i].adapter == key) row += batch.spans[i++].len;
-    if (key == 0) continue;
-    const LoraProjection* p = adapters_.at(key)->Find(target);
+    auto it = key == 0 ? adapters_.end() : adapters_.find(key);
+    if (it == adapters_.end()) continue;
+    const LoraProjection* p = it->second->Find(target);
     if (p == nullptr) continue;
     const int rows = row - first, in = p->a.in_features(), rank = p->a.out_features(), out = p->b.out_features();
     float* tmp = ctx.Scratch(4, static_cast<size_t>(rows) * rank);

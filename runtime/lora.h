@@ -51,9 +51,8 @@ class AdapterTable {
  public:
   absl::Status Attach(BlockKind kind, int32_t key, std::shared_ptr<const LoraAdapter> a);
   void Detach(int32_t key) { adapters_.erase(key); }
-  // Every span's adapter is attached (or 0).
-  absl::Status Check(const Batch& batch) const;
-  // For each run of consecutive spans with the same non-zero adapter holding `target`:
+  // For each run of consecutive spans with the same adapter key attached here and holding
+  // `target` (a key not attached here means the adapter leaves this block unchanged):
   // y[r][col0 + j] += delta(x[r]) over the run's rows (x rows are `in` floats apart).
   void Apply(const Batch& batch, const std::string& target, ExecContext& ctx, const float* x,
              float* y, int ldy, int col0) const;

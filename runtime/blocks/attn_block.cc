@@ -35,7 +35,6 @@ class AttnBlock final : public Block {
   absl::Status Forward(Batch& batch, ExecContext& ctx) override {
     const int t = batch.num_tokens();
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), qkv_n = dim + 2 * kv_dim;
-    RETURN_IF_ERROR(adapters_.Check(batch));
     RETURN_IF_ERROR(ReserveKv(batch));
     float* x = batch.hidden.data();                                    // [t, dim]
     float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim);           // [t, dim]

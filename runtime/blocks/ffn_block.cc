@@ -22,7 +22,6 @@ class FfnBlock final : public Block {
   void DetachAdapter(int32_t key) override { adapters_.Detach(key); }
 
   absl::Status Forward(Batch& batch, ExecContext& ctx) override {
-    RETURN_IF_ERROR(adapters_.Check(batch));
     const int t = batch.num_tokens();
     float* x = batch.hidden.data();                                     // [t, dim]
     float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim_);           // [t, dim]

@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
       "  derive --from BASE --name NEW --recipe partial|full|lora [--layers K --kinds attn,ffn\n"
       "         --rel_norm R --seed S --lora_rank R --lora_alpha A --lora_targets wq,wv --merge]\n"
       "         synthetic fine-tune (labelled synthetic)\n"
+      "  equiv MODEL [--calibration F --heldout F --skips=false --include_self]\n"
+      "         score every candidate block (and skipping) at each position; stored in the zoo\n"
+      "  resolve MODEL [--policy exact|equivalent --threshold T --allow_skip --min_top1 A]\n"
+      "         the chain that would run under a policy\n"
       "Flags accept dashes or underscores. See --helpfull.");
   std::vector<std::string> rest(args.begin() + std::min<size_t>(args.size(), 2), args.end());
   const std::string cmd = args.size() > 1 ? args[1] : "";

@@ -6,6 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "blockzoo/equiv.h"
 #include "blockzoo/model_loader.h"
 #include "blockzoo/zoo_model.h"
 #include "runtime/status_macros.h"
@@ -16,6 +17,10 @@
 ABSL_FLAG(std::string, model, "",
           "model file (llama2.c checkpoint .bin or GGUF), or with --zoo a model name in the zoo");
 ABSL_FLAG(std::string, zoo, "", "block zoo directory: run --model NAME from it");
+ABSL_FLAG(std::string, policy, "exact",
+          "with --zoo: exact (the model's own blocks) or equivalent (measured substitutes)");
+ABSL_FLAG(double, threshold, 0.99, "with --policy equivalent: minimum block score");
+ABSL_FLAG(bool, allow_skip, false, "with --policy equivalent: drop sub-layers that pass");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer file (llama2.c .bin or tokenizer.json); "
                                       "default: the GGUF's own, or tok<vocab>.bin next to the model");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
@@ -52,6 +57,20 @@ absl::StatusOr<Runnable> LoadForGenerate(const std::string& model, const std::st
     ASSIGN_OR_RETURN(auto zoo, blockzoo::Zoo::Open(zoo_dir, /*create=*/false));
     ASSIGN_OR_RETURN(blockzoo::ZooModel m, blockzoo::LoadZooModel(*zoo, model, {}, false));
     r.chain = std::move(m.chain);
+    const std::string policy = absl::GetFlag(FLAGS_policy);
+    if (policy == "equivalent") {
+      blockzoo::ResolvePolicy p;
+      p.mode = blockzoo::ResolvePolicy::Mode::kEquivalent;
+      p.threshold = absl::GetFlag(FLAGS_threshold);
+      p.allow_skip = absl::GetFlag(FLAGS_allow_skip);
+      ASSIGN_OR_RETURN(blockzoo::ResolvedChain rc, blockzoo::ResolveChain(*zoo, model, p));
+      ASSIGN_OR_RETURN(runtime::Chain chain, blockzoo::BuildResolvedChain(*zoo, m.manifest, rc));
+      r.chain = std::make_unique<runtime::Chain>(std::move(chain));
+      std::fprintf(stderr, "policy equivalent(%.4g%s): %d blocks substituted, %d skipped\n",
+                   p.threshold, p.allow_skip ? ", skips" : "", rc.substituted, rc.skipped);
+    } else if (policy != "exact") {
+      return absl::InvalidArgumentError("--policy must be exact or equivalent");
+    }
     r.adapter = m.adapter;
     r.tokenizer = std::move(m.tokenizer);
     if (!tokenizer.empty()) {

@@ -12,7 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "runtime/status_macros.h"
 #include "blockzoo/derive.h"
+#include "blockzoo/equiv.h"
+#include "blockzoo/file_util.h"
 #include "blockzoo/importer.h"
 #include "blockzoo/zoo.h"
 
@@ -26,6 +29,14 @@ ABSL_FLAG(int, lora_rank, 8, "derive lora: rank");
 ABSL_FLAG(double, lora_alpha, 16.0, "derive lora: alpha (delta = alpha / rank * B A)");
 ABSL_FLAG(std::string, lora_targets, "wq,wv", "derive lora: projections (wq wk wv wo w1 w2 w3)");
 ABSL_FLAG(bool, merge, false, "derive lora: write W + delta as new blocks instead of LoRA blocks");
+ABSL_FLAG(std::string, calibration, "", "equiv: calibration text file (paragraphs); default built in");
+ABSL_FLAG(std::string, heldout, "", "equiv: held-out text file (paragraphs); default built in");
+ABSL_FLAG(bool, skips, true, "equiv: also evaluate skipping each attn/ffn sub-layer");
+ABSL_FLAG(bool, include_self, false, "equiv: also score each block against itself (must be 1)");
+ABSL_FLAG(std::string, policy, "equivalent", "resolve: exact | equivalent");
+ABSL_FLAG(double, threshold, 0.99, "resolve: minimum block score of a substitute or skip");
+ABSL_FLAG(bool, allow_skip, false, "resolve: allow dropping sub-layers that pass");
+ABSL_FLAG(double, min_top1, 0.0, "resolve: minimum whole-model top-1 agreement");
 ABSL_FLAG(std::string, base, "", "import of a PEFT adapter directory: the zoo model it adapts");
 ABSL_FLAG(int, layers, 1, "derive partial: perturb the blocks of the top K layers");
 ABSL_FLAG(std::string, kinds, "attn,ffn", "derive partial: block kinds to perturb");
@@ -261,6 +272,86 @@ int Derive() {
   return 0;
 }
 
+absl::StatusOr<std::vector<std::string>> ReadParagraphs(const std::string& path) {
+  if (path.empty()) return std::vector<std::string>{};
+  ASSIGN_OR_RETURN(std::string text, blockzoo::ReadWholeFile(path, 64 << 20));
+  return blockzoo::SplitParagraphs(text);
+}
+
+int Equiv(const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    std::fprintf(stderr, "usage: blockzoo equiv --zoo DIR MODEL [--calibration F --heldout F]\n");
+    return 2;
+  }
+  auto zoo = OpenZoo(false);
+  if (!zoo.ok()) return Fail(zoo.status());
+  blockzoo::EquivOptions opt;
+  opt.model = args[0];
+  auto calib = ReadParagraphs(absl::GetFlag(FLAGS_calibration));
+  auto held = ReadParagraphs(absl::GetFlag(FLAGS_heldout));
+  if (!calib.ok()) return Fail(calib.status());
+  if (!held.ok()) return Fail(held.status());
+  opt.calibration = *calib;
+  opt.heldout = *held;
+  opt.include_skips = absl::GetFlag(FLAGS_skips);
+  opt.include_reference = absl::GetFlag(FLAGS_include_self);
+  opt.progress = Progress("equiv " + opt.model);
+  auto r = blockzoo::EvaluateEquivalence(**zoo, opt);
+  if (!r.ok()) return Fail(r.status());
+  auto lock = (*zoo)->LockForWrite();
+  if (!lock.ok()) return Fail(lock.status());
+  auto path = blockzoo::StoreEquivRecord(**zoo, *lock, *r);
+  if (!path.ok()) return Fail(path.status());
+  std::printf("%s: %d calibration tokens, %d held-out tokens\n", r->model.c_str(),
+              r->calibration_tokens, r->heldout_tokens);
+  std::printf("%-8s %-22s %-10s %10s %10s %10s %8s %10s\n", "POSITION", "CANDIDATE", "FROM",
+              "COS_DELTA", "COS_OUT", "REL_L2", "TOP1", "KL");
+  for (const auto& e : r->entries) {
+    const std::string pos = absl::StrCat(runtime::BlockKindName(e.kind), " ", e.layer);
+    const std::string from = e.candidate == blockzoo::kIdentity ? "(skip)"
+                             : e.candidate_models.empty()       ? "-"
+                                                                : e.candidate_models[0];
+    std::printf("%-8s %-22s %-10s %10.6f %10.6f %10.2e %8.4f %10.2e\n", pos.c_str(),
+                e.candidate.substr(0, 22).c_str(), from.c_str(), e.cos_delta, e.cos_out,
+                e.candidate == blockzoo::kIdentity ? e.rel_l2_out : e.rel_l2_delta, e.top1, e.kl);
+  }
+  std::printf("stored %s\n", path->c_str());
+  return 0;
+}
+
+int Resolve(const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    std::fprintf(stderr, "usage: blockzoo resolve --zoo DIR MODEL [--policy --threshold]\n");
+    return 2;
+  }
+  auto zoo = OpenZoo(false);
+  if (!zoo.ok()) return Fail(zoo.status());
+  blockzoo::ResolvePolicy p;
+  const std::string mode = absl::GetFlag(FLAGS_policy);
+  if (mode != "exact" && mode != "equivalent") {
+    std::fprintf(stderr, "error: --policy must be exact or equivalent\n");
+    return 2;
+  }
+  p.mode = mode == "exact" ? blockzoo::ResolvePolicy::Mode::kExact
+                           : blockzoo::ResolvePolicy::Mode::kEquivalent;
+  p.threshold = absl::GetFlag(FLAGS_threshold);
+  p.allow_skip = absl::GetFlag(FLAGS_allow_skip);
+  p.min_top1 = absl::GetFlag(FLAGS_min_top1);
+  auto rc = blockzoo::ResolveChain(**zoo, args[0], p);
+  if (!rc.ok()) return Fail(rc.status());
+  for (const auto& b : rc->blocks) {
+    const std::string pos = b.entry.layer >= 0
+                                ? absl::StrCat(runtime::BlockKindName(b.entry.kind), " ", b.entry.layer)
+                                : runtime::BlockKindName(b.entry.kind);
+    std::printf("  %-10s %s%s\n", pos.c_str(), b.entry.block.c_str(),
+                b.substituted ? absl::StrFormat("  <- from %s (score %.6f)", b.from_model, b.score).c_str()
+                              : "");
+  }
+  std::printf("%zu blocks, %d substituted, %d skipped\n", rc->blocks.size(), rc->substituted,
+              rc->skipped);
+  return 0;
+}
+
 }  // namespace
 
 int RunZooCommand(const std::string& cmd, const std::vector<std::string>& args) {
@@ -272,6 +363,8 @@ int RunZooCommand(const std::string& cmd, const std::vector<std::string>& args) 
   if (cmd == "gc") return Gc();
   if (cmd == "rm") return Remove(args);
   if (cmd == "derive") return Derive();
+  if (cmd == "equiv") return Equiv(args);
+  if (cmd == "resolve") return Resolve(args);
   std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
   return 2;
 }

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/roofline.h"
-#include "bench/synthetic.h"
+#include "blockzoo/synthetic.h"
 #include "kernels/cpu/matmul.h"
 #include "runtime/chain.h"
 
@@ -109,7 +109,7 @@ int Main(int argc, char** argv) {
   const double peak = MeasureFmaPeak(cpu.pool(), 5);
   std::printf("  read bandwidth %.1f GB/s, f32 FMA peak %.1f GFLOP/s (%d threads)\n", bw, peak,
               threads);
-  const runtime::ModelConfig cfg = Llama110MConfig();
+  const runtime::ModelConfig cfg = blockzoo::Llama110MConfig();
   nlohmann::json out = {{"threads", threads},           {"bandwidth_gbs", bw},
                         {"fma_peak_gflops", peak},      {"matmul_isa", kernels::MatmulIsa()},
                         {"model", "synthetic llama dim768 L12 H12 ffn2048 vocab32000"}};
@@ -118,7 +118,7 @@ int Main(int argc, char** argv) {
     const std::string name = runtime::DTypeName(dt);
     if (!only_dtype.empty() && only_dtype != name) continue;
     std::printf("building synthetic model (%s weights) ...\n", name.c_str());
-    auto chain = runtime::BuildChain(MakeSyntheticWeights(cfg, dt, 42));
+    auto chain = runtime::BuildChain(blockzoo::MakeSyntheticWeights(cfg, dt, 42));
     if (!chain.ok()) {
       std::fprintf(stderr, "%s\n", chain.status().ToString().c_str());
       return 1;

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/roofline.h"
-#include "bench/synthetic.h"
+#include "blockzoo/synthetic.h"
 #include "runtime/device.h"
 #include "runtime/linear.h"
 

@@ -11,6 +11,7 @@
 #include "blockzoo/formats/llama2c.h"
 #include "blockzoo/formats/peft.h"
 #include "blockzoo/model_loader.h"
+#include "blockzoo/synthetic.h"
 #include "runtime/mapped_file.h"
 #include "runtime/status_macros.h"
 
@@ -171,6 +172,24 @@ absl::StatusOr<ImportResult> ImportPeftAdapter(const Zoo& zoo, const std::string
   if (opt.progress) opt.progress("blocks", peft.blocks.size(), peft.blocks.size());
   RETURN_IF_ERROR(zoo.PutManifest(lock, r.manifest, opt.replace));
   return r;
+}
+
+absl::StatusOr<ImportResult> ImportSynthetic(const Zoo& zoo, const std::string& name,
+                                             const runtime::ModelConfig& config,
+                                             runtime::DType dtype, uint64_t seed,
+                                             const ProgressFn& progress) {
+  RETURN_IF_ERROR(config.Validate("synthetic model"));
+  const runtime::ModelWeights w = MakeSyntheticWeights(config, dtype, seed);
+  Manifest tmpl;
+  tmpl.name = name;
+  tmpl.synthetic = true;
+  tmpl.provenance = {{"importer", "blockzoo synth"},
+                     {"synthetic", true},
+                     {"recipe", "random"},
+                     {"dtype", runtime::DTypeName(dtype)},
+                     {"seed", seed}};
+  ASSIGN_OR_RETURN(FileLock lock, zoo.LockForWrite());
+  return StoreModel(zoo, lock, w, std::nullopt, std::move(tmpl), /*replace=*/false, progress);
 }
 
 absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& source,

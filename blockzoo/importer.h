@@ -38,6 +38,13 @@ absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& sour
 absl::StatusOr<ImportResult> ImportPeftAdapter(const Zoo& zoo, const std::string& dir,
                                                const std::string& base, const ImportOptions& opt);
 
+// Stores a random-weight model of shape `config` (blockzoo/synthetic.h), labelled synthetic:
+// a base for benchmarks and tests at realistic shapes (never for correctness claims).
+absl::StatusOr<ImportResult> ImportSynthetic(const Zoo& zoo, const std::string& name,
+                                             const runtime::ModelConfig& config,
+                                             runtime::DType dtype, uint64_t seed,
+                                             const ProgressFn& progress);
+
 // Stores `w` as blocks plus a manifest built from `tmpl` (name, parent, provenance, synthetic;
 // family, chain and tokenizer are filled in). The caller holds the zoo's write lock.
 absl::StatusOr<ImportResult> StoreModel(const Zoo& zoo, const FileLock& lock,

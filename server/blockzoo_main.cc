@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
       "blockzoo <command> --zoo DIR [args]\n"
       "  import SOURCE [--name N --tokenizer FILE --replace]  llama2.c .bin, GGUF or HF directory\n"
       "  import PEFT_DIR --base MODEL [--name N]  a PEFT LoRA adapter on a zoo model\n"
+      "  synth --name N [--shape llama110m|small --dtype f32|f16|bf16 --seed S]\n"
+      "         a random-weight model of a realistic shape (labelled synthetic; for timing)\n"
       "  ls                       models with parent, blocks and bytes\n"
       "  show NAME                a model's family and chain (with how many models share each block)\n"
       "  stats                    logical bytes (summed over models), physical bytes, ratio\n"

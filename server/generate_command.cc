@@ -20,6 +20,7 @@ ABSL_FLAG(std::string, zoo, "", "block zoo directory: run --model NAME from it")
 ABSL_FLAG(std::string, policy, "exact",
           "with --zoo: exact (the model's own blocks) or equivalent (measured substitutes)");
 ABSL_FLAG(double, threshold, 0.99, "with --policy equivalent: minimum block score");
+ABSL_FLAG(bool, verify_blocks, false, "with --zoo: check every block's SHA-256 while loading");
 ABSL_FLAG(bool, allow_skip, false, "with --policy equivalent: drop sub-layers that pass");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer file (llama2.c .bin or tokenizer.json); "
                                       "default: the GGUF's own, or tok<vocab>.bin next to the model");
@@ -55,7 +56,7 @@ absl::StatusOr<Runnable> LoadForGenerate(const std::string& model, const std::st
   Runnable r;
   if (!zoo_dir.empty()) {
     ASSIGN_OR_RETURN(auto zoo, blockzoo::Zoo::Open(zoo_dir, /*create=*/false));
-    ASSIGN_OR_RETURN(blockzoo::ZooModel m, blockzoo::LoadZooModel(*zoo, model, {}, false));
+    ASSIGN_OR_RETURN(blockzoo::ZooModel m, blockzoo::LoadZooModel(*zoo, model, {}, absl::GetFlag(FLAGS_verify_blocks)));
     r.chain = std::move(m.chain);
     const std::string policy = absl::GetFlag(FLAGS_policy);
     if (policy == "equivalent") {

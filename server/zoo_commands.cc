@@ -17,6 +17,7 @@
 #include "blockzoo/equiv.h"
 #include "blockzoo/file_util.h"
 #include "blockzoo/importer.h"
+#include "blockzoo/synthetic.h"
 #include "blockzoo/zoo.h"
 
 ABSL_FLAG(std::string, zoo, "", "block zoo directory");
@@ -37,6 +38,10 @@ ABSL_FLAG(std::string, policy, "equivalent", "resolve: exact | equivalent");
 ABSL_FLAG(double, threshold, 0.99, "resolve: minimum block score of a substitute or skip");
 ABSL_FLAG(bool, allow_skip, false, "resolve: allow dropping sub-layers that pass");
 ABSL_FLAG(double, min_top1, 0.0, "resolve: minimum whole-model top-1 agreement");
+ABSL_FLAG(std::string, shape, "llama110m",
+          "synth: llama110m (dim 768, 12 layers, 12 heads, ffn 2048, vocab 32000) or small "
+          "(dim 256, 4 layers, 8 heads, 4 kv heads, ffn 688, vocab 512)");
+ABSL_FLAG(std::string, dtype, "f32", "synth: weight dtype f32 | f16 | bf16");
 ABSL_FLAG(std::string, base, "", "import of a PEFT adapter directory: the zoo model it adapts");
 ABSL_FLAG(int, layers, 1, "derive partial: perturb the blocks of the top K layers");
 ABSL_FLAG(std::string, kinds, "attn,ffn", "derive partial: block kinds to perturb");
@@ -352,6 +357,40 @@ int Resolve(const std::vector<std::string>& args) {
   return 0;
 }
 
+int Synth() {
+  auto zoo = OpenZoo(/*create=*/true);
+  if (!zoo.ok()) return Fail(zoo.status());
+  const std::string name = absl::GetFlag(FLAGS_name);
+  if (name.empty()) {
+    std::fprintf(stderr, "usage: blockzoo synth --zoo DIR --name N [--shape --dtype --seed]\n");
+    return 2;
+  }
+  runtime::ModelConfig c = blockzoo::Llama110MConfig();
+  const std::string shape = absl::GetFlag(FLAGS_shape);
+  if (shape == "small") {
+    c.dim = 256;
+    c.hidden_dim = 688;
+    c.n_layers = 4;
+    c.n_heads = 8;
+    c.n_kv_heads = 4;
+    c.vocab_size = 512;
+    c.max_seq_len = 512;
+  } else if (shape != "llama110m") {
+    std::fprintf(stderr, "error: --shape must be llama110m or small\n");
+    return 2;
+  }
+  const std::string dt = absl::GetFlag(FLAGS_dtype);
+  const runtime::DType dtype = dt == "f16"    ? runtime::DType::kF16
+                               : dt == "bf16" ? runtime::DType::kBF16
+                                              : runtime::DType::kF32;
+  auto r = blockzoo::ImportSynthetic(**zoo, name, c, dtype, absl::GetFlag(FLAGS_seed),
+                                     Progress("synth " + name));
+  if (!r.ok()) return Fail(r.status());
+  std::printf("stored synthetic %s (%s, %s, random weights): %zu blocks, %s\n", name.c_str(),
+              shape.c_str(), dt.c_str(), r->manifest.chain.size(), Bytes(r->manifest.bytes()).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int RunZooCommand(const std::string& cmd, const std::vector<std::string>& args) {
@@ -364,6 +403,7 @@ int RunZooCommand(const std::string& cmd, const std::vector<std::string>& args) 
   if (cmd == "rm") return Remove(args);
   if (cmd == "derive") return Derive();
   if (cmd == "equiv") return Equiv(args);
+  if (cmd == "synth") return Synth();
   if (cmd == "resolve") return Resolve(args);
   std::fprintf(stderr, "%s\n", absl::ProgramUsageMessage().data());
   return 2;

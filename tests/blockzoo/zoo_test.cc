@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -392,6 +393,60 @@ TEST(Zoo, SentencePieceModelGivesTheSameIdsAsTok512Bin) {
   }
   EXPECT_EQ((*bin)->bos_id(), (*spm)->bos_id());
   EXPECT_EQ((*bin)->eos_id(), (*spm)->eos_id());
+}
+
+}  // namespace
+}  // namespace blockserve::blockzoo
+
+namespace blockserve::blockzoo {
+namespace {
+
+// Derive works on any zoo model, including synthetic ones of other shapes and dtypes (f16 here,
+// GQA 8:4): partial and LoRA variants share the base's blocks and run.
+TEST(Zoo, DeriveWorksOnASyntheticF16Model) {
+  testing::TempDir tmp;
+  auto zoo = NewZoo(tmp.path());
+  runtime::ModelConfig c;
+  c.dim = 128;
+  c.hidden_dim = 344;
+  c.n_layers = 4;
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.vocab_size = 300;
+  c.max_seq_len = 64;
+  auto base = ImportSynthetic(*zoo, "synth", c, runtime::DType::kF16, 9, nullptr);
+  ASSERT_THAT(base, IsOk());
+  EXPECT_TRUE(base->manifest.synthetic);
+  DeriveOptions p;
+  p.base = "synth";
+  p.name = "synth-ft";
+  p.top_layers = 1;
+  p.rel_norm = 0.1;
+  ASSERT_THAT(DeriveModel(*zoo, p), IsOk());
+  DeriveOptions l = p;
+  l.name = "synth-lora";
+  l.recipe = DeriveOptions::Recipe::kLora;
+  l.lora_rank = 4;
+  ASSERT_THAT(DeriveModel(*zoo, l), IsOk());
+  auto s = zoo->Stats();
+  ASSERT_THAT(s, IsOk());
+  EXPECT_EQ(s->blocks, 10 + 2 + 4);  // base + ft's top layer + 4 LoRA blocks (wq, wv: attn only)
+  runtime::CpuDevice cpu(2);
+  runtime::ExecContext ctx(&cpu);
+  std::vector<std::vector<float>> logits;
+  for (const char* name : {"synth", "synth-ft", "synth-lora"}) {
+    auto m = LoadZooModel(*zoo, name, {}, true);
+    ASSERT_THAT(m, IsOk());
+    EXPECT_EQ(m->manifest.chain[1].tensors.at("wq").dtype, runtime::DType::kF16);
+    const std::vector<int32_t> toks = {1, 2, 3, 4};
+    runtime::Batch b;
+    b.Add(1, 0, toks.data(), 4, runtime::SeqSpan::Logits::kLast, m->adapter);
+    ASSERT_THAT(m->chain->Forward(b, ctx), IsOk());
+    for (float v : b.logits) ASSERT_TRUE(std::isfinite(v));
+    logits.push_back(b.logits);
+  }
+  EXPECT_NE(logits[0], logits[1]);
+  EXPECT_NE(logits[0], logits[2]);
 }
 
 }  // namespace

@@ -5,7 +5,7 @@
 
 #include "runtime/model_weights.h"
 
-namespace blockserve::bench {
+namespace blockserve::blockzoo {
 
 // The reference shape: dim 768, 12 layers, 12 heads, FFN 2048, vocab 32000 (~110M
 // parameters, untied head).
@@ -15,4 +15,4 @@ runtime::ModelConfig Llama110MConfig();
 runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& config,
                                            runtime::DType dtype, uint64_t seed);
 
-}  // namespace blockserve::bench
+}  // namespace blockserve::blockzoo

@@ -1,6 +1,6 @@
-#include "bench/synthetic.h"
+#include "blockzoo/synthetic.h"
 
-namespace blockserve::bench {
+namespace blockserve::blockzoo {
 namespace {
 
 using runtime::DType;
@@ -73,4 +73,4 @@ runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& c, DType 
   return w;
 }
 
-}  // namespace blockserve::bench
+}  // namespace blockserve::blockzoo

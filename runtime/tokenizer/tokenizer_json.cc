@@ -20,6 +20,15 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> FromJson(const json& root, const s
   }
   const json& model = root["model"];
   if (model.value("type", std::string("BPE")) != "BPE") return bad("model.type is not BPE");
+  // Llama-style (SentencePiece BPE) tokenizer.json: spaces as U+2581 and byte fallback. Its
+  // tokens are not byte-level, so reading it as GPT-2 BPE would give wrong ids.
+  const bool metaspace =
+      (root.contains("pre_tokenizer") && root["pre_tokenizer"].dump().find("Metaspace") != std::string::npos) ||
+      (root.contains("decoder") && root["decoder"].dump().find("ByteFallback") != std::string::npos);
+  if (model.value("byte_fallback", false) || metaspace) {
+    return bad("a SentencePiece-style tokenizer (byte_fallback/Metaspace) is not supported as "
+               "tokenizer.json; use the model's tokenizer.model");
+  }
   if (!model.contains("vocab") || !model["vocab"].is_object()) return bad("missing model.vocab");
   std::vector<std::string> tokens;
   auto put = [&](const std::string& text, int64_t id) -> absl::Status {

@@ -136,6 +136,14 @@ TEST(ByteLevelBpe, MalformedTokenizerJsonIsAnError) {
               StatusIs(absl::StatusCode::kInvalidArgument, "out of range"));
   EXPECT_THAT(ParseTokenizerJson(R"({"model": {"type": "WordPiece", "vocab": {}}})", "t.json"),
               StatusIs(absl::StatusCode::kInvalidArgument, "not BPE"));
+  // Llama-style tokenizer.json files are SentencePiece BPE, not byte-level: refused, not misread.
+  EXPECT_THAT(ParseTokenizerJson(
+                  R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0}}})", "t.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "tokenizer.model"));
+  EXPECT_THAT(ParseTokenizerJson(R"({"pre_tokenizer": {"type": "Metaspace"},
+                                     "model": {"type": "BPE", "vocab": {"a": 0}}})",
+                                 "t.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "SentencePiece-style"));
 }
 
 TEST(Gpt2PreTokenize, SplitsLikeTheRegex) {

@@ -47,6 +47,18 @@ runtime::ModelConfig Llama110MConfig() {
   return c;
 }
 
+runtime::ModelConfig SmallConfig() {
+  runtime::ModelConfig c = Llama110MConfig();
+  c.dim = 256;
+  c.hidden_dim = 688;
+  c.n_layers = 4;
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.vocab_size = 512;
+  c.max_seq_len = 512;
+  return c;
+}
+
 runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& c, DType dtype,
                                            uint64_t seed) {
   runtime::ModelWeights w;

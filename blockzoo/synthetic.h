@@ -10,6 +10,8 @@ namespace blockserve::blockzoo {
 // The reference shape: dim 768, 12 layers, 12 heads, FFN 2048, vocab 32000 (~110M
 // parameters, untied head).
 runtime::ModelConfig Llama110MConfig();
+// A small GQA shape for quick runs: dim 256, 4 layers, 8 heads, 4 kv heads, FFN 688, vocab 512.
+runtime::ModelConfig SmallConfig();
 
 // Random weights (uniform, std ~0.02; norms 1) stored as `dtype`.
 runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& config,

@@ -365,17 +365,10 @@ int Synth() {
     std::fprintf(stderr, "usage: blockzoo synth --zoo DIR --name N [--shape --dtype --seed]\n");
     return 2;
   }
-  runtime::ModelConfig c = blockzoo::Llama110MConfig();
   const std::string shape = absl::GetFlag(FLAGS_shape);
-  if (shape == "small") {
-    c.dim = 256;
-    c.hidden_dim = 688;
-    c.n_layers = 4;
-    c.n_heads = 8;
-    c.n_kv_heads = 4;
-    c.vocab_size = 512;
-    c.max_seq_len = 512;
-  } else if (shape != "llama110m") {
+  const runtime::ModelConfig c =
+      shape == "small" ? blockzoo::SmallConfig() : blockzoo::Llama110MConfig();
+  if (shape != "small" && shape != "llama110m") {
     std::fprintf(stderr, "error: --shape must be llama110m or small\n");
     return 2;
   }

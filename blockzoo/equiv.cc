@@ -27,6 +27,13 @@ namespace {
 
 constexpr char kEquivFormat[] = "blockserve-equivalence";
 
+// Blocks of `kind` from models of families `a` and `b` can stand in for each other: the
+// hyper-parameters the block's computation depends on agree (context length and head tying,
+// for instance, do not matter to an attn or ffn block).
+bool Interchangeable(BlockKind kind, const runtime::ModelConfig& a, const runtime::ModelConfig& b) {
+  return BlockHparams(kind, a) == BlockHparams(kind, b);
+}
+
 std::string UnitKey(const ChainEntry& e) { return e.lora.empty() ? e.block : e.block + "+" + e.lora; }
 
 // A fresh instance of the unit `e` at `layer` (its LoRA attached under kModelAdapterKey).
@@ -181,18 +188,18 @@ absl::StatusOr<EquivRecord> EvaluateEquivalence(const Zoo& zoo, const EquivOptio
   next_seq += held.size();
   const std::vector<float> ref_logits = hb.logits;
 
-  // Candidates: what other models of the family hold at each position.
-  const Json family_json = FamilyToJson(family);
+  // Candidates: what other models with interchangeable blocks hold at each position.
   std::vector<std::map<std::string, std::pair<ChainEntry, std::vector<std::string>>>> cands(
       m.chain.size());
   ASSIGN_OR_RETURN(auto names, zoo.ListModels());
   for (const std::string& name : names) {
     if (name == opt.model) continue;
     auto other = zoo.GetManifest(name);
-    if (!other.ok() || FamilyToJson(other->family) != family_json) continue;
+    if (!other.ok() || other->chain.size() != m.chain.size()) continue;
     for (size_t p = 0; p < m.chain.size(); ++p) {
       const ChainEntry& e = other->chain[p];
       if (e.kind != BlockKind::kAttn && e.kind != BlockKind::kFfn) continue;
+      if (!Interchangeable(e.kind, other->family, family)) continue;
       if (UnitKey(e) == UnitKey(m.chain[p])) continue;
       auto& slot = cands[p][UnitKey(e)];
       slot.first = e;
@@ -389,11 +396,11 @@ absl::StatusOr<ResolvedChain> ResolveChain(const Zoo& zoo, const std::string& mo
   // Current users of each unit at each position, and one manifest entry to load it from.
   std::map<std::pair<int, std::string>, std::pair<int, std::pair<ChainEntry, std::string>>> users;
   ASSIGN_OR_RETURN(auto names, zoo.ListModels());
-  const Json family_json = FamilyToJson(m.family);
   for (const std::string& name : names) {
     auto other = zoo.GetManifest(name);
-    if (!other.ok() || FamilyToJson(other->family) != family_json) continue;
+    if (!other.ok() || other->chain.size() != m.chain.size()) continue;
     for (size_t p = 0; p < other->chain.size(); ++p) {
+      if (!Interchangeable(other->chain[p].kind, other->family, m.family)) continue;
       auto& u = users[{static_cast<int>(p), UnitKey(other->chain[p])}];
       if (u.first++ == 0) u.second = {other->chain[p], name};
     }

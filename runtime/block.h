@@ -69,6 +69,8 @@ class Block {
   // Drops all state held for `seq` (attn: its KV pages). No-op for stateless blocks.
   virtual void ReleaseSequence(SeqId seq) {}
   virtual size_t weight_bytes() const = 0;
+  // KV pages this block holds (attn blocks; 0 for the others).
+  virtual int kv_pages_used() const { return 0; }
   // LoRA adapters this block applies to spans that name `key` (attn and ffn blocks only).
   // Many adapters may be attached at once; each span picks its own.
   virtual absl::Status AttachAdapter(int32_t key, std::shared_ptr<const LoraAdapter> adapter);

@@ -1,0 +1,202 @@
+#include "scheduler/engine.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/status_macros.h"
+
+namespace blockserve::scheduler {
+
+using runtime::Batch;
+using runtime::BlockKind;
+
+Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
+    : opt_(std::move(opt)), models_(std::move(models)),
+      cpu_(opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount()), ctx_(&cpu_) {
+  std::map<const runtime::Block*, InstanceId> ids;
+  std::vector<InstanceInfo> infos;
+  std::vector<ModelInfo> minfo;
+  for (const EngineModel& m : models_) {
+    ModelInfo mi;
+    mi.name = m.name;
+    mi.adapter = m.adapter;
+    mi.max_seq_len = m.config.max_seq_len;
+    mi.vocab_size = m.config.vocab_size;
+    for (const auto& block : m.chain) {
+      auto [it, inserted] = ids.emplace(block.get(), static_cast<InstanceId>(instances_.size()));
+      if (inserted) {
+        instances_.push_back(block);
+        InstanceInfo info;
+        info.kind = block->kind();
+        info.max_batch_tokens = opt_.max_batch_tokens;
+        info.kv_page_size = opt_.kv_page_size;
+        info.kv_max_pages = opt_.kv_max_pages;
+        infos.push_back(info);
+      }
+      mi.chain.push_back(it->second);
+    }
+    minfo.push_back(std::move(mi));
+  }
+  scheduler_ = std::make_unique<Scheduler>(opt_.scheduler, std::move(infos), std::move(minfo));
+}
+
+Engine::~Engine() { Stop(); }
+
+int Engine::FindModel(const std::string& name) const {
+  for (size_t i = 0; i < models_.size(); ++i) {
+    if (models_[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+absl::StatusOr<RequestId> Engine::Submit(RequestSpec spec, Sink sink) {
+  RETURN_IF_ERROR(scheduler_->Validate(spec));
+  std::lock_guard<std::mutex> lock(mu_);
+  const RequestId id = next_id_++;
+  inbox_.emplace_back(std::move(spec), std::move(sink));
+  inbox_ids_.push_back(id);
+  cv_.notify_one();
+  return id;
+}
+
+void Engine::Abort(RequestId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  abort_inbox_.push_back(id);
+  cv_.notify_one();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+int Engine::InstancePages(InstanceId i) const { return instances_[i]->kv_pages_used(); }
+
+absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out) {
+  for (const Release& r : plan.release) {
+    for (const auto& block : models_[r.model].chain) block->ReleaseSequence(r.id);
+  }
+  hidden_.clear();
+  std::vector<int32_t> toks;
+  for (const auto& calls : plan.rounds) {
+    for (const BlockCall& call : calls) {
+      runtime::Block& block = *instances_[call.instance];
+      Batch b;
+      std::vector<RequestId> sampled;
+      for (int m : call.members) {
+        const PlannedSeq& s = plan.seqs[m];
+        const Request* r = scheduler_->Find(s.id);
+        toks.resize(s.len);
+        for (int i = 0; i < s.len; ++i) toks[i] = r->TokenAt(s.pos + i);
+        const bool logits = block.kind() == BlockKind::kHead && s.sample;
+        b.Add(s.id, s.pos, toks.data(), s.len,
+              logits ? runtime::SeqSpan::Logits::kLast : runtime::SeqSpan::Logits::kNone,
+              models_[s.model].adapter);
+        if (logits) sampled.push_back(s.id);
+        if (block.kind() != BlockKind::kEmbed) {
+          const auto& h = hidden_[s.id];
+          b.hidden.insert(b.hidden.end(), h.begin(), h.end());
+        }
+      }
+      RETURN_IF_ERROR(block.Forward(b, ctx_));
+      ++stats_.block_calls;
+      if (block.kind() == BlockKind::kHead) {
+        const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
+        for (size_t i = 0; i < sampled.size(); ++i) {
+          auto sampler = samplers_.find(sampled[i]);
+          const int token = sampler->second.Sample(b.logits.data() + i * vocab,
+                                                   static_cast<int>(vocab));
+          out->push_back({sampled[i], token});
+        }
+        continue;
+      }
+      // Scatter the rows back to their sequences.
+      const size_t dim = b.hidden.size() / std::max(1, b.num_tokens());
+      size_t row = 0;
+      for (const auto& span : b.spans) {
+        auto& h = hidden_[span.seq];
+        h.assign(b.hidden.begin() + row * dim, b.hidden.begin() + (row + span.len) * dim);
+        row += span.len;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Engine::Step() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!inbox_.empty()) {
+      auto [spec, sink] = std::move(inbox_.front());
+      const RequestId id = inbox_ids_.front();
+      inbox_.pop_front();
+      inbox_ids_.pop_front();
+      const runtime::SamplingParams sampling = spec.sampling;
+      auto s = scheduler_->Submit(std::move(spec), id);
+      if (!s.ok()) {
+        sink({id, -1, Finish::kError});
+        continue;
+      }
+      sinks_[id] = std::move(sink);
+      samplers_.emplace(id, runtime::Sampler(sampling));
+    }
+    for (RequestId id : abort_inbox_) scheduler_->Abort(id);
+    abort_inbox_.clear();
+  }
+  StepPlan plan = scheduler_->Plan();
+  if (plan.empty() && plan.aborted.empty() && plan.unservable.empty()) return false;
+  std::vector<StepOutput> out;
+  const absl::Status status = Execute(plan, &out);
+  const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok());
+  for (const Event& e : events) {
+    auto it = sinks_.find(e.id);
+    if (it == sinks_.end()) continue;
+    it->second(e);
+    if (e.finish != Finish::kNone) {
+      sinks_.erase(it);
+      samplers_.erase(e.id);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.steps;
+    stats_.preemptions += plan.preempted.size();
+    for (const auto& s : plan.seqs) stats_.tokens += s.len;
+    stats_.waiting = scheduler_->num_waiting();
+    stats_.running = scheduler_->num_running();
+  }
+  if (!status.ok()) return status;
+  return true;
+}
+
+void Engine::Loop() {
+  while (true) {
+    auto worked = Step();
+    if (worked.ok() && *worked) continue;
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stop_) return;
+    if (inbox_.empty() && abort_inbox_.empty() && scheduler_->num_running() == 0 &&
+        scheduler_->num_waiting() == 0) {
+      cv_.wait(lock, [&] { return stop_ || !inbox_.empty() || !abort_inbox_.empty(); });
+    }
+    if (stop_) return;
+  }
+}
+
+void Engine::Start() {
+  if (thread_.joinable()) return;
+  stop_ = false;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Engine::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace blockserve::scheduler

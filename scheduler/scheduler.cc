@@ -1,0 +1,361 @@
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/check.h"
+#include "runtime/status_macros.h"
+
+namespace blockserve::scheduler {
+
+using runtime::BlockKind;
+
+Scheduler::Scheduler(SchedulerConfig config, std::vector<InstanceInfo> instances,
+                     std::vector<ModelInfo> models)
+    : config_(std::move(config)), instances_(std::move(instances)), models_(std::move(models)),
+      pages_used_(instances_.size(), 0) {}
+
+absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec, RequestId id) {
+  RETURN_IF_ERROR(Validate(spec));
+  if (id == 0) id = next_id_;
+  if (requests_.count(id)) return absl::AlreadyExistsError(absl::StrCat("request id ", id));
+  next_id_ = std::max(next_id_, id + 1);
+  auto r = std::make_unique<Request>();
+  r->id = id;
+  r->spec = std::move(spec);
+  r->arrival = arrivals_++;
+  requests_[id] = std::move(r);
+  return id;
+}
+
+absl::Status Scheduler::Validate(const RequestSpec& spec) const {
+  if (spec.model < 0 || spec.model >= static_cast<int>(models_.size())) {
+    return absl::NotFoundError(absl::StrCat("unknown model ", spec.model));
+  }
+  const ModelInfo& m = models_[spec.model];
+  if (spec.prompt.empty()) return absl::InvalidArgumentError("empty prompt");
+  if (static_cast<int>(spec.prompt.size()) >= m.max_seq_len) {
+    return absl::OutOfRangeError(absl::StrCat("prompt of ", spec.prompt.size(),
+                                              " tokens leaves no room in the context of ",
+                                              m.max_seq_len, " of model ", m.name));
+  }
+  if (spec.max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be at least 1");
+  for (int32_t t : spec.prompt) {
+    if (t < 0 || t >= m.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside the vocabulary of ",
+                                                     m.vocab_size));
+    }
+  }
+  return spec.sampling.Validate();
+}
+
+void Scheduler::Abort(RequestId id) { aborts_.insert(id); }
+
+Request* Scheduler::Get(RequestId id) {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
+const Request* Scheduler::Find(RequestId id) const {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
+int Scheduler::num_waiting() const {
+  int n = 0;
+  for (const auto& [id, r] : requests_) {
+    n += r->state == RequestState::kQueued || r->state == RequestState::kPreempted;
+  }
+  return n;
+}
+
+int Scheduler::num_running() const {
+  int n = 0;
+  for (const auto& [id, r] : requests_) n += r->state == RequestState::kRunning;
+  return n;
+}
+
+double Scheduler::Weight(const std::string& tenant) const {
+  auto it = config_.tenant_weights.find(tenant);
+  return it == config_.tenant_weights.end() || it->second <= 0 ? 1.0 : it->second;
+}
+
+double Scheduler::service(const std::string& tenant) const {
+  auto it = served_.find(tenant);
+  return it == served_.end() ? 0.0 : it->second;
+}
+
+int Scheduler::Pages(InstanceId i, int len) const {
+  const int ps = instances_[i].kv_page_size;
+  return (len + ps - 1) / ps;
+}
+
+bool Scheduler::Fits(const Request& r, int len) const {
+  auto it = reserved_.find(r.id);
+  const int have = it == reserved_.end() ? 0 : it->second;
+  for (InstanceId i : models_[r.spec.model].chain) {
+    const InstanceInfo& info = instances_[i];
+    if (info.kind != BlockKind::kAttn || info.kv_max_pages == 0) continue;
+    if (pages_used_[i] + Pages(i, len) - Pages(i, have) > info.kv_max_pages) return false;
+  }
+  return true;
+}
+
+void Scheduler::Account(const Request& r, int from_len, int to_len) {
+  for (InstanceId i : models_[r.spec.model].chain) {
+    if (instances_[i].kind != BlockKind::kAttn) continue;
+    pages_used_[i] += Pages(i, to_len) - Pages(i, from_len);
+  }
+  if (to_len == 0) {
+    reserved_.erase(r.id);
+  } else {
+    reserved_[r.id] = to_len;
+  }
+}
+
+void Scheduler::Preempt(Request& r, StepPlan& plan) {
+  auto it = reserved_.find(r.id);
+  if (it != reserved_.end()) {
+    Account(r, it->second, 0);
+    pending_release_.push_back({r.id, r.spec.model});
+  }
+  r.computed = 0;
+  ++r.preemptions;
+  BS_CHECK(r.TransitionTo(RequestState::kPreempted).ok());
+  plan.preempted.push_back(r.id);
+}
+
+void Scheduler::Finish(Request& r, ::blockserve::scheduler::Finish f) {
+  auto it = reserved_.find(r.id);
+  if (it != reserved_.end()) {
+    Account(r, it->second, 0);
+    pending_release_.push_back({r.id, r.spec.model});
+  }
+  r.finish = f;
+  BS_CHECK(r.TransitionTo(RequestState::kFinished).ok());
+}
+
+StepPlan Scheduler::Plan() {
+  StepPlan plan;
+  for (RequestId id : aborts_) {
+    Request* r = Get(id);
+    if (r == nullptr || r->state == RequestState::kFinished) continue;
+    Finish(*r, Finish::kAbort);
+    plan.aborted.push_back(id);
+  }
+  aborts_.clear();
+
+  int budget = config_.max_step_tokens;
+  auto plan_seq = [&](Request& r, int len) {
+    const int from = r.computed;
+    plan.seqs.push_back({r.id, r.spec.model, from, len, from + len == r.context_len()});
+    auto it = reserved_.find(r.id);
+    Account(r, it == reserved_.end() ? 0 : it->second, from + len);
+    budget -= len;
+    served_[r.spec.tenant] += len / Weight(r.spec.tenant);
+  };
+  auto next_len = [&](const Request& r) {
+    const int remaining = r.context_len() - r.computed;
+    return std::max(1, std::min({remaining, config_.prefill_chunk, budget}));
+  };
+  auto by_priority = [](const Request* a, const Request* b) {
+    if (a->spec.priority != b->spec.priority) return a->spec.priority > b->spec.priority;
+    return a->arrival < b->arrival;
+  };
+
+  // 1. Running requests, most important first.
+  std::vector<Request*> running;
+  for (auto& [id, r] : requests_) {
+    if (r->state == RequestState::kRunning) running.push_back(r.get());
+  }
+  std::sort(running.begin(), running.end(), by_priority);
+  for (Request* r : running) {
+    if (r->state != RequestState::kRunning) continue;  // preempted below as a victim
+    if (budget <= 0) break;
+    const int len = next_len(*r);
+    while (r->state == RequestState::kRunning && !Fits(*r, r->computed + len)) {
+      // Victim: the least important running request holding KV in an instance r needs.
+      Request* victim = nullptr;
+      for (auto& [id, other] : requests_) {
+        if (other->state != RequestState::kRunning || !reserved_.count(other->id)) continue;
+        bool shares = other.get() == r;
+        for (InstanceId i : models_[other->spec.model].chain) {
+          const auto& ch = models_[r->spec.model].chain;
+          shares |= instances_[i].kind == BlockKind::kAttn &&
+                    std::find(ch.begin(), ch.end(), i) != ch.end();
+        }
+        if (shares && (victim == nullptr || by_priority(victim, other.get()))) victim = other.get();
+      }
+      BS_CHECK(victim != nullptr);
+      for (size_t s = 0; s < plan.seqs.size(); ++s) {
+        if (plan.seqs[s].id == victim->id) {  // planned earlier this step: take it back
+          budget += plan.seqs[s].len;
+          served_[victim->spec.tenant] -= plan.seqs[s].len / Weight(victim->spec.tenant);
+          plan.seqs.erase(plan.seqs.begin() + s);
+          break;
+        }
+      }
+      Preempt(*victim, plan);
+    }
+    if (r->state == RequestState::kRunning) plan_seq(*r, len);
+  }
+
+  // 2. Admission: least-served tenant first (weighted), then priority, then age.
+  std::map<std::string, std::vector<Request*>> waiting;
+  for (auto& [id, r] : requests_) {
+    if (r->state == RequestState::kQueued || r->state == RequestState::kPreempted) {
+      waiting[r->spec.tenant].push_back(r.get());
+    }
+  }
+  for (auto& [t, list] : waiting) std::sort(list.begin(), list.end(), by_priority);
+  int in_flight = num_running();
+  std::set<std::string> blocked;
+  while (budget > 0 && in_flight < config_.max_running) {
+    const std::string* tenant = nullptr;
+    for (auto& [t, list] : waiting) {
+      if (list.empty() || blocked.count(t)) continue;
+      if (tenant == nullptr || service(t) < service(*tenant)) tenant = &t;
+    }
+    if (tenant == nullptr) break;
+    auto& list = waiting[*tenant];
+    Request* r = list.front();
+    // A request that could not fit even alone would wait forever: finish it instead.
+    bool servable = true;
+    for (InstanceId i : models_[r->spec.model].chain) {
+      const InstanceInfo& info = instances_[i];
+      servable &= info.kind != BlockKind::kAttn || info.kv_max_pages == 0 ||
+                  Pages(i, r->context_len() + 1) <= info.kv_max_pages;
+    }
+    if (!servable) {
+      list.erase(list.begin());
+      Finish(*r, Finish::kContextFull);
+      plan.unservable.push_back(r->id);
+      continue;
+    }
+    // Room for the whole context and the first new token along the chain, so that an admitted
+    // request is not preempted at once.
+    if (!Fits(*r, r->context_len() + 1)) {
+      blocked.insert(*tenant);
+      continue;
+    }
+    list.erase(list.begin());
+    BS_CHECK(r->TransitionTo(RequestState::kRunning).ok());
+    plan.admitted.push_back(r->id);
+    plan_seq(*r, next_len(*r));
+    ++in_flight;
+  }
+
+  plan.release = std::move(pending_release_);
+  pending_release_.clear();
+
+  // 3. Per chain position, one call per block instance (split at its maximum batch).
+  for (size_t s = 0; s < plan.seqs.size(); ++s) {
+    const auto& chain = models_[plan.seqs[s].model].chain;
+    if (plan.rounds.size() < chain.size()) plan.rounds.resize(chain.size());
+    for (size_t pos = 0; pos < chain.size(); ++pos) {
+      // The head only for sequences that sample (a prefill chunk mid-prompt needs no logits).
+      if (pos + 1 == chain.size() && !plan.seqs[s].sample) continue;
+      auto& calls = plan.rounds[pos];
+      const InstanceId inst = chain[pos];
+      BlockCall* call = nullptr;
+      for (auto it = calls.rbegin(); it != calls.rend(); ++it) {
+        if (it->instance == inst) {
+          call = &*it;
+          break;
+        }
+      }
+      int tokens = 0;
+      if (call != nullptr) {
+        for (int m : call->members) tokens += plan.seqs[m].len;
+      }
+      if (call == nullptr ||
+          (!call->members.empty() && tokens + plan.seqs[s].len > instances_[inst].max_batch_tokens)) {
+        calls.push_back({inst, {}});
+        call = &calls.back();
+      }
+      call->members.push_back(static_cast<int>(s));
+    }
+  }
+  return plan;
+}
+
+std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<StepOutput>& outputs,
+                                     bool failed) {
+  std::vector<Event> events;
+  for (RequestId id : plan.aborted) {
+    events.push_back({id, -1, Finish::kAbort});
+    requests_.erase(id);
+  }
+  for (RequestId id : plan.unservable) {
+    events.push_back({id, -1, Finish::kContextFull});
+    requests_.erase(id);
+  }
+  for (const PlannedSeq& s : plan.seqs) {
+    Request* r = Get(s.id);
+    if (r == nullptr || r->state != RequestState::kRunning) continue;
+    if (failed) {
+      Finish(*r, Finish::kError);
+      events.push_back({r->id, -1, Finish::kError});
+      requests_.erase(s.id);
+      continue;
+    }
+    r->computed = s.pos + s.len;
+  }
+  if (failed) return events;
+  for (const StepOutput& o : outputs) {
+    Request* r = Get(o.id);
+    if (r == nullptr || r->state != RequestState::kRunning) continue;
+    const auto& stops = r->spec.stop_tokens;
+    ::blockserve::scheduler::Finish f = Finish::kNone;
+    if (std::find(stops.begin(), stops.end(), o.token) != stops.end()) {
+      f = Finish::kStop;
+      events.push_back({r->id, -1, f});
+    } else {
+      r->generated.push_back(o.token);
+      if (static_cast<int>(r->generated.size()) >= r->spec.max_tokens) {
+        f = Finish::kLength;
+      } else if (r->context_len() >= models_[r->spec.model].max_seq_len) {
+        f = Finish::kContextFull;
+      }
+      events.push_back({r->id, o.token, f});
+    }
+    if (f != Finish::kNone) {
+      Finish(*r, f);
+      requests_.erase(o.id);
+    }
+  }
+  return events;
+}
+
+absl::Status Scheduler::CheckInvariants() const {
+  std::vector<int> pages(instances_.size(), 0);
+  for (const auto& [id, len] : reserved_) {
+    auto it = requests_.find(id);
+    if (it == requests_.end() || it->second->state != RequestState::kRunning) {
+      return absl::InternalError(absl::StrCat("request ", id, " holds KV but is not running"));
+    }
+    if (len < it->second->computed) {
+      return absl::InternalError(absl::StrCat("request ", id, " reserved less than computed"));
+    }
+    for (InstanceId i : models_[it->second->spec.model].chain) {
+      if (instances_[i].kind == BlockKind::kAttn) pages[i] += Pages(i, len);
+    }
+  }
+  for (size_t i = 0; i < instances_.size(); ++i) {
+    if (pages[i] != pages_used_[i]) {
+      return absl::InternalError(absl::StrCat("instance ", i, ": ", pages_used_[i],
+                                              " pages accounted, sequences hold ", pages[i]));
+    }
+    if (instances_[i].kv_max_pages > 0 && pages[i] > instances_[i].kv_max_pages) {
+      return absl::InternalError(absl::StrCat("instance ", i, " over its KV budget"));
+    }
+  }
+  for (const auto& [id, r] : requests_) {
+    if (r->state != RequestState::kRunning && r->computed != 0) {
+      return absl::InternalError(absl::StrCat("request ", id, " is not running but has KV"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace blockserve::scheduler

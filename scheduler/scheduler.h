@@ -1,0 +1,149 @@
+// The scheduler: owns every request's state and plans each engine step as a plain value (a
+// StepPlan) that an executor runs. No threads, no I/O: plans are asserted step by step in tests.
+//
+// Each step:
+//   1. releases what finished, was aborted or is preempted;
+//   2. gives every running request its next work — one decode token, or the next prefill chunk
+//      (chunked prefill mixes with decode) — within the step's token budget, highest priority
+//      first; when an attn block instance has no KV page left for it, the lowest-priority
+//      running request using that instance is preempted (pages freed, recomputed later with the
+//      same result) until it fits;
+//   3. admits waiting requests (queued or preempted) while the budget and the KV of every attn
+//      instance along their chain allow, choosing the tenant with the least weighted service
+//      so far (a tenant that floods the queue cannot starve others), then priority, then age;
+//   4. groups the work per chain position and block instance: sequences of *any* model whose
+//      chains use the same instance form one call, split at the instance's maximum batch.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/block.h"
+#include "scheduler/request.h"
+
+namespace blockserve::scheduler {
+
+using InstanceId = int;
+
+struct InstanceInfo {
+  runtime::BlockKind kind = runtime::BlockKind::kAttn;
+  int max_batch_tokens = 1 << 20;  // tokens per call at most (calls are split beyond)
+  int kv_page_size = 16;           // attn only
+  int kv_max_pages = 0;            // attn only; 0 = unbounded
+};
+
+struct ModelInfo {
+  std::string name;
+  std::vector<InstanceId> chain;  // embed, attn/ffn ..., head
+  int32_t adapter = 0;            // LoRA key its spans carry (0: none)
+  int max_seq_len = 0;
+  int vocab_size = 0;
+};
+
+struct SchedulerConfig {
+  int max_step_tokens = 512;  // token budget of one step (prefill chunks + decode tokens)
+  int prefill_chunk = 256;    // tokens of one prompt per step at most
+  int max_running = 256;      // sequences in flight at most
+  std::map<std::string, double> tenant_weights;  // fairness weight (default 1)
+};
+
+// One sequence's work this step.
+struct PlannedSeq {
+  RequestId id = 0;
+  int model = 0;
+  int pos = 0;
+  int len = 0;
+  bool sample = false;  // the span ends at the last known token: sample the next one
+};
+
+// One call of a block instance on some of the step's sequences (indices into StepPlan::seqs).
+struct BlockCall {
+  InstanceId instance = 0;
+  std::vector<int> members;
+};
+
+struct Release {
+  RequestId id = 0;
+  int model = 0;
+};
+
+struct StepPlan {
+  std::vector<Release> release;  // free these sequences' KV in every block of their chain
+  std::vector<RequestId> admitted, preempted, aborted;
+  std::vector<RequestId> unservable;  // can never fit the KV budget: finished (context_full)
+  std::vector<PlannedSeq> seqs;
+  std::vector<std::vector<BlockCall>> rounds;  // rounds[r]: the calls at chain position r
+  bool empty() const { return seqs.empty() && release.empty(); }
+};
+
+// What the executor produced for one sampled sequence of the plan.
+struct StepOutput {
+  RequestId id = 0;
+  int32_t token = 0;
+};
+
+struct Event {
+  RequestId id = 0;
+  int32_t token = -1;           // a new token (or -1)
+  Finish finish = Finish::kNone;  // set on the last event of a request
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerConfig config, std::vector<InstanceInfo> instances,
+            std::vector<ModelInfo> models);
+
+  // Checks a request against the (immutable) models; safe from any thread.
+  absl::Status Validate(const RequestSpec& spec) const;
+  // Validates and queues a request under `id` (0: the next free id). Errors: unknown model,
+  // empty or too long prompt, bad sampling parameters, ...
+  absl::StatusOr<RequestId> Submit(RequestSpec spec, RequestId id = 0);
+  // Aborts at any point; the request finishes with kAbort at the next step (its KV released).
+  void Abort(RequestId id);
+
+  StepPlan Plan();
+  // Applies the executor's sampled tokens; returns the events (tokens, finishes) to deliver.
+  // `failed`: the step failed — every request in the plan finishes with kError.
+  std::vector<Event> Commit(const StepPlan& plan, const std::vector<StepOutput>& outputs,
+                            bool failed = false);
+
+  const Request* Find(RequestId id) const;
+  int num_waiting() const;
+  int num_running() const;
+  // KV pages the scheduler accounts to `instance` (what the attn block's cache holds).
+  int pages_used(InstanceId instance) const { return pages_used_.at(instance); }
+  const std::vector<InstanceInfo>& instances() const { return instances_; }
+  const std::vector<ModelInfo>& models() const { return models_; }
+  // Tokens planned so far per tenant, divided by its weight (the fairness clock).
+  double service(const std::string& tenant) const;
+  // Internal consistency: page accounting equals the sum over sequences; states agree.
+  absl::Status CheckInvariants() const;
+
+ private:
+  int Pages(InstanceId i, int len) const;
+  // Pages `r` needs at each attn instance of its chain to hold `len` tokens in all.
+  bool Fits(const Request& r, int len) const;
+  void Account(const Request& r, int from_len, int to_len);
+  void Preempt(Request& r, StepPlan& plan);
+  void Finish(Request& r, ::blockserve::scheduler::Finish f);
+  Request* Get(RequestId id);
+  double Weight(const std::string& tenant) const;
+
+  SchedulerConfig config_;
+  std::vector<InstanceInfo> instances_;
+  std::vector<ModelInfo> models_;
+  std::map<RequestId, std::unique_ptr<Request>> requests_;  // not yet finished and delivered
+  std::map<RequestId, int> reserved_;  // tokens of KV accounted per request (computed + planned)
+  std::vector<int> pages_used_;
+  std::set<RequestId> aborts_;
+  std::vector<Release> pending_release_;
+  std::map<std::string, double> served_;
+  RequestId next_id_ = 1;
+  uint64_t arrivals_ = 0;
+};
+
+}  // namespace blockserve::scheduler

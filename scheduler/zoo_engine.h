@@ -1,0 +1,20 @@
+// Zoo models as engine models: one block instance per (block, layer) however many models use
+// it, so their requests batch together at that block; each model with LoRA blocks gets its own
+// adapter key, attached on the shared instances.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "blockzoo/zoo.h"
+#include "runtime/blocks/blocks.h"
+#include "scheduler/engine.h"
+
+namespace blockserve::scheduler {
+
+absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
+                                                          const std::vector<std::string>& names,
+                                                          const runtime::BlockOptions& opt);
+
+}  // namespace blockserve::scheduler

@@ -149,6 +149,9 @@ absl::StatusOr<bool> Engine::Step() {
   std::vector<StepOutput> out;
   const absl::Status status = Execute(plan, &out);
   const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok());
+  for (const Release& r : scheduler_->TakeReleases()) {
+    for (const auto& block : models_[r.model].chain) block->ReleaseSequence(r.id);
+  }
   for (const Event& e : events) {
     auto it = sinks_.find(e.id);
     if (it == sinks_.end()) continue;

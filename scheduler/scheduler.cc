@@ -327,6 +327,12 @@ std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<Ste
   return events;
 }
 
+std::vector<Release> Scheduler::TakeReleases() {
+  std::vector<Release> out = std::move(pending_release_);
+  pending_release_.clear();
+  return out;
+}
+
 absl::Status Scheduler::CheckInvariants() const {
   std::vector<int> pages(instances_.size(), 0);
   for (const auto& [id, len] : reserved_) {

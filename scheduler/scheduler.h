@@ -111,6 +111,10 @@ class Scheduler {
   std::vector<Event> Commit(const StepPlan& plan, const std::vector<StepOutput>& outputs,
                             bool failed = false);
 
+  // Sequences finished by Commit whose KV the executor should free now (otherwise they come
+  // with the next plan's `release`).
+  std::vector<Release> TakeReleases();
+
   const Request* Find(RequestId id) const;
   int num_waiting() const;
   int num_running() const;

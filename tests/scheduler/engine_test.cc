@@ -1,0 +1,291 @@
+// The engine on real blocks: stories260K and synthetic fine-tunes of it in one zoo, loaded as
+// shared block instances. A request gives the same tokens alone, batched with requests of 7
+// other models, with LoRA adapters of other ranks in the batch, after being preempted, and as
+// the monolithic model; abort frees every page. KV accounting is checked against the blocks'
+// real caches after every step.
+#include "scheduler/engine.h"
+
+#include "blockzoo/derive.h"
+#include "blockzoo/importer.h"
+#include "blockzoo/model_loader.h"
+#include "scheduler/generator.h"
+#include "scheduler/zoo_engine.h"
+#include "tests/testing/test_util.h"
+
+namespace blockserve::scheduler {
+namespace {
+
+using testing::IsOk;
+
+struct Result {
+  std::vector<int32_t> tokens;
+  Finish finish = Finish::kNone;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto dir = testing::ModelsDir();
+    if (!dir) return;
+    models_dir_ = new std::string(*dir);
+    tmp_ = new testing::TempDir();
+    auto zoo = blockzoo::Zoo::Open(tmp_->path(), true);
+    ASSERT_THAT(zoo, IsOk());
+    zoo_ = zoo->release();
+    blockzoo::ImportOptions io;
+    io.name = "base";
+    ASSERT_THAT(blockzoo::ImportModel(*zoo_, *dir + "/stories260K/stories260K.bin", io), IsOk());
+    for (int i = 1; i <= 7; ++i) {  // 7 partial fine-tunes: top 2 layers changed
+      blockzoo::DeriveOptions d;
+      d.base = "base";
+      d.name = "ft" + std::to_string(i);
+      d.top_layers = 2;
+      d.rel_norm = 0.1;
+      d.seed = i;
+      ASSERT_THAT(blockzoo::DeriveModel(*zoo_, d), IsOk());
+    }
+    for (int rank : {2, 16}) {
+      blockzoo::DeriveOptions d;
+      d.base = "base";
+      d.name = "lora" + std::to_string(rank);
+      d.recipe = blockzoo::DeriveOptions::Recipe::kLora;
+      d.lora_rank = rank;
+      d.lora_alpha = 2.0f * rank;
+      d.lora_targets = {"wq", "wv", "w2"};
+      d.rel_norm = 0.2;
+      d.seed = rank;
+      ASSERT_THAT(blockzoo::DeriveModel(*zoo_, d), IsOk());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete zoo_;
+    delete tmp_;
+    delete models_dir_;
+  }
+  void SetUp() override {
+    if (models_dir_ == nullptr) GTEST_SKIP() << "real models not found (../shared/models)";
+  }
+
+  static std::vector<std::string> AllModels() {
+    std::vector<std::string> names = {"base"};
+    for (int i = 1; i <= 7; ++i) names.push_back("ft" + std::to_string(i));
+    names.push_back("lora2");
+    names.push_back("lora16");
+    return names;
+  }
+
+  std::unique_ptr<Engine> MakeEngine(EngineOptions opt = {}) {
+    runtime::BlockOptions bo;
+    bo.kv_page_size = opt.kv_page_size;
+    bo.kv_max_pages = opt.kv_max_pages;
+    auto models = LoadEngineModels(*zoo_, AllModels(), bo);
+    EXPECT_THAT(models, IsOk());
+    if (opt.threads == 0) opt.threads = 2;
+    return std::make_unique<Engine>(opt, std::move(*models));
+  }
+
+  static RequestSpec Spec(const Engine& e, const std::string& model, int n, int max_tokens,
+                          uint64_t seed = 0) {
+    RequestSpec s;
+    s.model = e.FindModel(model);
+    s.prompt = {1};
+    for (int i = 0; i < n; ++i) s.prompt.push_back(static_cast<int32_t>(300 + 7 * i) % 512);
+    s.max_tokens = max_tokens;
+    if (seed != 0) {
+      s.sampling.temperature = 1.0f;
+      s.sampling.top_p = 0.9f;
+      s.sampling.seed = seed;
+    }
+    return s;
+  }
+
+  // Runs every spec to completion on `e` (Step() on this thread), checking invariants.
+  std::vector<Result> Run(Engine& e, const std::vector<RequestSpec>& specs) {
+    std::vector<Result> out(specs.size());
+    for (size_t i = 0; i < specs.size(); ++i) {
+      auto id = e.Submit(specs[i], [&out, i](const Event& ev) {
+        if (ev.token >= 0) out[i].tokens.push_back(ev.token);
+        if (ev.finish != Finish::kNone) out[i].finish = ev.finish;
+      });
+      EXPECT_THAT(id, IsOk());
+    }
+    for (int step = 0; step < 10000; ++step) {
+      auto worked = e.Step();
+      EXPECT_THAT(worked, IsOk());
+      CheckKv(e);
+      if (!worked.ok() || !*worked) break;
+    }
+    return out;
+  }
+
+  static void CheckKv(const Engine& e) {
+    ASSERT_THAT(e.scheduler().CheckInvariants(), IsOk());
+    for (size_t i = 0; i < e.instances().size(); ++i) {
+      ASSERT_EQ(e.InstancePages(static_cast<int>(i)),
+                e.scheduler().pages_used(static_cast<int>(i)))
+          << "instance " << i;
+    }
+  }
+
+  static std::string* models_dir_;
+  static testing::TempDir* tmp_;
+  static blockzoo::Zoo* zoo_;
+};
+
+std::string* EngineTest::models_dir_ = nullptr;
+testing::TempDir* EngineTest::tmp_ = nullptr;
+blockzoo::Zoo* EngineTest::zoo_ = nullptr;
+
+TEST_F(EngineTest, SharedInstancesAreLoadedOnce) {
+  auto e = MakeEngine();
+  // base: 12 blocks; each ft adds its own attn/ffn of layers 3-4; LoRA models share base's.
+  EXPECT_EQ(e->instances().size(), 12u + 7 * 4);
+}
+
+TEST_F(EngineTest, BatchedWithSevenOtherModelsEqualsAlone) {
+  const auto names = AllModels();
+  std::vector<RequestSpec> specs;
+  auto e = MakeEngine();
+  for (size_t i = 0; i < 8; ++i) {
+    specs.push_back(Spec(*e, names[i], 3 + static_cast<int>(i), 24, i % 2 ? 100 + i : 0));
+  }
+  std::vector<Result> alone;
+  for (const auto& s : specs) {
+    auto fresh = MakeEngine();
+    alone.push_back(Run(*fresh, {s})[0]);
+  }
+  const auto together = Run(*e, specs);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << names[i];
+    EXPECT_EQ(together[i].finish, Finish::kLength);
+  }
+  // The fine-tunes really differ from the base somewhere.
+  EXPECT_NE(alone[0].tokens, alone[2].tokens);
+  const auto stats = e->stats();
+  // One embed call serves all 8 models in a step: far fewer calls than 8 separate chains.
+  EXPECT_LT(stats.block_calls, 8u * 12 * stats.steps);
+}
+
+TEST_F(EngineTest, SharedChainEqualsTheMonolithicModel) {
+  auto loaded = blockzoo::LoadModelFile(*models_dir_ + "/stories260K/stories260K.bin", std::nullopt);
+  ASSERT_THAT(loaded, IsOk());
+  auto chain = runtime::BuildChain(loaded->weights);
+  ASSERT_THAT(chain, IsOk());
+  runtime::CpuDevice cpu(2);
+  runtime::ExecContext ctx(&cpu);
+  auto e = MakeEngine();
+  RequestSpec s = Spec(*e, "base", 6, 40);
+  GenerationRequest g;
+  g.prompt = s.prompt;
+  g.max_tokens = 40;
+  auto mono = GenerateBatch(*chain, ctx, {g});
+  ASSERT_THAT(mono, IsOk());
+  // Batched with other models' requests in the same engine.
+  const auto got = Run(*e, {s, Spec(*e, "ft3", 4, 10), Spec(*e, "lora2", 5, 30)});
+  EXPECT_EQ(got[0].tokens, (*mono)[0].tokens);
+}
+
+TEST_F(EngineTest, LoraAdaptersOfDifferentRanksInOneBatchEqualAlone) {
+  auto e = MakeEngine();
+  const std::vector<RequestSpec> specs = {Spec(*e, "lora2", 5, 30), Spec(*e, "lora16", 5, 30),
+                                          Spec(*e, "base", 5, 30), Spec(*e, "lora16", 9, 20, 7)};
+  std::vector<Result> alone;
+  for (const auto& s : specs) {
+    auto fresh = MakeEngine();
+    alone.push_back(Run(*fresh, {s})[0]);
+  }
+  const auto together = Run(*e, specs);
+  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
+  EXPECT_NE(alone[0].tokens, alone[2].tokens);
+  EXPECT_NE(alone[1].tokens, alone[2].tokens);
+}
+
+TEST_F(EngineTest, PreemptedRequestsFinishWithTheSameTokens) {
+  EngineOptions tight;
+  tight.kv_page_size = 16;
+  tight.kv_max_pages = 6;  // 96 tokens per attn instance: four 40-token requests cannot all fit
+  auto e = MakeEngine(tight);
+  std::vector<RequestSpec> specs;
+  for (int i = 0; i < 4; ++i) {
+    RequestSpec s = Spec(*e, "base", 8 + i, 40, i % 2 ? 11 + i : 0);
+    s.priority = i;
+    specs.push_back(s);
+  }
+  std::vector<Result> alone;
+  for (const auto& s : specs) {
+    auto fresh = MakeEngine();
+    alone.push_back(Run(*fresh, {s})[0]);
+  }
+  const auto together = Run(*e, specs);
+  EXPECT_GT(e->stats().preemptions, 0u);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
+    EXPECT_EQ(together[i].finish, Finish::kLength);
+  }
+  for (size_t i = 0; i < e->instances().size(); ++i) EXPECT_EQ(e->InstancePages(i), 0);
+}
+
+TEST_F(EngineTest, AbortFreesEveryPage) {
+  auto e = MakeEngine();
+  std::vector<Result> out(3);
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto id = e->Submit(Spec(*e, i == 0 ? "base" : "ft" + std::to_string(i), 10, 100),
+                        [&out, i](const Event& ev) {
+                          if (ev.token >= 0) out[i].tokens.push_back(ev.token);
+                          if (ev.finish != Finish::kNone) out[i].finish = ev.finish;
+                        });
+    ASSERT_THAT(id, IsOk());
+    ids.push_back(*id);
+  }
+  e->Abort(ids[2]);  // before it ever ran
+  for (int step = 0; step < 5; ++step) {
+    ASSERT_THAT(e->Step(), IsOk());
+    CheckKv(*e);
+  }
+  e->Abort(ids[0]);  // mid-decode
+  e->Abort(ids[1]);
+  ASSERT_THAT(e->Step(), IsOk());
+  ASSERT_THAT(e->Step(), IsOk());
+  CheckKv(*e);
+  for (size_t i = 0; i < e->instances().size(); ++i) EXPECT_EQ(e->InstancePages(i), 0) << i;
+  for (const auto& r : out) EXPECT_EQ(r.finish, Finish::kAbort);
+  EXPECT_TRUE(out[2].tokens.empty());
+  EXPECT_FALSE(out[0].tokens.empty());
+}
+
+TEST_F(EngineTest, EngineThreadServesConcurrentSubmitters) {
+  auto e = MakeEngine();
+  e->Start();
+  std::mutex mu;
+  std::condition_variable cv;
+  int done = 0;
+  std::vector<Result> out(6);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 6; ++i) {
+    clients.emplace_back([&, i] {
+      auto id = e->Submit(Spec(*e, AllModels()[i], 4, 16), [&, i](const Event& ev) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (ev.token >= 0) out[i].tokens.push_back(ev.token);
+        if (ev.finish != Finish::kNone) {
+          out[i].finish = ev.finish;
+          ++done;
+          cv.notify_all();
+        }
+      });
+      EXPECT_THAT(id, IsOk());
+    });
+  }
+  for (auto& t : clients) t.join();
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return done == 6; }));
+  lock.unlock();
+  e->Stop();
+  for (const auto& r : out) {
+    EXPECT_EQ(r.finish, Finish::kLength);
+    EXPECT_EQ(r.tokens.size(), 16u);
+  }
+}
+
+}  // namespace
+}  // namespace blockserve::scheduler

@@ -1,6 +1,7 @@
 #include "scheduler/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -11,10 +12,29 @@ namespace blockserve::scheduler {
 using runtime::Batch;
 using runtime::BlockKind;
 
+std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
+    const std::vector<std::shared_ptr<runtime::Block>>& blocks) {
+  std::map<const runtime::Block*, std::shared_ptr<BlockSlot>> made;
+  std::vector<std::shared_ptr<BlockSlot>> out;
+  for (const auto& b : blocks) {
+    auto& slot = made[b.get()];
+    if (!slot) {
+      slot = std::make_shared<BlockSlot>();
+      slot->block = b;
+      slot->bytes = b->weight_bytes();
+      slot->kind = b->kind();
+      slot->name = runtime::BlockKindName(b->kind());
+    }
+    out.push_back(slot);
+  }
+  return out;
+}
+
 Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     : opt_(std::move(opt)), models_(std::move(models)),
       cpu_(opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount()), ctx_(&cpu_) {
-  std::map<const runtime::Block*, InstanceId> ids;
+  opt_.scheduler.memory_budget = opt_.memory_budget;
+  std::map<const BlockSlot*, InstanceId> ids;
   std::vector<InstanceInfo> infos;
   std::vector<ModelInfo> minfo;
   for (const EngineModel& m : models_) {
@@ -23,12 +43,20 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     mi.adapter = m.adapter;
     mi.max_seq_len = m.config.max_seq_len;
     mi.vocab_size = m.config.vocab_size;
-    for (const auto& block : m.chain) {
-      auto [it, inserted] = ids.emplace(block.get(), static_cast<InstanceId>(instances_.size()));
+    for (size_t pos = 0; pos < m.chain.size(); ++pos) {
+      const auto& slot = m.chain[pos];
+      auto [it, inserted] = ids.emplace(slot.get(), static_cast<InstanceId>(slots_.size()));
       if (inserted) {
-        instances_.push_back(block);
+        slots_.push_back(slot);
         InstanceInfo info;
-        info.kind = block->kind();
+        info.kind = slot->kind;
+        info.bytes = slot->bytes;
+        InstanceStats st;
+        st.name = slot->name;
+        st.kind = info.kind;
+        st.resident = slot->block != nullptr;
+        stats_.instances.push_back(st);
+        if (slot->block) stats_.resident_bytes += slot->bytes;
         info.max_batch_tokens = opt_.max_batch_tokens;
         info.kv_page_size = opt_.kv_page_size;
         info.kv_max_pages = opt_.kv_max_pages;
@@ -38,6 +66,8 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     }
     minfo.push_back(std::move(mi));
   }
+  stats_.peak_resident_bytes = stats_.resident_bytes;
+  last_used_.assign(slots_.size(), 0);
   scheduler_ = std::make_unique<Scheduler>(opt_.scheduler, std::move(infos), std::move(minfo));
 }
 
@@ -71,17 +101,71 @@ EngineStats Engine::stats() const {
   return stats_;
 }
 
-int Engine::InstancePages(InstanceId i) const { return instances_[i]->kv_pages_used(); }
+int Engine::InstancePages(InstanceId i) const {
+  return slots_[i]->block ? slots_[i]->block->kv_pages_used() : 0;
+}
+
+void Engine::ReleaseKv(const Release& r) {
+  for (const auto& slot : models_[r.model].chain) {
+    if (slot->block) slot->block->ReleaseSequence(r.id);
+  }
+}
+
+absl::Status Engine::MakeResident(const StepPlan& plan) {
+  const uint64_t step = stats_.steps + 1;
+  std::vector<bool> needed(slots_.size(), false);
+  for (InstanceId i : plan.pinned) needed[i] = true;
+  for (const auto& calls : plan.rounds) {
+    for (const BlockCall& c : calls) needed[c.instance] = true;
+  }
+  uint64_t to_load = 0;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!needed[i]) continue;
+    last_used_[i] = step;
+    if (!slots_[i]->block) to_load += slots_[i]->bytes;
+  }
+  // First make room: evict the least recently used instances that are not in use (not needed
+  // this step, no KV held), so that resident memory never exceeds the budget.
+  while (opt_.memory_budget > 0 && stats_.resident_bytes + to_load > opt_.memory_budget) {
+    int victim = -1;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const BlockSlot& slot = *slots_[i];
+      if (!slot.block || !slot.load || needed[i] || slot.block->kv_pages_used() > 0) continue;
+      if (victim < 0 || last_used_[i] < last_used_[victim]) victim = static_cast<int>(i);
+    }
+    if (victim < 0) break;
+    slots_[victim]->block.reset();
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.resident_bytes -= slots_[victim]->bytes;
+    ++stats_.instances[victim].evictions;
+    stats_.instances[victim].resident = false;
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    BlockSlot& slot = *slots_[i];
+    if (!needed[i] || slot.block) continue;
+    if (!slot.load) return absl::InternalError("block instance has neither block nor loader");
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(slot.block, slot.load());
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.load_s += secs;
+    ++stats_.block_loads;
+    ++stats_.instances[i].loads;
+    stats_.instances[i].resident = true;
+    stats_.resident_bytes += slot.bytes;
+    stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
+  }
+  return absl::OkStatus();
+}
 
 absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out) {
-  for (const Release& r : plan.release) {
-    for (const auto& block : models_[r.model].chain) block->ReleaseSequence(r.id);
-  }
+  for (const Release& r : plan.release) ReleaseKv(r);
+  RETURN_IF_ERROR(MakeResident(plan));
   hidden_.clear();
   std::vector<int32_t> toks;
   for (const auto& calls : plan.rounds) {
     for (const BlockCall& call : calls) {
-      runtime::Block& block = *instances_[call.instance];
+      runtime::Block& block = *slots_[call.instance]->block;
       Batch b;
       std::vector<RequestId> sampled;
       for (int m : call.members) {
@@ -99,8 +183,20 @@ absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out)
           b.hidden.insert(b.hidden.end(), h.begin(), h.end());
         }
       }
+      const auto t0 = std::chrono::steady_clock::now();
       RETURN_IF_ERROR(block.Forward(b, ctx_));
-      ++stats_.block_calls;
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.block_calls;
+        stats_.busy_s += secs;
+        InstanceStats& st = stats_.instances[call.instance];
+        ++st.calls;
+        st.tokens += b.num_tokens();
+        st.last_batch = b.num_tokens();
+        st.busy_s += secs;
+      }
       if (block.kind() == BlockKind::kHead) {
         const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
         for (size_t i = 0; i < sampled.size(); ++i) {
@@ -149,9 +245,7 @@ absl::StatusOr<bool> Engine::Step() {
   std::vector<StepOutput> out;
   const absl::Status status = Execute(plan, &out);
   const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok());
-  for (const Release& r : scheduler_->TakeReleases()) {
-    for (const auto& block : models_[r.model].chain) block->ReleaseSequence(r.id);
-  }
+  for (const Release& r : scheduler_->TakeReleases()) ReleaseKv(r);
   for (const Event& e : events) {
     auto it = sinks_.find(e.id);
     if (it == sinks_.end()) continue;
@@ -168,6 +262,13 @@ absl::StatusOr<bool> Engine::Step() {
     for (const auto& s : plan.seqs) stats_.tokens += s.len;
     stats_.waiting = scheduler_->num_waiting();
     stats_.running = scheduler_->num_running();
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      InstanceStats& st = stats_.instances[i];
+      st.kv_pages_used = scheduler_->pages_used(static_cast<int>(i));
+      st.kv_pages_free = opt_.kv_max_pages > 0 && st.kind == BlockKind::kAttn
+                             ? opt_.kv_max_pages - st.kv_pages_used
+                             : -1;
+    }
   }
   if (!status.ok()) return status;
   return true;

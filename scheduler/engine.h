@@ -22,14 +22,27 @@
 
 namespace blockserve::scheduler {
 
-// A model for the engine: its chain of block instances. Models that hold the same
-// shared_ptr<Block> share that instance (one KV pool, one batch per step).
+// A block instance: resident (block set) or loadable on first use (load set). Models holding
+// the same slot share the instance (one KV pool, one batch per step).
+struct BlockSlot {
+  std::shared_ptr<runtime::Block> block;  // null while not resident
+  std::function<absl::StatusOr<std::shared_ptr<runtime::Block>>()> load;  // null: never evicted
+  uint64_t bytes = 0;                     // weight memory when resident
+  runtime::BlockKind kind = runtime::BlockKind::kAttn;
+  std::string name;                       // for stats ("attn 3 1a80d4f4")
+};
+
+// A model for the engine: its chain of block slots.
 struct EngineModel {
   std::string name;
   runtime::ModelConfig config;
-  std::vector<std::shared_ptr<runtime::Block>> chain;
+  std::vector<std::shared_ptr<BlockSlot>> chain;
   int32_t adapter = 0;  // LoRA key attached on its instances (0: none)
 };
+
+// Wraps resident blocks as slots (tests, monolithic use).
+std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
+    const std::vector<std::shared_ptr<runtime::Block>>& blocks);
 
 struct EngineOptions {
   SchedulerConfig scheduler;
@@ -37,13 +50,30 @@ struct EngineOptions {
   int max_batch_tokens = 1 << 20;  // per block instance call
   int kv_max_pages = 0;          // per attn instance (0: unbounded); must match the blocks'
   int kv_page_size = 16;
+  // Weight memory for resident instances (0: unbounded): instances load on first use and the
+  // least recently used ones not in use (no KV, not needed this step) are evicted beyond it.
+  uint64_t memory_budget = 0;
 };
 
 using Sink = std::function<void(const Event&)>;
 
+struct InstanceStats {
+  std::string name;
+  runtime::BlockKind kind = runtime::BlockKind::kAttn;
+  uint64_t calls = 0, tokens = 0;  // tokens / calls = mean batch size
+  int last_batch = 0;              // tokens of the last call
+  double busy_s = 0;               // time in Forward
+  uint64_t loads = 0, evictions = 0;
+  bool resident = false;
+  int kv_pages_used = 0, kv_pages_free = -1;  // -1: unbounded
+};
+
 struct EngineStats {
-  uint64_t steps = 0, preemptions = 0, block_calls = 0, tokens = 0;
+  uint64_t steps = 0, preemptions = 0, block_calls = 0, tokens = 0, block_loads = 0;
   int waiting = 0, running = 0;
+  uint64_t resident_bytes = 0, peak_resident_bytes = 0;
+  double busy_s = 0, load_s = 0;
+  std::vector<InstanceStats> instances;
 };
 
 class Engine {
@@ -65,15 +95,18 @@ class Engine {
   EngineStats stats() const;
   // KV pages the attn instance `i` really holds (for invariant checks).
   int InstancePages(InstanceId i) const;
-  const std::vector<std::shared_ptr<runtime::Block>>& instances() const { return instances_; }
+  size_t num_instances() const { return slots_.size(); }
 
  private:
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out);
+  absl::Status MakeResident(const StepPlan& plan);
+  void ReleaseKv(const Release& r);
   void Loop();
 
   EngineOptions opt_;
   std::vector<EngineModel> models_;
-  std::vector<std::shared_ptr<runtime::Block>> instances_;
+  std::vector<std::shared_ptr<BlockSlot>> slots_;
+  std::vector<uint64_t> last_used_;  // step of last use, per instance
   std::unique_ptr<Scheduler> scheduler_;
   runtime::CpuDevice cpu_;
   runtime::ExecContext ctx_;

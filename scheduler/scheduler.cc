@@ -210,6 +210,25 @@ StepPlan Scheduler::Plan() {
   for (auto& [t, list] : waiting) std::sort(list.begin(), list.end(), by_priority);
   int in_flight = num_running();
   std::set<std::string> blocked;
+  // Instances the running requests pin, and their bytes.
+  std::set<InstanceId> pinned;
+  uint64_t pinned_bytes = 0;
+  auto pin = [&](const Request& r) {
+    for (InstanceId i : models_[r.spec.model].chain) {
+      if (pinned.insert(i).second) pinned_bytes += instances_[i].bytes;
+    }
+  };
+  auto extra_bytes = [&](const Request& r) {
+    uint64_t b = 0;
+    std::set<InstanceId> seen;
+    for (InstanceId i : models_[r.spec.model].chain) {
+      if (!pinned.count(i) && seen.insert(i).second) b += instances_[i].bytes;
+    }
+    return b;
+  };
+  for (auto& [id, r] : requests_) {
+    if (r->state == RequestState::kRunning) pin(*r);
+  }
   while (budget > 0 && in_flight < config_.max_running) {
     const std::string* tenant = nullptr;
     for (auto& [t, list] : waiting) {
@@ -221,6 +240,14 @@ StepPlan Scheduler::Plan() {
     Request* r = list.front();
     // A request that could not fit even alone would wait forever: finish it instead.
     bool servable = true;
+    if (config_.memory_budget > 0) {
+      uint64_t alone = 0;
+      std::set<InstanceId> seen;
+      for (InstanceId i : models_[r->spec.model].chain) {
+        if (seen.insert(i).second) alone += instances_[i].bytes;
+      }
+      servable &= alone <= config_.memory_budget;
+    }
     for (InstanceId i : models_[r->spec.model].chain) {
       const InstanceInfo& info = instances_[i];
       servable &= info.kind != BlockKind::kAttn || info.kv_max_pages == 0 ||
@@ -234,10 +261,12 @@ StepPlan Scheduler::Plan() {
     }
     // Room for the whole context and the first new token along the chain, so that an admitted
     // request is not preempted at once.
-    if (!Fits(*r, r->context_len() + 1)) {
+    if (!Fits(*r, r->context_len() + 1) ||
+        (config_.memory_budget > 0 && pinned_bytes + extra_bytes(*r) > config_.memory_budget)) {
       blocked.insert(*tenant);
       continue;
     }
+    pin(*r);
     list.erase(list.begin());
     BS_CHECK(r->TransitionTo(RequestState::kRunning).ok());
     plan.admitted.push_back(r->id);
@@ -247,6 +276,7 @@ StepPlan Scheduler::Plan() {
 
   plan.release = std::move(pending_release_);
   pending_release_.clear();
+  plan.pinned.assign(pinned.begin(), pinned.end());
 
   // 3. Per chain position, one call per block instance (split at its maximum batch).
   for (size_t s = 0; s < plan.seqs.size(); ++s) {

@@ -34,6 +34,7 @@ struct InstanceInfo {
   int max_batch_tokens = 1 << 20;  // tokens per call at most (calls are split beyond)
   int kv_page_size = 16;           // attn only
   int kv_max_pages = 0;            // attn only; 0 = unbounded
+  uint64_t bytes = 0;              // weight memory when resident
 };
 
 struct ModelInfo {
@@ -49,6 +50,9 @@ struct SchedulerConfig {
   int prefill_chunk = 256;    // tokens of one prompt per step at most
   int max_running = 256;      // sequences in flight at most
   std::map<std::string, double> tenant_weights;  // fairness weight (default 1)
+  // Weight memory for resident block instances (0: unbounded). A request is admitted only when
+  // its chain fits next to the instances running requests pin; the rest may be evicted.
+  uint64_t memory_budget = 0;
 };
 
 // One sequence's work this step.
@@ -75,6 +79,7 @@ struct StepPlan {
   std::vector<Release> release;  // free these sequences' KV in every block of their chain
   std::vector<RequestId> admitted, preempted, aborted;
   std::vector<RequestId> unservable;  // can never fit the KV budget: finished (context_full)
+  std::vector<InstanceId> pinned;     // instances the running requests need (must be resident)
   std::vector<PlannedSeq> seqs;
   std::vector<std::vector<BlockCall>> rounds;  // rounds[r]: the calls at chain position r
   bool empty() const { return seqs.empty() && release.empty(); }

@@ -1,36 +1,76 @@
 #include "scheduler/zoo_engine.h"
 
 #include <map>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
 
 #include "blockzoo/zoo_model.h"
 #include "runtime/status_macros.h"
 
 namespace blockserve::scheduler {
 
+namespace {
+
+// What one instance needs to (re)load: its block and the adapters attached to it.
+struct Recipe {
+  blockzoo::ChainEntry entry;
+  runtime::ModelConfig family;
+  std::vector<std::pair<int32_t, blockzoo::ChainEntry>> adapters;  // key, entry with lora
+};
+
+absl::StatusOr<std::shared_ptr<runtime::Block>> Build(const blockzoo::Zoo& zoo, const Recipe& r,
+                                                      const runtime::BlockOptions& opt) {
+  ASSIGN_OR_RETURN(auto block, blockzoo::LoadBlock(zoo, r.entry, r.family, opt, false));
+  for (const auto& [key, e] : r.adapters) {
+    ASSIGN_OR_RETURN(auto adapter, blockzoo::LoadLora(zoo, e, r.family, false));
+    RETURN_IF_ERROR(block->AttachAdapter(key, std::move(adapter)));
+  }
+  return block;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<std::string>& names,
-                                                          const runtime::BlockOptions& opt) {
-  std::map<std::pair<std::string, int>, std::shared_ptr<runtime::Block>> instances;
+                                                          const runtime::BlockOptions& opt,
+                                                          bool lazy, bool share) {
+  std::map<std::tuple<std::string, int, int>, std::pair<std::shared_ptr<BlockSlot>,
+                                                         std::shared_ptr<Recipe>>> slots;
   std::vector<EngineModel> out;
   int32_t next_key = 1;
-  for (const std::string& name : names) {
-    ASSIGN_OR_RETURN(blockzoo::Manifest m, zoo.GetManifest(name));
+  for (size_t mi = 0; mi < names.size(); ++mi) {
+    ASSIGN_OR_RETURN(blockzoo::Manifest m, zoo.GetManifest(names[mi]));
     EngineModel em;
-    em.name = name;
+    em.name = names[mi];
     em.config = m.family;
     for (const blockzoo::ChainEntry& e : m.chain) {
-      auto& inst = instances[{e.block, e.layer}];
-      if (!inst) {
-        ASSIGN_OR_RETURN(inst, blockzoo::LoadBlock(zoo, e, m.family, opt, /*verify_hash=*/false));
+      auto& [slot, recipe] = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
+      if (!slot) {
+        slot = std::make_shared<BlockSlot>();
+        recipe = std::make_shared<Recipe>();
+        recipe->entry = e;
+        recipe->entry.lora.clear();
+        recipe->family = m.family;
+        slot->bytes = e.bytes;
+        slot->kind = e.kind;
+        slot->name = absl::StrCat(runtime::BlockKindName(e.kind),
+                                  e.layer >= 0 ? absl::StrCat(" ", e.layer) : "", " ",
+                                  e.block.substr(0, 8));
+        slot->load = [&zoo, recipe, opt]() { return Build(zoo, *recipe, opt); };
       }
       if (!e.lora.empty()) {
         if (em.adapter == 0) em.adapter = next_key++;
-        ASSIGN_OR_RETURN(auto adapter, blockzoo::LoadLora(zoo, e, m.family, false));
-        RETURN_IF_ERROR(inst->AttachAdapter(em.adapter, std::move(adapter)));
+        recipe->adapters.emplace_back(em.adapter, e);
       }
-      em.chain.push_back(inst);
+      em.chain.push_back(slot);
     }
     out.push_back(std::move(em));
+  }
+  if (!lazy) {
+    for (auto& [key, sr] : slots) {
+      ASSIGN_OR_RETURN(sr.first->block, sr.first->load());
+    }
   }
   return out;
 }

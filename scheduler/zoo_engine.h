@@ -13,8 +13,12 @@
 
 namespace blockserve::scheduler {
 
+// `lazy`: instances load from the zoo on first use (and may be evicted and reloaded); else
+// they are loaded now. `share`: false gives every model its own copy of every block (the
+// per-model serving baseline).
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<std::string>& names,
-                                                          const runtime::BlockOptions& opt);
+                                                          const runtime::BlockOptions& opt,
+                                                          bool lazy = false, bool share = true);
 
 }  // namespace blockserve::scheduler

@@ -120,7 +120,7 @@ class EngineTest : public ::testing::Test {
 
   static void CheckKv(const Engine& e) {
     ASSERT_THAT(e.scheduler().CheckInvariants(), IsOk());
-    for (size_t i = 0; i < e.instances().size(); ++i) {
+    for (size_t i = 0; i < e.num_instances(); ++i) {
       ASSERT_EQ(e.InstancePages(static_cast<int>(i)),
                 e.scheduler().pages_used(static_cast<int>(i)))
           << "instance " << i;
@@ -139,7 +139,7 @@ blockzoo::Zoo* EngineTest::zoo_ = nullptr;
 TEST_F(EngineTest, SharedInstancesAreLoadedOnce) {
   auto e = MakeEngine();
   // base: 12 blocks; each ft adds its own attn/ffn of layers 3-4; LoRA models share base's.
-  EXPECT_EQ(e->instances().size(), 12u + 7 * 4);
+  EXPECT_EQ(e->num_instances(), 12u + 7 * 4);
 }
 
 TEST_F(EngineTest, BatchedWithSevenOtherModelsEqualsAlone) {
@@ -222,7 +222,46 @@ TEST_F(EngineTest, PreemptedRequestsFinishWithTheSameTokens) {
     EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
     EXPECT_EQ(together[i].finish, Finish::kLength);
   }
-  for (size_t i = 0; i < e->instances().size(); ++i) EXPECT_EQ(e->InstancePages(i), 0);
+  for (size_t i = 0; i < e->num_instances(); ++i) EXPECT_EQ(e->InstancePages(i), 0);
+}
+
+TEST_F(EngineTest, BlocksLoadOnFirstUseAndLruEvictionKeepsTheBudget) {
+  runtime::BlockOptions bo;
+  auto models = LoadEngineModels(*zoo_, AllModels(), bo, /*lazy=*/true);
+  ASSERT_THAT(models, IsOk());
+  const uint64_t base_bytes = 1177216;  // stories260K's 12 blocks
+  EngineOptions opt;
+  opt.threads = 2;
+  opt.memory_budget = base_bytes + 4 * 200000;  // the base plus one fine-tune's own blocks
+  Engine e(opt, std::move(*models));
+  EXPECT_EQ(e.stats().resident_bytes, 0u);
+  // One request per fine-tune, one after another in the queue; each needs its own layers 3-4.
+  std::vector<RequestSpec> specs;
+  for (int i = 1; i <= 7; ++i) specs.push_back(Spec(e, "ft" + std::to_string(i), 4, 12));
+  const auto got = Run(e, specs);
+  const EngineStats st = e.stats();
+  EXPECT_GE(st.block_loads, 8u + 7 * 4);  // base layers 0-2, embed, head + each ft's own
+  uint64_t evictions = 0;
+  for (const auto& i : st.instances) evictions += i.evictions;
+  EXPECT_GT(evictions, 0u);
+  EXPECT_LE(st.peak_resident_bytes, opt.memory_budget);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto fresh = MakeEngine();
+    EXPECT_EQ(got[i].tokens, Run(*fresh, {specs[i]})[0].tokens) << i;
+  }
+}
+
+TEST_F(EngineTest, DedicatedCopiesShareNothing) {
+  runtime::BlockOptions bo;
+  auto models = LoadEngineModels(*zoo_, {"base", "ft1", "ft2"}, bo, /*lazy=*/true, /*share=*/false);
+  ASSERT_THAT(models, IsOk());
+  EngineOptions opt;
+  opt.threads = 2;
+  Engine e(opt, std::move(*models));
+  EXPECT_EQ(e.num_instances(), 36u);
+  const auto got = Run(e, {Spec(e, "base", 4, 10), Spec(e, "ft1", 4, 10)});
+  auto shared = MakeEngine();
+  EXPECT_EQ(got[0].tokens, Run(*shared, {Spec(*shared, "base", 4, 10)})[0].tokens);
 }
 
 TEST_F(EngineTest, AbortFreesEveryPage) {
@@ -248,7 +287,7 @@ TEST_F(EngineTest, AbortFreesEveryPage) {
   ASSERT_THAT(e->Step(), IsOk());
   ASSERT_THAT(e->Step(), IsOk());
   CheckKv(*e);
-  for (size_t i = 0; i < e->instances().size(); ++i) EXPECT_EQ(e->InstancePages(i), 0) << i;
+  for (size_t i = 0; i < e->num_instances(); ++i) EXPECT_EQ(e->InstancePages(i), 0) << i;
   for (const auto& r : out) EXPECT_EQ(r.finish, Finish::kAbort);
   EXPECT_TRUE(out[2].tokens.empty());
   EXPECT_FALSE(out[0].tokens.empty());

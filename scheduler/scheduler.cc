@@ -237,7 +237,14 @@ StepPlan Scheduler::Plan() {
     }
     if (tenant == nullptr) break;
     auto& list = waiting[*tenant];
-    Request* r = list.front();
+    // The tenant's most important request, skipping (not waiting behind) requests whose blocks
+    // cannot be made resident now: another model's request may run meanwhile.
+    size_t pick = 0;
+    while (pick + 1 < list.size() && config_.memory_budget > 0 &&
+           pinned_bytes + extra_bytes(*list[pick]) > config_.memory_budget) {
+      ++pick;
+    }
+    Request* r = list[pick];
     // A request that could not fit even alone would wait forever: finish it instead.
     bool servable = true;
     if (config_.memory_budget > 0) {
@@ -254,7 +261,7 @@ StepPlan Scheduler::Plan() {
                   Pages(i, r->context_len() + 1) <= info.kv_max_pages;
     }
     if (!servable) {
-      list.erase(list.begin());
+      list.erase(list.begin() + pick);
       Finish(*r, Finish::kContextFull);
       plan.unservable.push_back(r->id);
       continue;
@@ -267,7 +274,7 @@ StepPlan Scheduler::Plan() {
       continue;
     }
     pin(*r);
-    list.erase(list.begin());
+    list.erase(list.begin() + pick);
     BS_CHECK(r->TransitionTo(RequestState::kRunning).ok());
     plan.admitted.push_back(r->id);
     plan_seq(*r, next_len(*r));

@@ -9,7 +9,7 @@
 // Prints throughput, p50/p95 time to first token and end-to-end latency and peak memory for
 // both, and ends with one JSON line. Random weights: timing only, never correctness.
 //   multitenant [--n 8,32] [--requests 160] [--rate R] [--shape medium|llama110m|small]
-//               [--threads T] [--quick]
+//               [--threads T] [--max-running M] [--quick]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -97,6 +97,8 @@ std::vector<Arrival> Workload(int models, int requests, double rate, uint64_t se
   return out;
 }
 
+int g_max_running = 64;
+
 Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, bool share,
               uint64_t budget, const std::vector<Arrival>& arrivals, int threads, int vocab) {
   runtime::BlockOptions bo;
@@ -108,7 +110,7 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   EngineOptions opt;
   opt.threads = threads;
   opt.memory_budget = budget;
-  opt.scheduler.max_running = 64;
+  opt.scheduler.max_running = g_max_running;
   opt.scheduler.max_step_tokens = 512;
   opt.scheduler.prefill_chunk = 256;
   Engine engine(opt, std::move(*models));
@@ -213,6 +215,8 @@ int Main(int argc, char** argv) {
       rate = std::stod(next());
     } else if (a == "--shape") {
       shape = next();
+    } else if (a == "--max-running") {
+      g_max_running = std::stoi(next());
     } else if (a == "--threads") {
       threads = std::stoi(next());
     } else if (a == "--quick") {
@@ -220,7 +224,7 @@ int Main(int argc, char** argv) {
       requests = 48;
     } else {
       std::fprintf(stderr, "usage: multitenant [--n 8,32] [--requests N] [--rate R] "
-                           "[--shape medium|llama110m|small] [--threads T] [--quick]\n");
+                           "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--quick]\n");
       return 2;
     }
   }
@@ -243,7 +247,7 @@ int Main(int argc, char** argv) {
               "weights); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d threads\n",
               c.dim, c.n_layers, c.hidden_dim, c.vocab_size, requests, rate, threads);
   nlohmann::json all = {{"shape", shape}, {"requests", requests}, {"rate", rate},
-                        {"threads", threads}};
+                        {"threads", threads}, {"max_running", g_max_running}};
   for (int n : ns) {
     ScratchDir tmp;
     auto zoo = blockzoo::Zoo::Open(tmp.path(), true);

@@ -110,31 +110,40 @@ class AttnBlock final : public Block {
     return rope_table_.data() + static_cast<size_t>(pos) * 2 * half;
   }
 
-  // One task per (token, head): causal attention over positions [0, pos].
+  // Causal attention over positions [0, pos] per token, split into tasks of (token, head
+  // group): all heads of a token in one task when there are enough tokens to keep every thread
+  // busy (fewer, larger tasks), single heads otherwise. Each head's result is the same either way.
   void Attend(const Batch& batch, ExecContext& ctx, const float* qkv, float* att) {
     const int dim = cfg_.dim, qkv_n = dim + 2 * cfg_.kv_dim();
-    struct Row {
-      SeqId seq;
-      int pos;
-    };
-    std::vector<Row> rows;
-    rows.reserve(batch.num_tokens());
+    rows_.clear();
     for (const SeqSpan& s : batch.spans) {
-      for (int i = 0; i < s.len; ++i) rows.push_back({s.seq, s.pos + i});
+      const auto& kp = kv_.KeyPages(s.seq);
+      const auto& vp = kv_.ValuePages(s.seq);
+      for (int i = 0; i < s.len; ++i) rows_.push_back({kp.data(), vp.data(), s.pos + i});
     }
     const int heads = cfg_.n_heads;
-    ctx.pool().Run(static_cast<int>(rows.size()) * heads, [&](int task) {
+    const int tokens = static_cast<int>(rows_.size());
+    const int threads = ctx.pool().size();
+    const int per_task = tokens >= 4 * threads ? heads : 1;
+    const int groups = heads / per_task;
+    ctx.pool().Run(tokens * groups, [&](int task) {
       thread_local std::vector<float> scores;
-      const Row& r = rows[task / heads];
-      const int h = task % heads;
+      const int t = task / groups;
+      const int h0 = (task % groups) * per_task;
+      const Row& r = rows_[t];
       const size_t need = (r.pos + kernels::kPageAlign) / kernels::kPageAlign * kernels::kPageAlign;
       if (scores.size() < need) scores.resize(need);
-      kernels::AttendOne(qkv + static_cast<size_t>(task / heads) * qkv_n,
-                         kv_.KeyPages(r.seq).data(), kv_.ValuePages(r.seq).data(), r.pos + 1,
-                         shape_, h, h + 1, scores.data(),
-                         att + static_cast<size_t>(task / heads) * dim);
+      kernels::AttendOne(qkv + static_cast<size_t>(t) * qkv_n, r.k, r.v, r.pos + 1, shape_, h0,
+                         h0 + per_task, scores.data(), att + static_cast<size_t>(t) * dim);
     });
   }
+
+  struct Row {
+    const float* const* k;
+    const float* const* v;
+    int pos;
+  };
+  std::vector<Row> rows_;
 
   ModelConfig cfg_;
   Tensor norm_;       // [dim] f32

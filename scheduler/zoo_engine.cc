@@ -35,16 +35,28 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
                                                           const std::vector<std::string>& names,
                                                           const runtime::BlockOptions& opt,
                                                           bool lazy, bool share) {
+  std::vector<ModelRef> refs;
+  for (const std::string& n : names) refs.push_back({n, {}, n});
+  return LoadEngineModels(zoo, refs, opt, lazy, share);
+}
+
+absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
+                                                          const std::vector<ModelRef>& refs,
+                                                          const runtime::BlockOptions& opt,
+                                                          bool lazy, bool share) {
   std::map<std::tuple<std::string, int, int>, std::pair<std::shared_ptr<BlockSlot>,
                                                          std::shared_ptr<Recipe>>> slots;
   std::vector<EngineModel> out;
   int32_t next_key = 1;
-  for (size_t mi = 0; mi < names.size(); ++mi) {
-    ASSIGN_OR_RETURN(blockzoo::Manifest m, zoo.GetManifest(names[mi]));
+  for (size_t mi = 0; mi < refs.size(); ++mi) {
+    ASSIGN_OR_RETURN(blockzoo::Manifest m, zoo.GetManifest(refs[mi].name));
+    ASSIGN_OR_RETURN(blockzoo::ResolvedChain rc,
+                     blockzoo::ResolveChain(zoo, refs[mi].name, refs[mi].policy));
     EngineModel em;
-    em.name = names[mi];
+    em.name = refs[mi].engine_name.empty() ? refs[mi].name : refs[mi].engine_name;
     em.config = m.family;
-    for (const blockzoo::ChainEntry& e : m.chain) {
+    for (const blockzoo::ResolvedBlock& rb : rc.blocks) {
+      const blockzoo::ChainEntry& e = rb.entry;
       auto& [slot, recipe] = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
       if (!slot) {
         slot = std::make_shared<BlockSlot>();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "blockzoo/equiv.h"
 #include "blockzoo/zoo.h"
 #include "runtime/blocks/blocks.h"
 #include "scheduler/engine.h"
@@ -18,6 +19,19 @@ namespace blockserve::scheduler {
 // per-model serving baseline).
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<std::string>& names,
+                                                          const runtime::BlockOptions& opt,
+                                                          bool lazy = false, bool share = true);
+
+// A model under an equivalence policy: the chain comes from the zoo's resolver, so a substituted
+// block is the very instance the models it comes from use (and batches with them).
+struct ModelRef {
+  std::string name;
+  blockzoo::ResolvePolicy policy;  // default: exact
+  std::string engine_name;         // name in the engine (default: name)
+};
+
+absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
+                                                          const std::vector<ModelRef>& models,
                                                           const runtime::BlockOptions& opt,
                                                           bool lazy = false, bool share = true);
 

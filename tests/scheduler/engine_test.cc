@@ -6,6 +6,7 @@
 #include "scheduler/engine.h"
 
 #include "blockzoo/derive.h"
+#include "blockzoo/equiv.h"
 #include "blockzoo/importer.h"
 #include "blockzoo/model_loader.h"
 #include "scheduler/generator.h"
@@ -262,6 +263,52 @@ TEST_F(EngineTest, DedicatedCopiesShareNothing) {
   const auto got = Run(e, {Spec(e, "base", 4, 10), Spec(e, "ft1", 4, 10)});
   auto shared = MakeEngine();
   EXPECT_EQ(got[0].tokens, Run(*shared, {Spec(*shared, "base", 4, 10)})[0].tokens);
+}
+
+TEST_F(EngineTest, EquivalentPolicyRunsOnTheSubstitutesInstances) {
+  testing::TempDir tmp;
+  auto z = blockzoo::Zoo::Open(tmp.path(), true);
+  ASSERT_THAT(z, IsOk());
+  blockzoo::Zoo& zoo = **z;
+  for (const char* name : {"base", "base-copy"}) {  // the base's blocks have two users
+    blockzoo::ImportOptions io;
+    io.name = name;
+    ASSERT_THAT(blockzoo::ImportModel(zoo, *models_dir_ + "/stories260K/stories260K.bin", io),
+                IsOk());
+  }
+  blockzoo::DeriveOptions d;
+  d.base = "base";
+  d.name = "tiny";
+  d.top_layers = 1;
+  d.rel_norm = 1e-3;
+  ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
+  blockzoo::EquivOptions eo;
+  eo.model = "tiny";
+  eo.threads = 2;
+  auto rec = blockzoo::EvaluateEquivalence(zoo, eo);
+  ASSERT_THAT(rec, IsOk());
+  {
+    auto lock = zoo.LockForWrite();
+    ASSERT_THAT(lock, IsOk());
+    ASSERT_THAT(blockzoo::StoreEquivRecord(zoo, *lock, *rec), IsOk());
+  }
+  blockzoo::ResolvePolicy eq;
+  eq.mode = blockzoo::ResolvePolicy::Mode::kEquivalent;
+  eq.threshold = 0.99;
+  auto models = LoadEngineModels(zoo, std::vector<ModelRef>{{"base", {}, "base"},
+                                                            {"tiny", {}, "tiny"},
+                                                            {"tiny", eq, "tiny~"}},
+                                 {});
+  ASSERT_THAT(models, IsOk());
+  EngineOptions opt;
+  opt.threads = 2;
+  Engine e(opt, std::move(*models));
+  EXPECT_EQ(e.num_instances(), 12u + 2);  // tiny's own layer 4 (exact); tiny~ reuses the base's
+  const auto got = Run(e, {Spec(e, "base", 4, 20), Spec(e, "tiny", 4, 20), Spec(e, "tiny~", 4, 20)});
+  EXPECT_EQ(got[2].tokens, got[0].tokens);  // tiny~ runs exactly the base's blocks
+  int same = 0;
+  for (size_t i = 0; i < 20; ++i) same += got[1].tokens[i] == got[2].tokens[i];
+  EXPECT_GE(same, 18);  // and stays close to tiny itself
 }
 
 TEST_F(EngineTest, AbortFreesEveryPage) {

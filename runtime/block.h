@@ -68,6 +68,9 @@ class Block {
   virtual absl::Status Forward(Batch& batch, ExecContext& ctx) = 0;
   // Drops all state held for `seq` (attn: its KV pages). No-op for stateless blocks.
   virtual void ReleaseSequence(SeqId seq) {}
+  // Starts `dst` with the first `len` positions of `src`'s state, shared (attn: full KV pages;
+  // `len` a multiple of the page size). No-op for stateless blocks.
+  virtual absl::Status ForkSequence(SeqId src, SeqId dst, int len) { return absl::OkStatus(); }
   virtual size_t weight_bytes() const = 0;
   // KV pages this block holds (attn blocks; 0 for the others).
   virtual int kv_pages_used() const { return 0; }

@@ -71,9 +71,36 @@ const std::vector<const float*>& KvCache::ValuePages(SeqId seq) const { return G
 void KvCache::Release(SeqId seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  for (const float* p : it->second.k) free_.push_back(const_cast<float*>(p));
-  pages_used_ -= static_cast<int>(it->second.k.size());
+  for (const float* p : it->second.k) {
+    auto sh = shared_.find(p);
+    if (sh != shared_.end()) {
+      if (--sh->second == 0) shared_.erase(sh);
+      continue;
+    }
+    free_.push_back(const_cast<float*>(p));
+    --pages_used_;
+  }
   seqs_.erase(it);
+}
+
+absl::Status KvCache::Fork(SeqId src, SeqId dst, int len) {
+  const Seq& s = Get(src);
+  if (len % page_size_ != 0 || len > s.length) {
+    return absl::InvalidArgumentError(absl::StrCat("KV fork of ", len, " positions: sequence ",
+                                                   src, " holds ", s.length, " (page size ",
+                                                   page_size_, ")"));
+  }
+  if (seqs_.count(dst) && !seqs_.at(dst).k.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("KV fork into non-empty sequence ", dst));
+  }
+  Seq copy;
+  const int pages = len / page_size_;
+  copy.k.assign(s.k.begin(), s.k.begin() + pages);
+  copy.v.assign(s.v.begin(), s.v.begin() + pages);
+  copy.length = len;
+  for (const float* p : copy.k) ++shared_[p];
+  seqs_[dst] = std::move(copy);
+  return absl::OkStatus();
 }
 
 }  // namespace blockserve::runtime

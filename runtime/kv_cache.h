@@ -29,7 +29,12 @@ class KvCache {
   const std::vector<const float*>& KeyPages(SeqId seq) const;
   const std::vector<const float*>& ValuePages(SeqId seq) const;
 
+  // Frees `seq`'s pages (a page shared with other sequences stays until its last holder lets go).
   void Release(SeqId seq);
+  // Makes `dst` (which must hold nothing) start with the first `len` positions of `src`, `len` a
+  // multiple of the page size: the full pages are shared, not copied (they are never written
+  // again: writes go to positions past a sequence's length, in pages of its own).
+  absl::Status Fork(SeqId src, SeqId dst, int len);
   int page_size() const { return page_size_; }
   int pages_used() const { return pages_used_; }
   int pages_allocated() const { return num_pages_; }
@@ -51,6 +56,7 @@ class KvCache {
   int num_pages_ = 0;                         // pages carved from slabs so far
   std::vector<std::shared_ptr<void>> slabs_;  // each page holds K then V
   std::vector<float*> free_;
+  absl::flat_hash_map<const float*, int> shared_;  // holders beyond the first, per shared page
   absl::flat_hash_map<SeqId, Seq> seqs_;
 };
 

@@ -111,6 +111,14 @@ void Engine::ReleaseKv(const Release& r) {
   }
 }
 
+absl::Status Engine::ForkKv(const Fork& f) {
+  for (const auto& slot : models_[f.model].chain) {
+    if (!slot->block) return absl::InternalError("KV fork on a block that is not resident");
+    RETURN_IF_ERROR(slot->block->ForkSequence(f.src, f.dst, f.len));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::MakeResident(const StepPlan& plan) {
   const uint64_t step = stats_.steps + 1;
   std::vector<bool> needed(slots_.size(), false);
@@ -161,6 +169,7 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
 absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out) {
   for (const Release& r : plan.release) ReleaseKv(r);
   RETURN_IF_ERROR(MakeResident(plan));
+  for (const Fork& f : plan.forks) RETURN_IF_ERROR(ForkKv(f));
   hidden_.clear();
   std::vector<int32_t> toks;
   for (const auto& calls : plan.rounds) {
@@ -245,6 +254,11 @@ absl::StatusOr<bool> Engine::Step() {
   std::vector<StepOutput> out;
   const absl::Status status = Execute(plan, &out);
   const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok());
+  // Finished requests' full pages become prefix-cache entries (shared, not copied), then the
+  // requests let go of their own.
+  for (const Fork& f : scheduler_->TakeDonations()) {
+    if (auto s = ForkKv(f); !s.ok()) return s;
+  }
   for (const Release& r : scheduler_->TakeReleases()) ReleaseKv(r);
   for (const Event& e : events) {
     auto it = sinks_.find(e.id);
@@ -260,6 +274,9 @@ absl::StatusOr<bool> Engine::Step() {
     ++stats_.steps;
     stats_.preemptions += plan.preempted.size();
     for (const auto& s : plan.seqs) stats_.tokens += s.len;
+    stats_.prefix_hits = scheduler_->prefix_hits();
+    stats_.prefix_hit_tokens = scheduler_->prefix_hit_tokens();
+    stats_.prefix_entries = scheduler_->prefix_entries();
     stats_.waiting = scheduler_->num_waiting();
     stats_.running = scheduler_->num_running();
     for (size_t i = 0; i < slots_.size(); ++i) {

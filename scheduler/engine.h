@@ -70,6 +70,8 @@ struct InstanceStats {
 
 struct EngineStats {
   uint64_t steps = 0, preemptions = 0, block_calls = 0, tokens = 0, block_loads = 0;
+  uint64_t prefix_hits = 0, prefix_hit_tokens = 0;
+  int prefix_entries = 0;
   int waiting = 0, running = 0;
   uint64_t resident_bytes = 0, peak_resident_bytes = 0;
   double busy_s = 0, load_s = 0;
@@ -101,6 +103,7 @@ class Engine {
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out);
   absl::Status MakeResident(const StepPlan& plan);
   void ReleaseKv(const Release& r);
+  absl::Status ForkKv(const Fork& f);
   void Loop();
 
   EngineOptions opt_;

@@ -39,6 +39,8 @@ struct Request {
   std::vector<int32_t> generated;
   int computed = 0;     // tokens of Tokens() whose KV is in the caches
   int preemptions = 0;
+  std::string prefix_key;  // the prefix-cache entry its KV starts with ("" when none)
+  int prefix_len = 0;      // positions that entry provides
 
   int context_len() const { return static_cast<int>(spec.prompt.size() + generated.size()); }
   int32_t TokenAt(int i) const {

@@ -90,13 +90,19 @@ int Scheduler::Pages(InstanceId i, int len) const {
   return (len + ps - 1) / ps;
 }
 
+int Scheduler::Charged(const Request& r, InstanceId i, int len) const {
+  return std::max(0, Pages(i, len) - Pages(i, r.prefix_len));
+}
+
 bool Scheduler::Fits(const Request& r, int len) const {
   auto it = reserved_.find(r.id);
   const int have = it == reserved_.end() ? 0 : it->second;
   for (InstanceId i : models_[r.spec.model].chain) {
     const InstanceInfo& info = instances_[i];
     if (info.kind != BlockKind::kAttn || info.kv_max_pages == 0) continue;
-    if (pages_used_[i] + Pages(i, len) - Pages(i, have) > info.kv_max_pages) return false;
+    if (pages_used_[i] + Charged(r, i, len) - Charged(r, i, have) > info.kv_max_pages) {
+      return false;
+    }
   }
   return true;
 }
@@ -104,7 +110,7 @@ bool Scheduler::Fits(const Request& r, int len) const {
 void Scheduler::Account(const Request& r, int from_len, int to_len) {
   for (InstanceId i : models_[r.spec.model].chain) {
     if (instances_[i].kind != BlockKind::kAttn) continue;
-    pages_used_[i] += Pages(i, to_len) - Pages(i, from_len);
+    pages_used_[i] += Charged(r, i, to_len) - Charged(r, i, from_len);
   }
   if (to_len == 0) {
     reserved_.erase(r.id);
@@ -113,12 +119,103 @@ void Scheduler::Account(const Request& r, int from_len, int to_len) {
   }
 }
 
+int Scheduler::KvPageSize(int model) const {
+  int ps = 0;
+  for (InstanceId i : models_[model].chain) {
+    if (instances_[i].kind != BlockKind::kAttn) continue;
+    if (ps != 0 && ps != instances_[i].kv_page_size) return 0;
+    ps = instances_[i].kv_page_size;
+  }
+  return ps;
+}
+
+std::string Scheduler::PrefixKey(const Request& r, int len) const {
+  std::string key;
+  for (InstanceId i : models_[r.spec.model].chain) absl::StrAppend(&key, i, ",");
+  const std::string& t = r.spec.tenant;
+  absl::StrAppend(&key, "|", config_.shared_prefix_tenants.count(t) ? std::string("*") : t, "|",
+                  len, "|");
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the token ids
+  for (int k = 0; k < len; ++k) {
+    const uint32_t v = static_cast<uint32_t>(r.TokenAt(k));
+    for (int b = 0; b < 4; ++b) h = (h ^ ((v >> (8 * b)) & 0xff)) * 1099511628211ull;
+  }
+  absl::StrAppend(&key, h);
+  return key;
+}
+
+void Scheduler::Unuse(Request& r) {
+  if (r.prefix_key.empty()) return;
+  auto it = prefix_.find(r.prefix_key);
+  if (it != prefix_.end()) --it->second.users;
+  r.prefix_key.clear();
+  r.prefix_len = 0;
+}
+
+// Keeps the full pages of a finished request as a prefix-cache entry (its pages move to the
+// entry; nothing is copied).
+void Scheduler::Donate(Request& r) {
+  const int ps = KvPageSize(r.spec.model);
+  if (!config_.prefix_cache || ps == 0 || r.prefix_len != 0) return;
+  const int len = r.computed / ps * ps;
+  if (len == 0) return;
+  const std::string key = PrefixKey(r, len);
+  auto it = prefix_.find(key);
+  if (it != prefix_.end()) {
+    it->second.last_used = ++clock_;
+    return;
+  }
+  PrefixEntry e;
+  e.seq = next_prefix_seq_--;
+  e.model = r.spec.model;
+  for (int k = 0; k < len; ++k) e.tokens.push_back(r.TokenAt(k));
+  e.last_used = ++clock_;
+  for (InstanceId i : models_[r.spec.model].chain) {
+    if (instances_[i].kind == BlockKind::kAttn) pages_used_[i] += Pages(i, len);
+  }
+  pending_donations_.push_back({r.id, e.seq, r.spec.model, len});
+  prefix_[key] = std::move(e);
+  for (int l = ps; l <= len; l += ps) prefix_alias_.emplace(PrefixKey(r, l), key);
+}
+
+bool Scheduler::EvictPrefix(InstanceId instance, StepPlan& plan) {
+  auto victim = prefix_.end();
+  for (auto it = prefix_.begin(); it != prefix_.end(); ++it) {
+    if (it->second.users > 0) continue;
+    if (instance >= 0) {
+      const auto& ch = models_[it->second.model].chain;
+      if (std::find(ch.begin(), ch.end(), instance) == ch.end()) continue;
+    }
+    if (victim == prefix_.end() || it->second.last_used < victim->second.last_used) victim = it;
+  }
+  if (victim == prefix_.end()) return false;
+  const PrefixEntry& e = victim->second;
+  for (InstanceId i : models_[e.model].chain) {
+    if (instances_[i].kind == BlockKind::kAttn) {
+      pages_used_[i] -= Pages(i, static_cast<int>(e.tokens.size()));
+    }
+  }
+  plan.release.push_back({e.seq, e.model});
+  for (auto a = prefix_alias_.begin(); a != prefix_alias_.end();) {
+    a = a->second == victim->first ? prefix_alias_.erase(a) : std::next(a);
+  }
+  prefix_.erase(victim);
+  return true;
+}
+
+std::vector<Fork> Scheduler::TakeDonations() {
+  std::vector<Fork> out = std::move(pending_donations_);
+  pending_donations_.clear();
+  return out;
+}
+
 void Scheduler::Preempt(Request& r, StepPlan& plan) {
   auto it = reserved_.find(r.id);
   if (it != reserved_.end()) {
     Account(r, it->second, 0);
     pending_release_.push_back({r.id, r.spec.model});
   }
+  Unuse(r);
   r.computed = 0;
   ++r.preemptions;
   BS_CHECK(r.TransitionTo(RequestState::kPreempted).ok());
@@ -126,11 +223,13 @@ void Scheduler::Preempt(Request& r, StepPlan& plan) {
 }
 
 void Scheduler::Finish(Request& r, ::blockserve::scheduler::Finish f) {
+  if (f == Finish::kStop || f == Finish::kLength || f == Finish::kContextFull) Donate(r);
   auto it = reserved_.find(r.id);
   if (it != reserved_.end()) {
     Account(r, it->second, 0);
     pending_release_.push_back({r.id, r.spec.model});
   }
+  Unuse(r);
   r.finish = f;
   BS_CHECK(r.TransitionTo(RequestState::kFinished).ok());
 }
@@ -174,6 +273,7 @@ StepPlan Scheduler::Plan() {
     if (budget <= 0) break;
     const int len = next_len(*r);
     while (r->state == RequestState::kRunning && !Fits(*r, r->computed + len)) {
+      if (EvictPrefix(-1, plan)) continue;  // cached prefixes go before running requests
       // Victim: the least important running request holding KV in an instance r needs.
       Request* victim = nullptr;
       for (auto& [id, other] : requests_) {
@@ -266,12 +366,51 @@ StepPlan Scheduler::Plan() {
       plan.unservable.push_back(r->id);
       continue;
     }
+    // The longest cached prefix of its tokens on its chain (at least one token left to run).
+    const int ps = KvPageSize(r->spec.model);
+    if (config_.prefix_cache && ps > 0 && r->computed == 0) {
+      for (int len = (r->context_len() - 1) / ps * ps; len > 0; len -= ps) {
+        auto alias = prefix_alias_.find(PrefixKey(*r, len));
+        if (alias == prefix_alias_.end()) continue;
+        const std::string key = alias->second;
+        auto it = prefix_.find(key);
+        if (it == prefix_.end()) continue;
+        bool same = true;
+        for (int k = 0; k < len && same; ++k) same = it->second.tokens[k] == r->TokenAt(k);
+        if (!same) continue;
+        r->prefix_key = key;
+        r->prefix_len = len;
+        break;
+      }
+    }
     // Room for the whole context and the first new token along the chain, so that an admitted
-    // request is not preempted at once.
+    // request is not preempted at once (unused cached prefixes make room first).
+    while (!Fits(*r, r->context_len() + 1) && EvictPrefix(-1, plan)) {
+      if (!r->prefix_key.empty() && !prefix_.count(r->prefix_key)) {
+        r->prefix_key.clear();
+        r->prefix_len = 0;
+      }
+    }
+    if (!r->prefix_key.empty() && !prefix_.count(r->prefix_key)) {
+      r->prefix_key.clear();
+      r->prefix_len = 0;
+    }
     if (!Fits(*r, r->context_len() + 1) ||
         (config_.memory_budget > 0 && pinned_bytes + extra_bytes(*r) > config_.memory_budget)) {
+      r->prefix_key.clear();
+      r->prefix_len = 0;
       blocked.insert(*tenant);
       continue;
+    }
+    if (!r->prefix_key.empty()) {
+      PrefixEntry& e = prefix_.at(r->prefix_key);
+      ++e.users;
+      e.last_used = ++clock_;
+      plan.forks.push_back({e.seq, r->id, r->spec.model, r->prefix_len});
+      reserved_[r->id] = r->prefix_len;  // charged nothing: the entry holds these pages
+      r->computed = r->prefix_len;
+      ++prefix_hits_;
+      prefix_hit_tokens_ += r->prefix_len;
     }
     pin(*r);
     list.erase(list.begin() + pick);
@@ -281,7 +420,7 @@ StepPlan Scheduler::Plan() {
     ++in_flight;
   }
 
-  plan.release = std::move(pending_release_);
+  plan.release.insert(plan.release.end(), pending_release_.begin(), pending_release_.end());
   pending_release_.clear();
   plan.pinned.assign(pinned.begin(), pinned.end());
 
@@ -381,7 +520,14 @@ absl::Status Scheduler::CheckInvariants() const {
       return absl::InternalError(absl::StrCat("request ", id, " reserved less than computed"));
     }
     for (InstanceId i : models_[it->second->spec.model].chain) {
-      if (instances_[i].kind == BlockKind::kAttn) pages[i] += Pages(i, len);
+      if (instances_[i].kind == BlockKind::kAttn) pages[i] += Charged(*it->second, i, len);
+    }
+  }
+  for (const auto& [key, e] : prefix_) {
+    for (InstanceId i : models_[e.model].chain) {
+      if (instances_[i].kind == BlockKind::kAttn) {
+        pages[i] += Pages(i, static_cast<int>(e.tokens.size()));
+      }
     }
   }
   for (size_t i = 0; i < instances_.size(); ++i) {

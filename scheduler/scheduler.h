@@ -53,6 +53,12 @@ struct SchedulerConfig {
   // Weight memory for resident block instances (0: unbounded). A request is admitted only when
   // its chain fits next to the instances running requests pin; the rest may be evicted.
   uint64_t memory_budget = 0;
+  // Prefix caching: the KV of finished requests' full pages is kept (LRU, evicted when KV room
+  // is needed) and a new request whose tokens start the same way on the same chain starts from
+  // it. Keyed by the chain's block instances and the tokens; scoped to the tenant unless the
+  // tenant is in `shared_prefix_tenants` (those share among themselves).
+  bool prefix_cache = false;
+  std::set<std::string> shared_prefix_tenants;
 };
 
 // One sequence's work this step.
@@ -75,8 +81,17 @@ struct Release {
   int model = 0;
 };
 
+// Start sequence `dst` with the first `len` KV positions of sequence `src` (in every attn
+// block of `model`'s chain), sharing the pages.
+struct Fork {
+  RequestId src = 0, dst = 0;
+  int model = 0;
+  int len = 0;
+};
+
 struct StepPlan {
   std::vector<Release> release;  // free these sequences' KV in every block of their chain
+  std::vector<Fork> forks;       // after the releases: requests starting from cached prefixes
   std::vector<RequestId> admitted, preempted, aborted;
   std::vector<RequestId> unservable;  // can never fit the KV budget: finished (context_full)
   std::vector<InstanceId> pinned;     // instances the running requests need (must be resident)
@@ -119,6 +134,11 @@ class Scheduler {
   // Sequences finished by Commit whose KV the executor should free now (otherwise they come
   // with the next plan's `release`).
   std::vector<Release> TakeReleases();
+  // Prefix-cache entries made by Commit from finished requests: fork these *before* releasing.
+  std::vector<Fork> TakeDonations();
+  uint64_t prefix_hits() const { return prefix_hits_; }
+  uint64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
+  int prefix_entries() const { return static_cast<int>(prefix_.size()); }
 
   const Request* Find(RequestId id) const;
   int num_waiting() const;
@@ -134,6 +154,14 @@ class Scheduler {
 
  private:
   int Pages(InstanceId i, int len) const;
+  // Pages `r` itself is charged at `i` for `len` positions (its cached prefix is the entry's).
+  int Charged(const Request& r, InstanceId i, int len) const;
+  std::string PrefixKey(const Request& r, int len) const;
+  void Donate(Request& r);
+  void Unuse(Request& r);
+  // Evicts the least recently used unused entry holding pages at `instance` (-1: any).
+  bool EvictPrefix(InstanceId instance, StepPlan& plan);
+  int KvPageSize(int model) const;  // 0 when the chain's attn blocks disagree (no caching)
   // Pages `r` needs at each attn instance of its chain to hold `len` tokens in all.
   bool Fits(const Request& r, int len) const;
   void Account(const Request& r, int from_len, int to_len);
@@ -153,6 +181,19 @@ class Scheduler {
   std::map<std::string, double> served_;
   RequestId next_id_ = 1;
   uint64_t arrivals_ = 0;
+  struct PrefixEntry {
+    RequestId seq = 0;  // pseudo sequence id holding the pages (negative)
+    int model = 0;      // a model with this chain
+    std::vector<int32_t> tokens;
+    int users = 0;
+    uint64_t last_used = 0;
+  };
+  std::map<std::string, PrefixEntry> prefix_;
+  // Every page boundary of an entry, keyed like a lookup of that length, -> the entry's key.
+  std::map<std::string, std::string> prefix_alias_;
+  std::vector<Fork> pending_donations_;
+  RequestId next_prefix_seq_ = -1;
+  uint64_t clock_ = 0, prefix_hits_ = 0, prefix_hit_tokens_ = 0;
 };
 
 }  // namespace blockserve::scheduler

@@ -28,6 +28,9 @@ class AttnBlock final : public Block {
   size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
   void ReleaseSequence(SeqId seq) override { kv_.Release(seq); }
   int kv_pages_used() const override { return kv_.pages_used(); }
+  absl::Status ForkSequence(SeqId src, SeqId dst, int len) override {
+    return kv_.Fork(src, dst, len);
+  }
   absl::Status AttachAdapter(int32_t key, std::shared_ptr<const LoraAdapter> a) override {
     return adapters_.Attach(BlockKind::kAttn, key, std::move(a));
   }

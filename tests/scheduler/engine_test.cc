@@ -311,6 +311,25 @@ TEST_F(EngineTest, EquivalentPolicyRunsOnTheSubstitutesInstances) {
   EXPECT_GE(same, 18);  // and stays close to tiny itself
 }
 
+TEST_F(EngineTest, PrefixCacheGivesTheSameTokensAndFreesCleanly) {
+  EngineOptions opt;
+  opt.scheduler.prefix_cache = true;
+  opt.kv_max_pages = 12;
+  auto e = MakeEngine(opt);
+  const RequestSpec s = Spec(*e, "ft2", 40, 24, 9);
+  const auto first = Run(*e, {s});
+  EXPECT_EQ(e->stats().prefix_entries, 1);
+  const auto second = Run(*e, {s, Spec(*e, "ft2", 40, 10)});
+  EXPECT_EQ(second[0].tokens, first[0].tokens);
+  EXPECT_GE(e->stats().prefix_hits, 1u);
+  auto plain = MakeEngine();
+  EXPECT_EQ(Run(*plain, {s})[0].tokens, first[0].tokens);
+  // Another model (another chain) never reuses it.
+  const uint64_t hits = e->stats().prefix_hits;
+  Run(*e, {Spec(*e, "ft3", 40, 4)});
+  EXPECT_EQ(e->stats().prefix_hits, hits);
+}
+
 TEST_F(EngineTest, AbortFreesEveryPage) {
   auto e = MakeEngine();
   std::vector<Result> out(3);

@@ -233,6 +233,59 @@ TEST(Scheduler, BadRequestsAreRejected) {
   EXPECT_FALSE(f.s->Submit(spec).ok());
 }
 
+TEST(Scheduler, PrefixCacheReusesFullPagesPerChainAndTenant) {
+  SchedulerConfig cfg;
+  cfg.prefix_cache = true;
+  Fixture f(cfg, /*kv_pages=*/6);
+  auto submit = [&](int model, const std::string& tenant) {
+    RequestSpec spec;
+    spec.model = model;
+    for (int i = 0; i < 40; ++i) spec.prompt.push_back(i % 90);
+    spec.max_tokens = 2;
+    spec.tenant = tenant;
+    auto id = f.s->Submit(spec);
+    EXPECT_THAT(id, IsOk());
+    return *id;
+  };
+  const RequestId a = submit(0, "t");
+  while (f.s->Find(a) != nullptr) f.Run(f.s->Plan());
+  // a computed 41 positions: its 2 full pages stay cached on attn 1.
+  EXPECT_EQ(f.s->prefix_entries(), 1);
+  EXPECT_EQ(f.s->pages_used(1), 2);
+  const RequestId b = submit(0, "t");
+  StepPlan p = f.s->Plan();
+  ASSERT_EQ(p.forks.size(), 1u);
+  EXPECT_EQ(p.forks[0].dst, b);
+  EXPECT_EQ(p.forks[0].len, 32);
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].pos, 32);
+  EXPECT_EQ(p.seqs[0].len, 8);
+  EXPECT_EQ(f.s->pages_used(1), 3);  // the entry's 2 + b's own third page
+  f.Run(p);
+  // Same tokens, other tenant: not shared. Model 2 shares model 0's chain: shared.
+  const RequestId c = submit(0, "other");
+  p = f.s->Plan();
+  EXPECT_TRUE(p.forks.empty());
+  f.Run(p);
+  while (f.s->Find(b) != nullptr || f.s->Find(c) != nullptr) f.Run(f.s->Plan());
+  const RequestId d = submit(2, "t");
+  p = f.s->Plan();
+  ASSERT_EQ(p.forks.size(), 1u);
+  EXPECT_EQ(p.forks[0].dst, d);
+  f.Run(p);
+  while (f.s->Find(d) != nullptr) f.Run(f.s->Plan());
+  // KV pressure evicts unused entries (LRU) before anything waits: 6 pages, a 90-token prompt.
+  RequestSpec big;
+  big.model = 0;
+  big.prompt.assign(90, 3);
+  big.max_tokens = 1;
+  ASSERT_THAT(f.s->Submit(big), IsOk());
+  p = f.s->Plan();
+  EXPECT_FALSE(p.release.empty());
+  EXPECT_EQ(p.seqs.size(), 1u);
+  f.Run(p);
+}
+
 TEST(Request, TransitionsAreChecked) {
   Request r;
   EXPECT_FALSE(r.TransitionTo(RequestState::kPreempted).ok());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -132,8 +133,46 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
     last_used_[i] = step;
     if (!slots_[i]->block) to_load += slots_[i]->bytes;
   }
-  // First make room: evict the least recently used instances that are not in use (not needed
-  // this step, no KV held), so that resident memory never exceeds the budget.
+  // Adapters this step's sequences use, per instance; resident ones not needed go first.
+  std::vector<std::set<int32_t>> keys(slots_.size());
+  for (const PlannedSeq& s : plan.seqs) {
+    const int32_t k = models_[s.model].adapter;
+    if (k == 0) continue;
+    for (const auto& slot : models_[s.model].chain) {
+      auto it = std::find(slots_.begin(), slots_.end(), slot);
+      const size_t i = it - slots_.begin();
+      auto a = slot->adapters.find(k);
+      if (a == slot->adapters.end()) continue;
+      keys[i].insert(k);
+      a->second.last_used = step;
+      if (!a->second.adapter) to_load += a->second.bytes;
+    }
+  }
+  while (opt_.memory_budget > 0 && stats_.resident_bytes + to_load > opt_.memory_budget) {
+    AdapterSlot* victim = nullptr;
+    BlockSlot* owner = nullptr;
+    int32_t vkey = 0;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      for (auto& [k, a] : slots_[i]->adapters) {
+        if (!a.adapter || !a.load || keys[i].count(k)) continue;
+        if (victim == nullptr || a.last_used < victim->last_used) {
+          victim = &a;
+          owner = slots_[i].get();
+          vkey = k;
+        }
+      }
+    }
+    if (victim == nullptr) break;
+    if (owner->block) owner->block->DetachAdapter(vkey);
+    victim->adapter.reset();
+    victim->attached = false;
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.resident_bytes -= victim->bytes;
+    --stats_.adapters_resident;
+    ++stats_.adapter_evictions;
+  }
+  // Then make room for blocks: evict the least recently used instances that are not in use
+  // (not needed this step, no KV held), so that resident memory never exceeds the budget.
   while (opt_.memory_budget > 0 && stats_.resident_bytes + to_load > opt_.memory_budget) {
     int victim = -1;
     for (size_t i = 0; i < slots_.size(); ++i) {
@@ -144,6 +183,14 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
     if (victim < 0) break;
     slots_[victim]->block.reset();
     std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, a] : slots_[victim]->adapters) {
+      if (!a.adapter) continue;
+      a.adapter.reset();
+      a.attached = false;
+      stats_.resident_bytes -= a.bytes;
+      --stats_.adapters_resident;
+      ++stats_.adapter_evictions;
+    }
     stats_.resident_bytes -= slots_[victim]->bytes;
     ++stats_.instances[victim].evictions;
     stats_.instances[victim].resident = false;
@@ -162,6 +209,26 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
     stats_.instances[i].resident = true;
     stats_.resident_bytes += slot.bytes;
     stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    for (int32_t k : keys[i]) {
+      AdapterSlot& a = slots_[i]->adapters.at(k);
+      if (a.attached) continue;
+      const bool loaded = a.adapter == nullptr;
+      if (loaded) {
+        if (!a.load) return absl::InternalError("adapter has neither weights nor loader");
+        ASSIGN_OR_RETURN(a.adapter, a.load());
+      }
+      RETURN_IF_ERROR(slots_[i]->block->AttachAdapter(k, a.adapter));
+      a.attached = true;
+      if (loaded) {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.adapter_loads;
+        ++stats_.adapters_resident;
+        stats_.resident_bytes += a.bytes;
+        stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
+      }
+    }
   }
   return absl::OkStatus();
 }

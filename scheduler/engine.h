@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/block.h"
 #include "runtime/device.h"
+#include "runtime/lora.h"
 #include "runtime/model_config.h"
 #include "runtime/sampler.h"
 #include "scheduler/scheduler.h"
@@ -24,12 +25,22 @@ namespace blockserve::scheduler {
 
 // A block instance: resident (block set) or loadable on first use (load set). Models holding
 // the same slot share the instance (one KV pool, one batch per step).
+// A LoRA adapter of one block instance, attached on demand under its model's key.
+struct AdapterSlot {
+  std::function<absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>>()> load;
+  std::shared_ptr<const runtime::LoraAdapter> adapter;  // set while resident
+  bool attached = false;
+  uint64_t bytes = 0;
+  uint64_t last_used = 0;
+};
+
 struct BlockSlot {
   std::shared_ptr<runtime::Block> block;  // null while not resident
   std::function<absl::StatusOr<std::shared_ptr<runtime::Block>>()> load;  // null: never evicted
   uint64_t bytes = 0;                     // weight memory when resident
   runtime::BlockKind kind = runtime::BlockKind::kAttn;
   std::string name;                       // for stats ("attn 3 1a80d4f4")
+  std::map<int32_t, AdapterSlot> adapters;  // by adapter key (lazy engines attach on demand)
 };
 
 // A model for the engine: its chain of block slots.
@@ -71,6 +82,8 @@ struct InstanceStats {
 struct EngineStats {
   uint64_t steps = 0, preemptions = 0, block_calls = 0, tokens = 0, block_loads = 0;
   uint64_t prefix_hits = 0, prefix_hit_tokens = 0;
+  uint64_t adapter_loads = 0, adapter_evictions = 0;
+  int adapters_resident = 0;
   int prefix_entries = 0;
   int waiting = 0, running = 0;
   uint64_t resident_bytes = 0, peak_resident_bytes = 0;

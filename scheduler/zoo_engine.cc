@@ -1,5 +1,6 @@
 #include "scheduler/zoo_engine.h"
 
+#include <filesystem>
 #include <map>
 #include <tuple>
 
@@ -16,17 +17,11 @@ namespace {
 struct Recipe {
   blockzoo::ChainEntry entry;
   runtime::ModelConfig family;
-  std::vector<std::pair<int32_t, blockzoo::ChainEntry>> adapters;  // key, entry with lora
 };
 
 absl::StatusOr<std::shared_ptr<runtime::Block>> Build(const blockzoo::Zoo& zoo, const Recipe& r,
                                                       const runtime::BlockOptions& opt) {
-  ASSIGN_OR_RETURN(auto block, blockzoo::LoadBlock(zoo, r.entry, r.family, opt, false));
-  for (const auto& [key, e] : r.adapters) {
-    ASSIGN_OR_RETURN(auto adapter, blockzoo::LoadLora(zoo, e, r.family, false));
-    RETURN_IF_ERROR(block->AttachAdapter(key, std::move(adapter)));
-  }
-  return block;
+  return blockzoo::LoadBlock(zoo, r.entry, r.family, opt, false);
 }
 
 }  // namespace
@@ -73,7 +68,11 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
       }
       if (!e.lora.empty()) {
         if (em.adapter == 0) em.adapter = next_key++;
-        recipe->adapters.emplace_back(em.adapter, e);
+        AdapterSlot& a = slot->adapters[em.adapter];
+        const runtime::ModelConfig family = m.family;
+        a.load = [&zoo, e, family]() { return blockzoo::LoadLora(zoo, e, family, false); };
+        std::error_code ec;
+        a.bytes = std::filesystem::file_size(zoo.BlockPath(e.lora), ec);
       }
       em.chain.push_back(slot);
     }
@@ -81,7 +80,15 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
   }
   if (!lazy) {
     for (auto& [key, sr] : slots) {
-      ASSIGN_OR_RETURN(sr.first->block, sr.first->load());
+      BlockSlot& slot = *sr.first;
+      ASSIGN_OR_RETURN(slot.block, slot.load());
+      for (auto& [k, a] : slot.adapters) {
+        ASSIGN_OR_RETURN(a.adapter, a.load());
+        RETURN_IF_ERROR(slot.block->AttachAdapter(k, a.adapter));
+        a.attached = true;
+        a.load = nullptr;  // resident for good, like the block
+      }
+      slot.load = nullptr;
     }
   }
   return out;

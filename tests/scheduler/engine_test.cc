@@ -252,6 +252,29 @@ TEST_F(EngineTest, BlocksLoadOnFirstUseAndLruEvictionKeepsTheBudget) {
   }
 }
 
+TEST_F(EngineTest, LoraAdaptersLoadAndEvictOnDemand) {
+  runtime::BlockOptions bo;
+  auto models = LoadEngineModels(*zoo_, {"base", "lora2", "lora16"}, bo, /*lazy=*/true);
+  ASSERT_THAT(models, IsOk());
+  // Room for the base blocks and the adapters of one LoRA model at a time (rank 16's are
+  // ~8 KiB per projection here).
+  EngineOptions opt;
+  opt.threads = 2;
+  opt.memory_budget = 1177216 + 160000;
+  Engine e(opt, std::move(*models));
+  const auto a = Run(e, {Spec(e, "lora16", 5, 12)});
+  const auto b = Run(e, {Spec(e, "lora2", 5, 12)});
+  const auto c = Run(e, {Spec(e, "lora16", 5, 12)});
+  const EngineStats st = e.stats();
+  EXPECT_GT(st.adapter_evictions, 0u);
+  EXPECT_GE(st.adapter_loads, 3u * 5);  // lora16, lora2, lora16 again (5 attn/ffn blocks each)
+  EXPECT_LE(st.peak_resident_bytes, opt.memory_budget);
+  EXPECT_EQ(a[0].tokens, c[0].tokens);
+  auto eager = MakeEngine();
+  EXPECT_EQ(Run(*eager, {Spec(*eager, "lora16", 5, 12)})[0].tokens, a[0].tokens);
+  EXPECT_EQ(Run(*eager, {Spec(*eager, "lora2", 5, 12)})[0].tokens, b[0].tokens);
+}
+
 TEST_F(EngineTest, DedicatedCopiesShareNothing) {
   runtime::BlockOptions bo;
   auto models = LoadEngineModels(*zoo_, {"base", "ft1", "ft2"}, bo, /*lazy=*/true, /*share=*/false);

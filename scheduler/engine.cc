@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/status_macros.h"
+#include "scheduler/profile.h"
 
 namespace blockserve::scheduler {
 
@@ -52,13 +53,17 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
         InstanceInfo info;
         info.kind = slot->kind;
         info.bytes = slot->bytes;
+        info.max_batch_tokens = opt_.max_batch_tokens;
+        if (opt_.profile_max_batch && slot->block) {
+          info.max_batch_tokens = MeasureMaxBatch(*slot->block, m.config.dim, ctx_);
+        }
         InstanceStats st;
         st.name = slot->name;
         st.kind = info.kind;
+        st.max_batch = info.max_batch_tokens;
         st.resident = slot->block != nullptr;
         stats_.instances.push_back(st);
         if (slot->block) stats_.resident_bytes += slot->bytes;
-        info.max_batch_tokens = opt_.max_batch_tokens;
         info.kv_page_size = opt_.kv_page_size;
         info.kv_max_pages = opt_.kv_max_pages;
         infos.push_back(info);

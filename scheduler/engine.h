@@ -59,6 +59,9 @@ struct EngineOptions {
   SchedulerConfig scheduler;
   int threads = 0;               // compute threads (0: default)
   int max_batch_tokens = 1 << 20;  // per block instance call
+  // Derive each resident instance's maximum batch from a measured profile (MeasureMaxBatch)
+  // instead of max_batch_tokens.
+  bool profile_max_batch = false;
   int kv_max_pages = 0;          // per attn instance (0: unbounded); must match the blocks'
   int kv_page_size = 16;
   // Weight memory for resident instances (0: unbounded): instances load on first use and the
@@ -73,6 +76,7 @@ struct InstanceStats {
   runtime::BlockKind kind = runtime::BlockKind::kAttn;
   uint64_t calls = 0, tokens = 0;  // tokens / calls = mean batch size
   int last_batch = 0;              // tokens of the last call
+  int max_batch = 0;               // its batch limit (configured or measured)
   double busy_s = 0;               // time in Forward
   uint64_t loads = 0, evictions = 0;
   bool resident = false;

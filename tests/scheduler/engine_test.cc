@@ -275,6 +275,20 @@ TEST_F(EngineTest, LoraAdaptersLoadAndEvictOnDemand) {
   EXPECT_EQ(Run(*eager, {Spec(*eager, "lora2", 5, 12)})[0].tokens, b[0].tokens);
 }
 
+TEST_F(EngineTest, MaxBatchFromAMeasuredProfile) {
+  EngineOptions opt;
+  opt.profile_max_batch = true;
+  auto e = MakeEngine(opt);
+  for (const auto& st : e->stats().instances) {
+    EXPECT_GE(st.max_batch, 1);
+    EXPECT_LE(st.max_batch, 512);
+  }
+  // Requests still give the same tokens with the measured limits splitting calls.
+  auto plain = MakeEngine();
+  const RequestSpec s = Spec(*e, "ft1", 30, 10);
+  EXPECT_EQ(Run(*e, {s, Spec(*e, "base", 30, 10)})[0].tokens, Run(*plain, {s})[0].tokens);
+}
+
 TEST_F(EngineTest, DedicatedCopiesShareNothing) {
   runtime::BlockOptions bo;
   auto models = LoadEngineModels(*zoo_, {"base", "ft1", "ft2"}, bo, /*lazy=*/true, /*share=*/false);

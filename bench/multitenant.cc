@@ -52,7 +52,7 @@ struct Figures {
   double throughput = 0;  // generated tokens / s
   double ttft_p50 = 0, ttft_p95 = 0, e2e_p50 = 0, e2e_p95 = 0;
   double peak_gib = 0, makespan = 0;
-  uint64_t loads = 0, evictions = 0;
+  uint64_t loads = 0, evictions = 0, adapter_loads = 0;
   int completed = 0, errors = 0;
 };
 
@@ -176,6 +176,7 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   f.peak_gib = st.peak_resident_bytes / 1073741824.0;
   f.loads = st.block_loads;
   for (const auto& i : st.instances) f.evictions += i.evictions;
+  f.adapter_loads = st.adapter_loads;
   f.completed = static_cast<int>(t2.size());
   f.errors = errors;
   return f;
@@ -185,16 +186,18 @@ nlohmann::json ToJson(const Figures& f) {
   return {{"throughput_tok_s", f.throughput}, {"ttft_p50_s", f.ttft_p50},
           {"ttft_p95_s", f.ttft_p95},         {"e2e_p50_s", f.e2e_p50},
           {"e2e_p95_s", f.e2e_p95},           {"peak_weights_gib", f.peak_gib},
-          {"block_loads", f.loads},           {"evictions", f.evictions},           {"makespan_s", f.makespan},
+          {"block_loads", f.loads},           {"evictions", f.evictions},
+          {"adapter_loads", f.adapter_loads},           {"makespan_s", f.makespan},
           {"errors", f.errors}};
 }
 
 void Print(const char* label, const Figures& f) {
   std::printf("  %-28s %8.1f tok/s  TTFT p50 %6.2f p95 %6.2f s  E2E p50 %6.2f p95 %6.2f s  "
-              "peak %5.2f GiB  loads %4llu evictions %4llu%s\n",
+              "peak %5.2f GiB  loads %4llu evictions %4llu adapter loads %4llu%s\n",
               label, f.throughput, f.ttft_p50, f.ttft_p95, f.e2e_p50, f.e2e_p95, f.peak_gib,
               static_cast<unsigned long long>(f.loads),
-              static_cast<unsigned long long>(f.evictions), f.errors ? "  ERRORS" : "");
+              static_cast<unsigned long long>(f.evictions),
+              static_cast<unsigned long long>(f.adapter_loads), f.errors ? "  ERRORS" : "");
   std::fflush(stdout);
 }
 
@@ -279,7 +282,17 @@ int Main(int argc, char** argv) {
       names.push_back(d.name);
     }
     const uint64_t model_bytes = base->manifest.bytes();
-    const uint64_t all_copies = model_bytes * names.size();
+    // Every model as a dedicated copy, LoRA models with their adapters.
+    uint64_t all_copies = 0;
+    for (const std::string& name : names) {
+      auto m = (*zoo)->GetManifest(name);
+      if (!m.ok()) return 1;
+      all_copies += m->bytes();
+      for (const auto& e : m->chain) {
+        std::error_code ec;
+        if (!e.lora.empty()) all_copies += std::filesystem::file_size((*zoo)->BlockPath(e.lora), ec);
+      }
+    }
     const auto arrivals =
         Workload(static_cast<int>(names.size()), requests, rate, 42 + n, c.vocab_size);
     nlohmann::json jn;

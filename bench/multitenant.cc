@@ -233,13 +233,7 @@ int Main(int argc, char** argv) {
   }
   runtime::ModelConfig c = blockzoo::Llama110MConfig();
   if (shape == "medium") {
-    c.dim = 512;
-    c.hidden_dim = 1376;
-    c.n_layers = 8;
-    c.n_heads = 8;
-    c.n_kv_heads = 8;
-    c.vocab_size = 8000;
-    c.max_seq_len = 512;
+    c = blockzoo::MediumConfig();
   } else if (shape == "small") {
     c = blockzoo::SmallConfig();
   }

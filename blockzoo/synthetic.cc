@@ -59,6 +59,18 @@ runtime::ModelConfig SmallConfig() {
   return c;
 }
 
+runtime::ModelConfig MediumConfig() {
+  runtime::ModelConfig c = Llama110MConfig();
+  c.dim = 512;
+  c.hidden_dim = 1376;
+  c.n_layers = 8;
+  c.n_heads = 8;
+  c.n_kv_heads = 8;
+  c.vocab_size = 8000;
+  c.max_seq_len = 512;
+  return c;
+}
+
 runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& c, DType dtype,
                                            uint64_t seed) {
   runtime::ModelWeights w;

@@ -12,6 +12,9 @@ namespace blockserve::blockzoo {
 runtime::ModelConfig Llama110MConfig();
 // A small GQA shape for quick runs: dim 256, 4 layers, 8 heads, 4 kv heads, FFN 688, vocab 512.
 runtime::ModelConfig SmallConfig();
+// A mid-size shape for multi-model benchmarks on few cores: dim 512, 8 layers, 8 heads, FFN
+// 1376, vocab 8000 (128 MiB in f32).
+runtime::ModelConfig MediumConfig();
 
 // Random weights (uniform, std ~0.02; norms 1) stored as `dtype`.
 runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& config,

@@ -39,8 +39,9 @@ ABSL_FLAG(double, threshold, 0.99, "resolve: minimum block score of a substitute
 ABSL_FLAG(bool, allow_skip, false, "resolve: allow dropping sub-layers that pass");
 ABSL_FLAG(double, min_top1, 0.0, "resolve: minimum whole-model top-1 agreement");
 ABSL_FLAG(std::string, shape, "llama110m",
-          "synth: llama110m (dim 768, 12 layers, 12 heads, ffn 2048, vocab 32000) or small "
-          "(dim 256, 4 layers, 8 heads, 4 kv heads, ffn 688, vocab 512)");
+          "synth: llama110m (dim 768, 12 layers, 12 heads, ffn 2048, vocab 32000), medium "
+          "(dim 512, 8 layers, ffn 1376, vocab 8000) or small (dim 256, 4 layers, 8 heads, "
+          "4 kv heads, ffn 688, vocab 512)");
 ABSL_FLAG(std::string, dtype, "f32", "synth: weight dtype f32 | f16 | bf16");
 ABSL_FLAG(std::string, base, "", "import of a PEFT adapter directory: the zoo model it adapts");
 ABSL_FLAG(int, layers, 1, "derive partial: perturb the blocks of the top K layers");
@@ -366,10 +367,11 @@ int Synth() {
     return 2;
   }
   const std::string shape = absl::GetFlag(FLAGS_shape);
-  const runtime::ModelConfig c =
-      shape == "small" ? blockzoo::SmallConfig() : blockzoo::Llama110MConfig();
-  if (shape != "small" && shape != "llama110m") {
-    std::fprintf(stderr, "error: --shape must be llama110m or small\n");
+  const runtime::ModelConfig c = shape == "small"    ? blockzoo::SmallConfig()
+                                 : shape == "medium" ? blockzoo::MediumConfig()
+                                                     : blockzoo::Llama110MConfig();
+  if (shape != "small" && shape != "medium" && shape != "llama110m") {
+    std::fprintf(stderr, "error: --shape must be llama110m, medium or small\n");
     return 2;
   }
   const std::string dt = absl::GetFlag(FLAGS_dtype);

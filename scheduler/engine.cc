@@ -72,8 +72,35 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     }
     minfo.push_back(std::move(mi));
   }
+  if (opt_.kv_budget_bytes > 0) {
+    // Split the KV budget by users: models per attn instance.
+    std::vector<int> users(slots_.size(), 0);
+    std::vector<uint64_t> page_bytes(slots_.size(), 0);
+    for (size_t mi = 0; mi < minfo.size(); ++mi) {
+      std::set<InstanceId> seen;
+      for (InstanceId i : minfo[mi].chain) {
+        if (infos[i].kind != BlockKind::kAttn || !seen.insert(i).second) continue;
+        ++users[i];
+        page_bytes[i] = uint64_t{2} * opt_.kv_page_size * models_[mi].config.kv_dim() * sizeof(float);
+      }
+    }
+    double total = 0;
+    for (size_t i = 0; i < slots_.size(); ++i) total += users[i] * static_cast<double>(page_bytes[i]);
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (users[i] == 0) continue;
+      // users_i / sum_j(users_j * bytes_j) of the budget in pages of instance i.
+      infos[i].kv_max_pages = std::max(1, static_cast<int>(opt_.kv_budget_bytes * users[i] / total));
+    }
+  }
   stats_.peak_resident_bytes = stats_.resident_bytes;
   last_used_.assign(slots_.size(), 0);
+  kv_caps_.clear();
+  for (size_t i = 0; i < infos.size(); ++i) {
+    kv_caps_.push_back(infos[i].kv_max_pages);
+    if (infos[i].kind == BlockKind::kAttn && infos[i].kv_max_pages > 0) {
+      stats_.instances[i].kv_pages_free = infos[i].kv_max_pages;
+    }
+  }
   scheduler_ = std::make_unique<Scheduler>(opt_.scheduler, std::move(infos), std::move(minfo));
 }
 
@@ -354,8 +381,8 @@ absl::StatusOr<bool> Engine::Step() {
     for (size_t i = 0; i < slots_.size(); ++i) {
       InstanceStats& st = stats_.instances[i];
       st.kv_pages_used = scheduler_->pages_used(static_cast<int>(i));
-      st.kv_pages_free = opt_.kv_max_pages > 0 && st.kind == BlockKind::kAttn
-                             ? opt_.kv_max_pages - st.kv_pages_used
+      st.kv_pages_free = kv_caps_[i] > 0 && st.kind == BlockKind::kAttn
+                             ? kv_caps_[i] - st.kv_pages_used
                              : -1;
     }
   }

@@ -64,6 +64,10 @@ struct EngineOptions {
   bool profile_max_batch = false;
   int kv_max_pages = 0;          // per attn instance (0: unbounded); must match the blocks'
   int kv_page_size = 16;
+  // One KV memory budget (bytes) split across the attn instances in proportion to how many
+  // models use each (a block shared by 8 models serves ~8x the sequences); overrides
+  // kv_max_pages. The blocks' own caches must be unbounded or at least this large.
+  uint64_t kv_budget_bytes = 0;
   // Weight memory for resident instances (0: unbounded): instances load on first use and the
   // least recently used ones not in use (no KV, not needed this step) are evicted beyond it.
   uint64_t memory_budget = 0;
@@ -127,6 +131,7 @@ class Engine {
   std::vector<EngineModel> models_;
   std::vector<std::shared_ptr<BlockSlot>> slots_;
   std::vector<uint64_t> last_used_;  // step of last use, per instance
+  std::vector<int> kv_caps_;         // KV pages per instance (0: unbounded)
   std::unique_ptr<Scheduler> scheduler_;
   runtime::CpuDevice cpu_;
   runtime::ExecContext ctx_;

@@ -289,6 +289,29 @@ TEST_F(EngineTest, MaxBatchFromAMeasuredProfile) {
   EXPECT_EQ(Run(*e, {s, Spec(*e, "base", 30, 10)})[0].tokens, Run(*plain, {s})[0].tokens);
 }
 
+TEST_F(EngineTest, KvBudgetIsSplitByHowManyModelsUseABlock) {
+  EngineOptions opt;
+  opt.kv_budget_bytes = 2 << 20;
+  auto e = MakeEngine(opt);
+  // attn of layer 0 is used by all 10 models; a fine-tune's own attn of layer 4 by one.
+  const auto st = e->stats();
+  int shared_cap = 0, own_cap = 1 << 30;
+  for (const auto& i : st.instances) {
+    if (i.kind != runtime::BlockKind::kAttn) continue;
+    shared_cap = std::max(shared_cap, i.kv_pages_free);
+    own_cap = std::min(own_cap, i.kv_pages_free);
+  }
+  EXPECT_EQ(shared_cap, 10 * 2 * 1024 * 1024 / (50 * 4096));  // 2 MiB * 10 / sum(users * 4 KiB)
+  EXPECT_EQ(own_cap, 2 * 1024 * 1024 / (50 * 4096));
+  std::vector<RequestSpec> specs;
+  for (int i = 1; i <= 4; ++i) specs.push_back(Spec(*e, "ft" + std::to_string(i), 20, 30));
+  const auto got = Run(*e, specs);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto fresh = MakeEngine();
+    EXPECT_EQ(got[i].tokens, Run(*fresh, {specs[i]})[0].tokens) << i;
+  }
+}
+
 TEST_F(EngineTest, DedicatedCopiesShareNothing) {
   runtime::BlockOptions bo;
   auto models = LoadEngineModels(*zoo_, {"base", "ft1", "ft2"}, bo, /*lazy=*/true, /*share=*/false);

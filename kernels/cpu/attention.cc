@@ -31,6 +31,59 @@ inline void StoreScaled16(float* p, const V16* v, float s) {
   std::memcpy(p, &r, sizeof(r));
 }
 
+// softmax(scores[0..n_ctx)) . V of kv head `kvh` -> oh [head_dim]. Inlined into each clone.
+__attribute__((always_inline)) inline void SoftmaxTimesV(float* scores, int n_ctx,
+                                                         const float* const* v_pages,
+                                                         const AttentionShape& s, int kvh,
+                                                         float* oh) {
+  constexpr int kL = kPageAlign;
+  const int hd = s.head_dim, ps = s.page_size;
+  const int kv_dim = s.n_kv_heads * hd;
+  float max_score = -INFINITY;
+  for (int t = 0; t < n_ctx; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
+  float lane_sum[kL] = {};
+  const int n_pad = (n_ctx + kL - 1) / kL * kL;
+  for (int t = n_ctx; t < n_pad; ++t) scores[t] = -INFINITY;  // padding weighs nothing
+  for (int t0 = 0; t0 < n_pad; t0 += kL) {
+    for (int j = 0; j < kL; ++j) {
+      scores[t0 + j] = ExpApprox(scores[t0 + j] - max_score);
+      lane_sum[j] += scores[t0 + j];
+    }
+  }
+  float sum = 0.0f;
+  for (int j = 0; j < kL; ++j) sum += lane_sum[j];
+  const float inv = 1.0f / sum;
+  if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loop
+    for (int i = 0; i < hd; ++i) oh[i] = 0.0f;
+    for (int t = 0; t < n_ctx; ++t) {
+      const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
+      for (int i = 0; i < hd; ++i) oh[i] += scores[t] * v[i];
+    }
+    for (int i = 0; i < hd; ++i) oh[i] *= inv;
+    return;
+  }
+  // out = sum_t p_t v_t, four keys per pass, 16 dims at a time.
+  V16 o[kMaxHeadDim / kL] = {};
+  const int nv = hd / kL;
+  int t = 0;
+  for (; t + 4 <= n_ctx; t += 4) {
+    const float* v0 = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
+    const float* v1 = v_pages[(t + 1) / ps] + ((t + 1) % ps) * kv_dim + kvh * hd;
+    const float* v2 = v_pages[(t + 2) / ps] + ((t + 2) % ps) * kv_dim + kvh * hd;
+    const float* v3 = v_pages[(t + 3) / ps] + ((t + 3) % ps) * kv_dim + kvh * hd;
+    const float p0 = scores[t], p1 = scores[t + 1], p2 = scores[t + 2], p3 = scores[t + 3];
+    for (int c = 0; c < nv; ++c) {
+      Madd4x16(&o[c], p0, v0 + c * kL, p1, v1 + c * kL, p2, v2 + c * kL, p3, v3 + c * kL);
+    }
+  }
+  for (; t < n_ctx; ++t) {
+    const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
+    const float p = scores[t];
+    for (int c = 0; c < nv; ++c) Madd16(&o[c], p, v + c * kL);
+  }
+  for (int c = 0; c < nv; ++c) StoreScaled16(oh + c * kL, &o[c], inv);
+}
+
 }  // namespace
 
 void StoreKv(const float* k, const float* v, const AttentionShape& s, int slot, float* k_page,
@@ -48,7 +101,6 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
                float* out) {
   constexpr int kL = kPageAlign;
   const int hd = s.head_dim, ps = s.page_size;
-  const int kv_dim = s.n_kv_heads * hd;
   const int group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   for (int h = head_begin; h < head_end; ++h) {
@@ -81,50 +133,37 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
       for (int i = 0; i < hd; ++i) Madd16(&acc, qh[i], kt + i * ps);
       StoreScaled16(scores + t0, &acc, scale);
     }
-    float max_score = -INFINITY;
-    for (int t = 0; t < n_ctx; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
-    float lane_sum[kL] = {};
-    const int n_pad = (n_ctx + kL - 1) / kL * kL;
-    for (int t = n_ctx; t < n_pad; ++t) scores[t] = -INFINITY;  // padding weighs nothing
-    for (int t0 = 0; t0 < n_pad; t0 += kL) {
-      for (int j = 0; j < kL; ++j) {
-        scores[t0 + j] = ExpApprox(scores[t0 + j] - max_score);
-        lane_sum[j] += scores[t0 + j];
+    SoftmaxTimesV(scores, n_ctx, v_pages, s, kvh, out + h * hd);
+  }
+}
+
+// Rows r of a prefill span (positions n_ctx0 - 1 + r): the K loads of each key block are shared
+// by all rows; every row's scores are the same FMA chains AttendOne computes, and its softmax and
+// V product are AttendOne's own code, so each row's result is bit-identical to AttendOne's.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void AttendRows(const float* q, int ldq, int rows, const float* const* k_pages,
+                const float* const* v_pages, int n_ctx0, const AttentionShape& s, int head_begin,
+                int head_end, float* scores, int lds, float* out, int ldo) {
+  constexpr int kL = kPageAlign;
+  const int hd = s.head_dim, ps = s.page_size;
+  const int group = s.n_heads / s.n_kv_heads;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  for (int h = head_begin; h < head_end; ++h) {
+    const int kvh = h / group;
+    const int n_last = n_ctx0 + rows - 1;
+    for (int t0 = 0; t0 < n_last; t0 += kL) {
+      const float* kt = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
+      V16 acc[kMaxAttendRows] = {};
+      // Row r needs this block when t0 < n_ctx0 + r; the first such row is `first`.
+      const int first = t0 < n_ctx0 ? 0 : t0 - n_ctx0 + 1;
+      for (int i = 0; i < hd; ++i) {
+        for (int r = first; r < rows; ++r) Madd16(&acc[r], q[r * ldq + h * hd + i], kt + i * ps);
       }
+      for (int r = first; r < rows; ++r) StoreScaled16(scores + r * lds + t0, &acc[r], scale);
     }
-    float sum = 0.0f;
-    for (int j = 0; j < kL; ++j) sum += lane_sum[j];
-    const float inv = 1.0f / sum;
-    float* oh = out + h * hd;
-    if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loop
-      for (int i = 0; i < hd; ++i) oh[i] = 0.0f;
-      for (int t = 0; t < n_ctx; ++t) {
-        const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
-        for (int i = 0; i < hd; ++i) oh[i] += scores[t] * v[i];
-      }
-      for (int i = 0; i < hd; ++i) oh[i] *= inv;
-      continue;
+    for (int r = 0; r < rows; ++r) {
+      SoftmaxTimesV(scores + r * lds, n_ctx0 + r, v_pages, s, kvh, out + r * ldo + h * hd);
     }
-    // out = sum_t p_t v_t, four keys per pass, 16 dims at a time.
-    V16 o[kMaxHeadDim / kL] = {};
-    const int nv = hd / kL;
-    int t = 0;
-    for (; t + 4 <= n_ctx; t += 4) {
-      const float* v0 = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
-      const float* v1 = v_pages[(t + 1) / ps] + ((t + 1) % ps) * kv_dim + kvh * hd;
-      const float* v2 = v_pages[(t + 2) / ps] + ((t + 2) % ps) * kv_dim + kvh * hd;
-      const float* v3 = v_pages[(t + 3) / ps] + ((t + 3) % ps) * kv_dim + kvh * hd;
-      const float p0 = scores[t], p1 = scores[t + 1], p2 = scores[t + 2], p3 = scores[t + 3];
-      for (int c = 0; c < nv; ++c) {
-        Madd4x16(&o[c], p0, v0 + c * kL, p1, v1 + c * kL, p2, v2 + c * kL, p3, v3 + c * kL);
-      }
-    }
-    for (; t < n_ctx; ++t) {
-      const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
-      const float p = scores[t];
-      for (int c = 0; c < nv; ++c) Madd16(&o[c], p, v + c * kL);
-    }
-    for (int c = 0; c < nv; ++c) StoreScaled16(oh + c * kL, &o[c], inv);
   }
 }
 

@@ -30,4 +30,14 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
                int n_ctx, const AttentionShape& shape, int head_begin, int head_end,
                float* scores, float* out);
 
+constexpr int kMaxAttendRows = 4;
+
+// AttendOne for `rows` (<= kMaxAttendRows) consecutive queries of one sequence — row r has
+// context n_ctx0 + r — sharing the K loads; each row's result is bit-identical to AttendOne's.
+// q, out: rows ldq / ldo floats apart; scores: rows lds floats apart (lds >= the last row's
+// context rounded up to kPageAlign).
+void AttendRows(const float* q, int ldq, int rows, const float* const* k_pages,
+                const float* const* v_pages, int n_ctx0, const AttentionShape& shape,
+                int head_begin, int head_end, float* scores, int lds, float* out, int ldo);
+
 }  // namespace blockserve::kernels

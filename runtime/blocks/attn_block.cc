@@ -113,38 +113,52 @@ class AttnBlock final : public Block {
     return rope_table_.data() + static_cast<size_t>(pos) * 2 * half;
   }
 
-  // Causal attention over positions [0, pos] per token, split into tasks of (token, head
-  // group): all heads of a token in one task when there are enough tokens to keep every thread
-  // busy (fewer, larger tasks), single heads otherwise. Each head's result is the same either way.
+  // Causal attention over positions [0, pos] per token. Prefill tokens go in groups of up to
+  // kMaxAttendRows consecutive positions that share their K loads (results bit-identical to one
+  // at a time, so chunking and batching never change them). Tasks are (group, head group): all
+  // heads of a group in one task when there are enough groups to keep every thread busy.
   void Attend(const Batch& batch, ExecContext& ctx, const float* qkv, float* att) {
     const int dim = cfg_.dim, qkv_n = dim + 2 * cfg_.kv_dim();
     rows_.clear();
+    int row = 0;
     for (const SeqSpan& s : batch.spans) {
       const auto& kp = kv_.KeyPages(s.seq);
       const auto& vp = kv_.ValuePages(s.seq);
-      for (int i = 0; i < s.len; ++i) rows_.push_back({kp.data(), vp.data(), s.pos + i});
+      for (int i = 0; i < s.len; i += kernels::kMaxAttendRows) {
+        const int n = std::min(kernels::kMaxAttendRows, s.len - i);
+        rows_.push_back({kp.data(), vp.data(), s.pos + i, n, row + i});
+      }
+      row += s.len;
     }
     const int heads = cfg_.n_heads;
-    const int tokens = static_cast<int>(rows_.size());
+    const int items = static_cast<int>(rows_.size());
     const int threads = ctx.pool().size();
-    const int per_task = tokens >= 4 * threads ? heads : 1;
+    const int per_task = items >= 4 * threads ? heads : 1;
     const int groups = heads / per_task;
-    ctx.pool().Run(tokens * groups, [&](int task) {
+    ctx.pool().Run(items * groups, [&](int task) {
       thread_local std::vector<float> scores;
-      const int t = task / groups;
+      const Row& r = rows_[task / groups];
       const int h0 = (task % groups) * per_task;
-      const Row& r = rows_[t];
-      const size_t need = (r.pos + kernels::kPageAlign) / kernels::kPageAlign * kernels::kPageAlign;
-      if (scores.size() < need) scores.resize(need);
-      kernels::AttendOne(qkv + static_cast<size_t>(t) * qkv_n, r.k, r.v, r.pos + 1, shape_, h0,
-                         h0 + per_task, scores.data(), att + static_cast<size_t>(t) * dim);
+      const int last = r.pos + r.n;  // context of the group's last row
+      const int lds = (last + kernels::kPageAlign - 1) / kernels::kPageAlign * kernels::kPageAlign;
+      if (scores.size() < static_cast<size_t>(lds) * r.n) scores.resize(static_cast<size_t>(lds) * r.n);
+      const float* q = qkv + static_cast<size_t>(r.row) * qkv_n;
+      float* out = att + static_cast<size_t>(r.row) * dim;
+      if (r.n == 1) {
+        kernels::AttendOne(q, r.k, r.v, r.pos + 1, shape_, h0, h0 + per_task, scores.data(), out);
+      } else {
+        kernels::AttendRows(q, qkv_n, r.n, r.k, r.v, r.pos + 1, shape_, h0, h0 + per_task,
+                            scores.data(), lds, out, dim);
+      }
     });
   }
 
   struct Row {
     const float* const* k;
     const float* const* v;
-    int pos;
+    int pos;  // position of the first row
+    int n;    // consecutive rows
+    int row;  // index of the first row in the batch
   };
   std::vector<Row> rows_;
 

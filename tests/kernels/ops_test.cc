@@ -116,6 +116,47 @@ TEST(Attention, PagedGqaMatchesReference) {
   }
 }
 
+// Prefill rows attended together give bit-identical results to one query at a time (batch and
+// chunking invariance rest on it).
+TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
+  for (int head_dim : {8, 32, 64}) {
+    AttentionShape s{4, 2, head_dim, 16};
+    const int kv_dim = s.n_kv_heads * s.head_dim, max_ctx = 70;
+    const int n_pages = (max_ctx + s.page_size - 1) / s.page_size;
+    std::vector<float> kbuf(n_pages * s.page_size * kv_dim), vbuf(kbuf.size());
+    std::vector<const float*> kp(n_pages), vp(n_pages);
+    for (int p = 0; p < n_pages; ++p) {
+      kp[p] = kbuf.data() + p * s.page_size * kv_dim;
+      vp[p] = vbuf.data() + p * s.page_size * kv_dim;
+    }
+    auto krows = RandomVector(max_ctx * kv_dim, 21);
+    auto vrows = RandomVector(max_ctx * kv_dim, 22);
+    for (int t = 0; t < max_ctx; ++t) {
+      StoreKv(krows.data() + t * kv_dim, vrows.data() + t * kv_dim, s, t % s.page_size,
+              const_cast<float*>(kp[t / s.page_size]), const_cast<float*>(vp[t / s.page_size]));
+    }
+    const int qd = s.n_heads * s.head_dim;
+    auto q = RandomVector(kMaxAttendRows * qd, 23);
+    const int lds = n_pages * s.page_size;
+    for (int n0 = 1; n0 + kMaxAttendRows <= max_ctx; n0 += 3) {
+      for (int rows = 1; rows <= kMaxAttendRows; ++rows) {
+        std::vector<float> together(rows * qd), scores(rows * lds);
+        AttendRows(q.data(), qd, rows, kp.data(), vp.data(), n0, s, 0, s.n_heads, scores.data(),
+                   lds, together.data(), qd);
+        for (int r = 0; r < rows; ++r) {
+          std::vector<float> one(qd), sc(lds);
+          AttendOne(q.data() + r * qd, kp.data(), vp.data(), n0 + r, s, 0, s.n_heads, sc.data(),
+                    one.data());
+          for (int i = 0; i < qd; ++i) {
+            ASSERT_EQ(together[r * qd + i], one[i])
+                << "hd " << head_dim << " n0 " << n0 << " rows " << rows << " r " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Embedding, LooksUpRowsOfEveryType) {
   const int vocab = 5, dim = 3;
   std::vector<float> table = RandomVector(vocab * dim, 10);

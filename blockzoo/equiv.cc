@@ -37,15 +37,10 @@ bool Interchangeable(BlockKind kind, const runtime::ModelConfig& a, const runtim
 std::string UnitKey(const ChainEntry& e) { return e.lora.empty() ? e.block : e.block + "+" + e.lora; }
 
 // A fresh instance of the unit `e` at `layer` (its LoRA attached under kModelAdapterKey).
-absl::StatusOr<std::shared_ptr<Block>> LoadUnit(const Zoo& zoo, ChainEntry e, int layer,
-                                                const runtime::ModelConfig& family) {
+absl::StatusOr<std::shared_ptr<Block>> LoadUnitAt(const Zoo& zoo, ChainEntry e, int layer,
+                                                  const runtime::ModelConfig& family) {
   e.layer = layer;
-  ASSIGN_OR_RETURN(auto block, LoadBlock(zoo, e, family, {}, /*verify_hash=*/false));
-  if (!e.lora.empty()) {
-    ASSIGN_OR_RETURN(auto adapter, LoadLora(zoo, e, family, /*verify_hash=*/false));
-    RETURN_IF_ERROR(block->AttachAdapter(kModelAdapterKey, std::move(adapter)));
-  }
-  return block;
+  return LoadUnit(zoo, e, family, {}, /*verify_hash=*/false);
 }
 
 // One span per text, each with `adapter`, sequence ids from `first`.
@@ -236,7 +231,7 @@ absl::StatusOr<EquivRecord> EvaluateEquivalence(const Zoo& zoo, const EquivOptio
       std::vector<float> yc = x;
       if (slot != nullptr) {
         e.candidate_models = slot->second;
-        ASSIGN_OR_RETURN(block, LoadUnit(zoo, slot->first, own.layer, family));
+        ASSIGN_OR_RETURN(block, LoadUnitAt(zoo, slot->first, own.layer, family));
         Batch b = MakeBatch(calib, next_seq, runtime::SeqSpan::Logits::kNone,
                             slot->first.lora.empty() ? 0 : kModelAdapterKey);
         next_seq += calib.size();
@@ -441,7 +436,7 @@ absl::StatusOr<runtime::Chain> BuildResolvedChain(const Zoo& zoo, const Manifest
                                                   const ResolvedChain& rc) {
   std::vector<std::shared_ptr<Block>> blocks;
   for (const ResolvedBlock& b : rc.blocks) {
-    ASSIGN_OR_RETURN(auto block, LoadUnit(zoo, b.entry, b.entry.layer, m.family));
+    ASSIGN_OR_RETURN(auto block, LoadUnit(zoo, b.entry, m.family, {}, /*verify_hash=*/false));
     blocks.push_back(std::move(block));
   }
   return runtime::Chain::Create(m.family, std::move(blocks));

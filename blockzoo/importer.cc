@@ -49,9 +49,7 @@ std::string ModelNameFromPath(const std::string& path) {
   while (!p.empty() && p.filename().empty()) p = p.parent_path();  // trailing '/'
   std::string name = fs::is_directory(p) ? p.filename().string() : p.stem().string();
   for (char& c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    if (!ok) c = '-';
+    if (!IsModelNameChar(c)) c = '-';
   }
   while (!name.empty() && name[0] == '.') name.erase(0, 1);
   if (name.size() > 128) name.resize(128);

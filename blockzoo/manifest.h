@@ -45,6 +45,7 @@ struct Manifest {
 
 // Model names: 1-128 of [A-Za-z0-9._-], not starting with '.' (they become file names).
 bool IsValidModelName(const std::string& name);
+bool IsModelNameChar(char c);
 
 // The chain a family implies: embed, (attn, ffn) x n_layers, head. Manifests must follow it.
 std::vector<std::pair<runtime::BlockKind, int>> ExpectedChain(const runtime::ModelConfig& c);

@@ -34,42 +34,24 @@ Tensor Ones(int64_t n) {
 
 }  // namespace
 
-runtime::ModelConfig Llama110MConfig() {
+// A Llama shape with an untied head.
+static runtime::ModelConfig Shape(int dim, int hidden, int layers, int heads, int kv_heads, int vocab,
+                           int seq_len) {
   runtime::ModelConfig c;
-  c.dim = 768;
-  c.hidden_dim = 2048;
-  c.n_layers = 12;
-  c.n_heads = 12;
-  c.n_kv_heads = 12;
-  c.vocab_size = 32000;
-  c.max_seq_len = 1024;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.vocab_size = vocab;
+  c.max_seq_len = seq_len;
   c.tied_embeddings = false;
   return c;
 }
 
-runtime::ModelConfig SmallConfig() {
-  runtime::ModelConfig c = Llama110MConfig();
-  c.dim = 256;
-  c.hidden_dim = 688;
-  c.n_layers = 4;
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.vocab_size = 512;
-  c.max_seq_len = 512;
-  return c;
-}
-
-runtime::ModelConfig MediumConfig() {
-  runtime::ModelConfig c = Llama110MConfig();
-  c.dim = 512;
-  c.hidden_dim = 1376;
-  c.n_layers = 8;
-  c.n_heads = 8;
-  c.n_kv_heads = 8;
-  c.vocab_size = 8000;
-  c.max_seq_len = 512;
-  return c;
-}
+runtime::ModelConfig Llama110MConfig() { return Shape(768, 2048, 12, 12, 12, 32000, 1024); }
+runtime::ModelConfig SmallConfig() { return Shape(256, 688, 4, 8, 4, 512, 512); }
+runtime::ModelConfig MediumConfig() { return Shape(512, 1376, 8, 8, 8, 8000, 512); }
 
 runtime::ModelWeights MakeSyntheticWeights(const runtime::ModelConfig& c, DType dtype,
                                            uint64_t seed) {

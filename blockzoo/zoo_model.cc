@@ -46,18 +46,26 @@ absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadLora(
   return runtime::LoraAdapter::Create(e.kind, family, l.tensors, l.alpha, zoo.BlockPath(e.lora));
 }
 
+absl::StatusOr<std::shared_ptr<runtime::Block>> LoadUnit(const Zoo& zoo, const ChainEntry& e,
+                                                         const runtime::ModelConfig& family,
+                                                         const runtime::BlockOptions& opt,
+                                                         bool verify_hash) {
+  ASSIGN_OR_RETURN(auto block, LoadBlock(zoo, e, family, opt, verify_hash));
+  if (!e.lora.empty()) {
+    ASSIGN_OR_RETURN(auto adapter, LoadLora(zoo, e, family, verify_hash));
+    RETURN_IF_ERROR(block->AttachAdapter(kModelAdapterKey, std::move(adapter)));
+  }
+  return block;
+}
+
 absl::StatusOr<ZooModel> LoadZooModel(const Zoo& zoo, const std::string& name,
                                       const runtime::BlockOptions& opt, bool verify_hash) {
   ZooModel out;
   ASSIGN_OR_RETURN(out.manifest, zoo.GetManifest(name));
   std::vector<std::shared_ptr<runtime::Block>> blocks;
   for (const ChainEntry& e : out.manifest.chain) {
-    ASSIGN_OR_RETURN(auto block, LoadBlock(zoo, e, out.manifest.family, opt, verify_hash));
-    if (!e.lora.empty()) {
-      ASSIGN_OR_RETURN(auto adapter, LoadLora(zoo, e, out.manifest.family, verify_hash));
-      RETURN_IF_ERROR(block->AttachAdapter(kModelAdapterKey, std::move(adapter)));
-      out.adapter = kModelAdapterKey;
-    }
+    ASSIGN_OR_RETURN(auto block, LoadUnit(zoo, e, out.manifest.family, opt, verify_hash));
+    if (!e.lora.empty()) out.adapter = kModelAdapterKey;
     blocks.push_back(std::move(block));
   }
   ASSIGN_OR_RETURN(runtime::Chain chain, runtime::Chain::Create(out.manifest.family, std::move(blocks)));

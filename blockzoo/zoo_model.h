@@ -32,6 +32,12 @@ absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadLora(
 // The adapter key under which LoadZooModel attaches a model's own LoRA blocks.
 constexpr int32_t kModelAdapterKey = 1;
 
+// LoadBlock, with the entry's LoRA block (if any) attached under kModelAdapterKey.
+absl::StatusOr<std::shared_ptr<runtime::Block>> LoadUnit(const Zoo& zoo, const ChainEntry& e,
+                                                         const runtime::ModelConfig& family,
+                                                         const runtime::BlockOptions& opt,
+                                                         bool verify_hash);
+
 struct ZooModel {
   Manifest manifest;
   int32_t adapter = 0;  // what spans of this model set SeqSpan::adapter to (0: no LoRA)

@@ -170,12 +170,9 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
   for (const PlannedSeq& s : plan.seqs) {
     const int32_t k = models_[s.model].adapter;
     if (k == 0) continue;
-    for (const auto& slot : models_[s.model].chain) {
-      auto it = std::find(slots_.begin(), slots_.end(), slot);
-      const size_t i = it - slots_.begin();
-      auto a = slot->adapters.find(k);
-      if (a == slot->adapters.end()) continue;
-      keys[i].insert(k);
+    for (InstanceId i : scheduler_->models()[s.model].chain) {
+      auto a = slots_[i]->adapters.find(k);
+      if (a == slots_[i]->adapters.end() || !keys[i].insert(k).second) continue;
       a->second.last_used = step;
       if (!a->second.adapter) to_load += a->second.bytes;
     }
@@ -269,61 +266,71 @@ absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out)
   for (const Release& r : plan.release) ReleaseKv(r);
   RETURN_IF_ERROR(MakeResident(plan));
   for (const Fork& f : plan.forks) RETURN_IF_ERROR(ForkKv(f));
-  hidden_.clear();
-  std::vector<int32_t> toks;
+  // Per planned sequence: its tokens (the embed reads them; every batch carries them) and its
+  // hidden rows between blocks. Gathered once per step, not per block call.
+  std::vector<std::vector<int32_t>> tokens(plan.seqs.size());
+  std::vector<std::vector<float>> hidden(plan.seqs.size());
+  for (size_t m = 0; m < plan.seqs.size(); ++m) {
+    const PlannedSeq& s = plan.seqs[m];
+    const Request* r = scheduler_->Find(s.id);
+    tokens[m].resize(s.len);
+    for (int i = 0; i < s.len; ++i) tokens[m][i] = r->TokenAt(s.pos + i);
+  }
+  struct CallStats {
+    InstanceId instance;
+    int tokens;
+    double secs;
+  };
+  std::vector<CallStats> calls_done;
   for (const auto& calls : plan.rounds) {
     for (const BlockCall& call : calls) {
       runtime::Block& block = *slots_[call.instance]->block;
+      const bool head = block.kind() == BlockKind::kHead;
       Batch b;
-      std::vector<RequestId> sampled;
+      std::vector<int> sampled;  // members that get logits, in logit-row order
       for (int m : call.members) {
         const PlannedSeq& s = plan.seqs[m];
-        const Request* r = scheduler_->Find(s.id);
-        toks.resize(s.len);
-        for (int i = 0; i < s.len; ++i) toks[i] = r->TokenAt(s.pos + i);
-        const bool logits = block.kind() == BlockKind::kHead && s.sample;
-        b.Add(s.id, s.pos, toks.data(), s.len,
+        const bool logits = head && s.sample;
+        b.Add(s.id, s.pos, tokens[m].data(), s.len,
               logits ? runtime::SeqSpan::Logits::kLast : runtime::SeqSpan::Logits::kNone,
               models_[s.model].adapter);
-        if (logits) sampled.push_back(s.id);
-        if (block.kind() != BlockKind::kEmbed) {
-          const auto& h = hidden_[s.id];
-          b.hidden.insert(b.hidden.end(), h.begin(), h.end());
-        }
+        if (logits) sampled.push_back(m);
+        b.hidden.insert(b.hidden.end(), hidden[m].begin(), hidden[m].end());
       }
       const auto t0 = std::chrono::steady_clock::now();
       RETURN_IF_ERROR(block.Forward(b, ctx_));
-      const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.block_calls;
-        stats_.busy_s += secs;
-        InstanceStats& st = stats_.instances[call.instance];
-        ++st.calls;
-        st.tokens += b.num_tokens();
-        st.last_batch = b.num_tokens();
-        st.busy_s += secs;
-      }
-      if (block.kind() == BlockKind::kHead) {
+      calls_done.push_back({call.instance, b.num_tokens(),
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                                .count()});
+      if (head) {
         const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
         for (size_t i = 0; i < sampled.size(); ++i) {
-          auto sampler = samplers_.find(sampled[i]);
-          const int token = sampler->second.Sample(b.logits.data() + i * vocab,
-                                                   static_cast<int>(vocab));
-          out->push_back({sampled[i], token});
+          const RequestId id = plan.seqs[sampled[i]].id;
+          const int token = samplers_.at(id).Sample(b.logits.data() + i * vocab,
+                                                    static_cast<int>(vocab));
+          out->push_back({id, token});
         }
         continue;
       }
       // Scatter the rows back to their sequences.
       const size_t dim = b.hidden.size() / std::max(1, b.num_tokens());
       size_t row = 0;
-      for (const auto& span : b.spans) {
-        auto& h = hidden_[span.seq];
-        h.assign(b.hidden.begin() + row * dim, b.hidden.begin() + (row + span.len) * dim);
-        row += span.len;
+      for (int m : call.members) {
+        const int len = plan.seqs[m].len;
+        hidden[m].assign(b.hidden.begin() + row * dim, b.hidden.begin() + (row + len) * dim);
+        row += len;
       }
     }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const CallStats& c : calls_done) {
+    ++stats_.block_calls;
+    stats_.busy_s += c.secs;
+    InstanceStats& st = stats_.instances[c.instance];
+    ++st.calls;
+    st.tokens += c.tokens;
+    st.last_batch = c.tokens;
+    st.busy_s += c.secs;
   }
   return absl::OkStatus();
 }

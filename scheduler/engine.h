@@ -137,7 +137,6 @@ class Engine {
   runtime::ExecContext ctx_;
   std::map<RequestId, Sink> sinks_;
   std::map<RequestId, runtime::Sampler> samplers_;
-  std::map<RequestId, std::vector<float>> hidden_;  // per sequence rows during a step
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -129,19 +129,20 @@ int Scheduler::KvPageSize(int model) const {
   return ps;
 }
 
-std::string Scheduler::PrefixKey(const Request& r, int len) const {
-  std::string key;
-  for (InstanceId i : models_[r.spec.model].chain) absl::StrAppend(&key, i, ",");
+std::vector<std::string> Scheduler::PrefixKeys(const Request& r, int len, int ps) const {
+  std::string scope;
+  for (InstanceId i : models_[r.spec.model].chain) absl::StrAppend(&scope, i, ",");
   const std::string& t = r.spec.tenant;
-  absl::StrAppend(&key, "|", config_.shared_prefix_tenants.count(t) ? std::string("*") : t, "|",
-                  len, "|");
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the token ids
+  absl::StrAppend(&scope, "|", config_.shared_prefix_tenants.count(t) ? std::string("*") : t, "|");
+  // One FNV-1a pass over the token ids, keyed at every page boundary.
+  std::vector<std::string> keys;
+  uint64_t h = 1469598103934665603ull;
   for (int k = 0; k < len; ++k) {
     const uint32_t v = static_cast<uint32_t>(r.TokenAt(k));
     for (int b = 0; b < 4; ++b) h = (h ^ ((v >> (8 * b)) & 0xff)) * 1099511628211ull;
+    if ((k + 1) % ps == 0) keys.push_back(absl::StrCat(scope, k + 1, "|", h));
   }
-  absl::StrAppend(&key, h);
-  return key;
+  return keys;
 }
 
 void Scheduler::Unuse(Request& r) {
@@ -159,7 +160,8 @@ void Scheduler::Donate(Request& r) {
   if (!config_.prefix_cache || ps == 0 || r.prefix_len != 0) return;
   const int len = r.computed / ps * ps;
   if (len == 0) return;
-  const std::string key = PrefixKey(r, len);
+  const std::vector<std::string> keys = PrefixKeys(r, len, ps);
+  const std::string& key = keys.back();
   auto it = prefix_.find(key);
   if (it != prefix_.end()) {
     it->second.last_used = ++clock_;
@@ -175,7 +177,7 @@ void Scheduler::Donate(Request& r) {
   }
   pending_donations_.push_back({r.id, e.seq, r.spec.model, len});
   prefix_[key] = std::move(e);
-  for (int l = ps; l <= len; l += ps) prefix_alias_.emplace(PrefixKey(r, l), key);
+  for (const std::string& k : keys) prefix_alias_.emplace(k, key);
 }
 
 bool Scheduler::EvictPrefix(InstanceId instance, StepPlan& plan) {
@@ -369,8 +371,10 @@ StepPlan Scheduler::Plan() {
     // The longest cached prefix of its tokens on its chain (at least one token left to run).
     const int ps = KvPageSize(r->spec.model);
     if (config_.prefix_cache && ps > 0 && r->computed == 0) {
-      for (int len = (r->context_len() - 1) / ps * ps; len > 0; len -= ps) {
-        auto alias = prefix_alias_.find(PrefixKey(*r, len));
+      const std::vector<std::string> keys =
+          PrefixKeys(*r, (r->context_len() - 1) / ps * ps, ps);
+      for (int len = static_cast<int>(keys.size()) * ps; len > 0; len -= ps) {
+        auto alias = prefix_alias_.find(keys[len / ps - 1]);
         if (alias == prefix_alias_.end()) continue;
         const std::string key = alias->second;
         auto it = prefix_.find(key);

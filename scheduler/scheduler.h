@@ -156,7 +156,8 @@ class Scheduler {
   int Pages(InstanceId i, int len) const;
   // Pages `r` itself is charged at `i` for `len` positions (its cached prefix is the entry's).
   int Charged(const Request& r, InstanceId i, int len) const;
-  std::string PrefixKey(const Request& r, int len) const;
+  // Cache keys of r's first ps, 2 ps, ... positions up to `len` (one pass over the tokens).
+  std::vector<std::string> PrefixKeys(const Request& r, int len, int ps) const;
   void Donate(Request& r);
   void Unuse(Request& r);
   // Evicts the least recently used unused entry holding pages at `instance` (-1: any).

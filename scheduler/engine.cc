@@ -62,6 +62,8 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
         st.kind = info.kind;
         st.max_batch = info.max_batch_tokens;
         st.resident = slot->block != nullptr;
+        st.bytes = slot->bytes;
+        st.adapters = static_cast<int>(slot->adapters.size());
         stats_.instances.push_back(st);
         if (slot->block) stats_.resident_bytes += slot->bytes;
         info.kv_page_size = opt_.kv_page_size;
@@ -93,6 +95,7 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     }
   }
   stats_.peak_resident_bytes = stats_.resident_bytes;
+  loaded_.assign(models_.size(), true);
   last_used_.assign(slots_.size(), 0);
   kv_caps_.clear();
   for (size_t i = 0; i < infos.size(); ++i) {
@@ -116,6 +119,10 @@ int Engine::FindModel(const std::string& name) const {
 absl::StatusOr<RequestId> Engine::Submit(RequestSpec spec, Sink sink) {
   RETURN_IF_ERROR(scheduler_->Validate(spec));
   std::lock_guard<std::mutex> lock(mu_);
+  if (!loaded_[spec.model]) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", models_[spec.model].name, " is unloaded"));
+  }
   const RequestId id = next_id_++;
   inbox_.emplace_back(std::move(spec), std::move(sink));
   inbox_ids_.push_back(id);
@@ -127,6 +134,109 @@ void Engine::Abort(RequestId id) {
   std::lock_guard<std::mutex> lock(mu_);
   abort_inbox_.push_back(id);
   cv_.notify_one();
+}
+
+bool Engine::loaded(int model) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return model >= 0 && model < static_cast<int>(loaded_.size()) && loaded_[model];
+}
+
+std::future<absl::StatusOr<int>> Engine::LoadModel(int model) {
+  return QueueControl(model, true);
+}
+
+std::future<absl::StatusOr<int>> Engine::UnloadModel(int model) {
+  return QueueControl(model, false);
+}
+
+std::future<absl::StatusOr<int>> Engine::QueueControl(int model, bool load) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Control c;
+  c.model = model;
+  c.load = load;
+  auto f = c.done.get_future();
+  if (model < 0 || model >= static_cast<int>(models_.size())) {
+    c.done.set_value(absl::NotFoundError(absl::StrCat("unknown model ", model)));
+    return f;
+  }
+  loaded_[model] = load;  // refusal starts now; the residency work waits for the engine thread
+  control_.push_back(std::move(c));
+  cv_.notify_one();
+  return f;
+}
+
+void Engine::RunControl() {
+  std::deque<Control> todo;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    todo.swap(control_);
+  }
+  for (Control& c : todo) c.done.set_value(c.load ? DoLoad(c.model) : DoUnload(c.model));
+}
+
+absl::StatusOr<int> Engine::DoLoad(int model) {
+  StepPlan plan;
+  plan.pinned = scheduler_->models()[model].chain;
+  PlannedSeq seq;  // only its model matters: the adapter to attach
+  seq.model = model;
+  plan.seqs.push_back(seq);
+  uint64_t before;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    before = stats_.block_loads;
+  }
+  RETURN_IF_ERROR(MakeResident(plan));
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(stats_.block_loads - before);
+}
+
+absl::StatusOr<int> Engine::DoUnload(int model) {
+  std::vector<bool> keep(slots_.size(), false);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (loaded_[model]) return 0;  // loaded again since
+    for (size_t m = 0; m < models_.size(); ++m) {
+      if (!loaded_[m]) continue;
+      for (InstanceId i : scheduler_->models()[m].chain) keep[i] = true;
+    }
+  }
+  const int32_t key = models_[model].adapter;
+  int freed = 0;
+  for (InstanceId i : scheduler_->models()[model].chain) {
+    BlockSlot& slot = *slots_[i];
+    if (key != 0) {
+      // Safe at any time between steps: a running sequence re-attaches it on demand.
+      auto a = slot.adapters.find(key);
+      if (a != slot.adapters.end() && a->second.adapter && a->second.load) EvictAdapter(slot, key);
+    }
+    if (keep[i] || !slot.block || !slot.load || slot.block->kv_pages_used() > 0) continue;
+    EvictInstance(i);
+    ++freed;
+  }
+  return freed;
+}
+
+void Engine::EvictAdapter(BlockSlot& slot, int32_t key) {
+  AdapterSlot& a = slot.adapters.at(key);
+  if (slot.block && a.attached) slot.block->DetachAdapter(key);
+  a.adapter.reset();
+  a.attached = false;
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.resident_bytes -= a.bytes;
+  --stats_.adapters_resident;
+  ++stats_.adapter_evictions;
+}
+
+void Engine::EvictInstance(size_t i) {
+  BlockSlot& slot = *slots_[i];
+  for (auto& [key, a] : slot.adapters) {
+    if (a.adapter) EvictAdapter(slot, key);
+  }
+  slot.block.reset();
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.resident_bytes -= slot.bytes;
+  ++stats_.instances[i].evictions;
+  stats_.instances[i].resident = false;
 }
 
 EngineStats Engine::stats() const {
@@ -192,13 +302,7 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
       }
     }
     if (victim == nullptr) break;
-    if (owner->block) owner->block->DetachAdapter(vkey);
-    victim->adapter.reset();
-    victim->attached = false;
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.resident_bytes -= victim->bytes;
-    --stats_.adapters_resident;
-    ++stats_.adapter_evictions;
+    EvictAdapter(*owner, vkey);
   }
   // Then make room for blocks: evict the least recently used instances that are not in use
   // (not needed this step, no KV held), so that resident memory never exceeds the budget.
@@ -210,19 +314,7 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
       if (victim < 0 || last_used_[i] < last_used_[victim]) victim = static_cast<int>(i);
     }
     if (victim < 0) break;
-    slots_[victim]->block.reset();
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [key, a] : slots_[victim]->adapters) {
-      if (!a.adapter) continue;
-      a.adapter.reset();
-      a.attached = false;
-      stats_.resident_bytes -= a.bytes;
-      --stats_.adapters_resident;
-      ++stats_.adapter_evictions;
-    }
-    stats_.resident_bytes -= slots_[victim]->bytes;
-    ++stats_.instances[victim].evictions;
-    stats_.instances[victim].resident = false;
+    EvictInstance(victim);
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
     BlockSlot& slot = *slots_[i];
@@ -336,6 +428,7 @@ absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out)
 }
 
 absl::StatusOr<bool> Engine::Step() {
+  RunControl();
   {
     std::lock_guard<std::mutex> lock(mu_);
     while (!inbox_.empty()) {
@@ -385,6 +478,12 @@ absl::StatusOr<bool> Engine::Step() {
     stats_.prefix_entries = scheduler_->prefix_entries();
     stats_.waiting = scheduler_->num_waiting();
     stats_.running = scheduler_->num_running();
+    for (InstanceStats& st : stats_.instances) st.queued = 0;
+    const std::vector<int> waiting = scheduler_->WaitingByModel();
+    for (size_t m = 0; m < waiting.size(); ++m) {
+      if (waiting[m] == 0) continue;
+      for (InstanceId i : scheduler_->models()[m].chain) stats_.instances[i].queued += waiting[m];
+    }
     for (size_t i = 0; i < slots_.size(); ++i) {
       InstanceStats& st = stats_.instances[i];
       st.kv_pages_used = scheduler_->pages_used(static_cast<int>(i));
@@ -403,9 +502,12 @@ void Engine::Loop() {
     if (worked.ok() && *worked) continue;
     std::unique_lock<std::mutex> lock(mu_);
     if (stop_) return;
-    if (inbox_.empty() && abort_inbox_.empty() && scheduler_->num_running() == 0 &&
+    if (inbox_.empty() && abort_inbox_.empty() && control_.empty() &&
+        scheduler_->num_running() == 0 &&
         scheduler_->num_waiting() == 0) {
-      cv_.wait(lock, [&] { return stop_ || !inbox_.empty() || !abort_inbox_.empty(); });
+      cv_.wait(lock, [&] {
+        return stop_ || !inbox_.empty() || !abort_inbox_.empty() || !control_.empty();
+      });
     }
     if (stop_) return;
   }
@@ -424,6 +526,9 @@ void Engine::Stop() {
     cv_.notify_all();
   }
   if (thread_.joinable()) thread_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Control& c : control_) c.done.set_value(absl::CancelledError("engine stopped"));
+  control_.clear();
 }
 
 }  // namespace blockserve::scheduler

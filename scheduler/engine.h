@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -85,6 +86,9 @@ struct InstanceStats {
   uint64_t loads = 0, evictions = 0;
   bool resident = false;
   int kv_pages_used = 0, kv_pages_free = -1;  // -1: unbounded
+  int queued = 0;  // waiting requests whose chain uses it
+  uint64_t bytes = 0;  // weight memory when resident
+  int adapters = 0;    // LoRA adapters known on it
 };
 
 struct EngineStats {
@@ -105,9 +109,22 @@ class Engine {
   ~Engine();
 
   int FindModel(const std::string& name) const;
-  // Thread-safe. The sink is called on the engine thread, last with a finish set.
+  const EngineModel& model(int i) const { return models_[i]; }
+  size_t num_models() const { return models_.size(); }
+  // Thread-safe. The sink is called on the engine thread, last with a finish set. A model
+  // that is unloaded refuses new requests (FAILED_PRECONDITION).
   absl::StatusOr<RequestId> Submit(RequestSpec spec, Sink sink);
   void Abort(RequestId id);
+
+  // Serving state of a model (thread-safe). Models start loaded.
+  bool loaded(int model) const;
+  // Marks the model loaded and makes its chain (and adapter) resident on the engine thread,
+  // between steps; the future gives the instances it loaded. Under a memory budget, least
+  // recently used instances not in use are evicted to make room.
+  std::future<absl::StatusOr<int>> LoadModel(int model);
+  // Refuses new requests for the model; on the engine thread, frees its instances (and its
+  // adapter) that no loaded model uses and that hold no KV. The future gives the instances freed.
+  std::future<absl::StatusOr<int>> UnloadModel(int model);
 
   // Runs one step on the calling thread (tests; not while Start()ed). False when idle.
   absl::StatusOr<bool> Step();
@@ -126,6 +143,13 @@ class Engine {
   void ReleaseKv(const Release& r);
   absl::Status ForkKv(const Fork& f);
   void Loop();
+  // Control operations queued by LoadModel / UnloadModel, run by the engine thread.
+  void RunControl();
+  absl::StatusOr<int> DoLoad(int model);
+  absl::StatusOr<int> DoUnload(int model);
+  void EvictInstance(size_t i);
+  void EvictAdapter(BlockSlot& slot, int32_t key);
+  std::future<absl::StatusOr<int>> QueueControl(int model, bool load);
 
   EngineOptions opt_;
   std::vector<EngineModel> models_;
@@ -143,11 +167,17 @@ class Engine {
   std::deque<std::pair<RequestSpec, Sink>> inbox_;
   std::deque<RequestId> inbox_ids_;
   std::vector<RequestId> abort_inbox_;
+  struct Control {
+    int model = 0;
+    bool load = true;
+    std::promise<absl::StatusOr<int>> done;
+  };
+  std::deque<Control> control_;
+  std::vector<bool> loaded_;  // per model, under mu_
   bool stop_ = false;
   std::thread thread_;
   EngineStats stats_;
   RequestId next_id_ = 1;
-  std::map<RequestId, RequestId> external_;  // engine id -> scheduler id
 };
 
 }  // namespace blockserve::scheduler

@@ -69,6 +69,16 @@ int Scheduler::num_waiting() const {
   return n;
 }
 
+std::vector<int> Scheduler::WaitingByModel() const {
+  std::vector<int> n(models_.size(), 0);
+  for (const auto& [id, r] : requests_) {
+    if (r->state == RequestState::kQueued || r->state == RequestState::kPreempted) {
+      ++n[r->spec.model];
+    }
+  }
+  return n;
+}
+
 int Scheduler::num_running() const {
   int n = 0;
   for (const auto& [id, r] : requests_) n += r->state == RequestState::kRunning;

@@ -142,6 +142,8 @@ class Scheduler {
 
   const Request* Find(RequestId id) const;
   int num_waiting() const;
+  // Waiting (queued or preempted) requests per model.
+  std::vector<int> WaitingByModel() const;
   int num_running() const;
   // KV pages the scheduler accounts to `instance` (what the attn block's cache holds).
   int pages_used(InstanceId instance) const { return pages_used_.at(instance); }

@@ -1,8 +1,7 @@
-// SentencePiece `tokenizer.model` files (Llama, Mistral, TinyLlama ...) through Debian's
-// libsentencepiece; decoding follows llama2.c (byte pieces become bytes, the space after BOS is
-// dropped) so that streamed text equals the llama2.c tokenizer's.
-// Standard-library types only: sentencepiece's header defines its own `absl::string_view`,
-// which clashes with Abseil's, so that header is included by the .cc alone.
+// SentencePiece `tokenizer.model` files (Llama, Mistral, TinyLlama ...) of BPE type, read from
+// the protobuf wire format by our own parser into the llama2.c-style SentencePiece BPE (the
+// same merges by score; byte pieces become bytes, the space after BOS is dropped), so that
+// streamed text equals the llama2.c tokenizer's.
 #pragma once
 
 #include <cstddef>

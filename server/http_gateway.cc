@@ -1,0 +1,717 @@
+#include "server/http_gateway.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace blockserve::server {
+
+namespace {
+
+using nlohmann::json;
+
+// ---- errors ----
+
+struct ApiError {
+  int http = 400;
+  std::string message;
+  std::string param;  // "" -> null
+  std::string code;   // "" -> null
+};
+
+std::string ErrorType(int http) {
+  if (http == 429) return "rate_limit_error";
+  if (http >= 500) return "server_error";
+  if (http == 401) return "invalid_request_error";
+  return "invalid_request_error";
+}
+
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+json ErrorJson(const ApiError& e) {
+  json err = {{"message", e.message},
+              {"type", ErrorType(e.http)},
+              {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+              {"code", e.code.empty() ? json(nullptr) : json(e.code)}};
+  return {{"error", err}};
+}
+
+void SendError(httplib::Response& res, const ApiError& e) {
+  res.status = e.http;
+  res.set_content(Dump(ErrorJson(e)), "application/json");
+}
+
+ApiError FromStatus(const absl::Status& s) {
+  ApiError e;
+  e.http = HttpCodeFor(s.code());
+  e.message = std::string(s.message());
+  switch (s.code()) {
+    case absl::StatusCode::kNotFound: e.code = "model_not_found"; break;
+    case absl::StatusCode::kPermissionDenied: e.code = "model_not_found"; break;
+    case absl::StatusCode::kUnauthenticated: e.code = "invalid_api_key"; break;
+    case absl::StatusCode::kResourceExhausted: e.code = "rate_limit_exceeded"; break;
+    default: break;
+  }
+  if (e.message.find("maximum context length") != std::string::npos) {
+    e.code = "context_length_exceeded";
+    e.param = "messages";
+  }
+  return e;
+}
+
+// ---- request fields ----
+
+struct BadRequest {
+  ApiError error;
+};
+
+[[noreturn]] void Bad(const std::string& param, const std::string& message,
+                      const std::string& code = "invalid_value") {
+  throw BadRequest{ApiError{400, message, param, code}};
+}
+
+std::string TypeName(const json& v) {
+  if (v.is_string()) return "a string";
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number_integer() || v.is_number_unsigned()) return "an integer";
+  if (v.is_number()) return "a number";
+  if (v.is_array()) return "an array";
+  if (v.is_object()) return "an object";
+  return "null";
+}
+
+[[noreturn]] void BadType(const std::string& param, const json& v, const std::string& expected) {
+  Bad(param,
+      absl::StrCat("Invalid type for '", param, "': expected ", expected, ", but got ",
+                   TypeName(v), " instead."),
+      "invalid_type");
+}
+
+const json* Field(const json& body, const std::string& key) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+std::optional<double> Number(const json& body, const std::string& key, double lo, double hi) {
+  const json* v = Field(body, key);
+  if (!v) return std::nullopt;
+  if (!v->is_number()) BadType(key, *v, "a number");
+  const double d = v->get<double>();
+  if (!(d >= lo && d <= hi)) {
+    Bad(key, absl::StrCat("Invalid '", key, "': ", d, " is not in [", lo, ", ", hi, "]."));
+  }
+  return d;
+}
+
+std::optional<int64_t> Integer(const json& body, const std::string& key, int64_t lo, int64_t hi) {
+  const json* v = Field(body, key);
+  if (!v) return std::nullopt;
+  if (!v->is_number_integer() && !v->is_number_unsigned()) BadType(key, *v, "an integer");
+  if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi)) {
+    Bad(key, absl::StrCat("Invalid '", key, "': must be at most ", hi, "."));
+  }
+  const int64_t i = v->is_number_unsigned() ? static_cast<int64_t>(v->get<uint64_t>())
+                                            : v->get<int64_t>();
+  if (i < lo) {
+    Bad(key, absl::StrCat("Invalid '", key, "': integer below minimum value. Expected a value >= ",
+                          lo, ", but got ", i, " instead."),
+        "integer_below_min_value");
+  }
+  if (i > hi) {
+    Bad(key, absl::StrCat("Invalid '", key, "': integer above maximum value. Expected a value <= ",
+                          hi, ", but got ", i, " instead."),
+        "integer_above_max_value");
+  }
+  return i;
+}
+
+bool Bool(const json& body, const std::string& key) {
+  const json* v = Field(body, key);
+  if (!v) return false;
+  if (!v->is_boolean()) BadType(key, *v, "a boolean");
+  return v->get<bool>();
+}
+
+std::string String(const json& body, const std::string& key, bool required) {
+  const json* v = Field(body, key);
+  if (!v) {
+    if (required) Bad(key, absl::StrCat("Missing required parameter: '", key, "'."), "missing_required_parameter");
+    return "";
+  }
+  if (!v->is_string()) BadType(key, *v, "a string");
+  return v->get<std::string>();
+}
+
+// The fields both endpoints share, into `p` (the prompt is the caller's).
+struct Common {
+  GenerateParams params;
+  int n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  std::string model;
+};
+
+Common ParseCommon(const json& body, bool chat, const std::set<std::string>& extra) {
+  static const std::set<std::string> kShared = {
+      "model",      "max_tokens",  "temperature",       "top_p",    "top_k",      "seed",
+      "stop",       "n",           "stream",            "stream_options", "user", "priority",
+      "frequency_penalty", "presence_penalty", "logprobs", "logit_bias"};
+  for (const auto& [k, v] : body.items()) {
+    if (!kShared.count(k) && !extra.count(k)) {
+      Bad(k, absl::StrCat("Unrecognized request argument supplied: ", k), "unknown_parameter");
+    }
+  }
+  Common c;
+  c.model = String(body, "model", true);
+  c.params.model = c.model;
+  const std::string max_key =
+      chat && body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (auto m = Integer(body, max_key, 1, 1 << 30)) c.params.max_tokens = static_cast<int>(*m);
+  c.params.max_tokens_to_context = chat;
+  if (auto t = Number(body, "temperature", 0, 2)) c.params.sampling.temperature = static_cast<float>(*t);
+  if (auto t = Number(body, "top_p", 0, 1)) {
+    if (*t <= 0) Bad("top_p", "Invalid 'top_p': must be greater than 0.");
+    c.params.sampling.top_p = static_cast<float>(*t);
+  }
+  if (auto k = Integer(body, "top_k", 0, 1 << 20)) c.params.sampling.top_k = static_cast<int>(*k);
+  if (auto s = Integer(body, "seed", INT64_MIN, INT64_MAX)) c.params.sampling.seed = static_cast<uint64_t>(*s);
+  if (auto n = Integer(body, "n", 1, 16)) c.n = static_cast<int>(*n);
+  if (auto p = Integer(body, "priority", -1000, 1000)) c.params.priority = static_cast<int>(*p);
+  for (const char* k : {"frequency_penalty", "presence_penalty"}) {
+    if (auto v = Number(body, k, -2, 2); v && *v != 0) {
+      Bad(k, absl::StrCat("'", k, "' is not supported by this server (only 0)."), "unsupported_parameter");
+    }
+  }
+  for (const char* k : {"logprobs", "logit_bias"}) {
+    const json* v = Field(body, k);
+    if (v && !(v->is_boolean() && !v->get<bool>())) {
+      Bad(k, absl::StrCat("'", k, "' is not supported by this server."), "unsupported_parameter");
+    }
+  }
+  String(body, "user", false);  // accepted (OpenAI: an end-user id); typed checked only
+  if (const json* s = Field(body, "stop")) {
+    if (s->is_string()) {
+      c.params.stop.push_back(s->get<std::string>());
+    } else if (s->is_array()) {
+      if (s->size() > 4) Bad("stop", "Invalid 'stop': at most 4 stop sequences.");
+      for (const json& e : *s) {
+        if (!e.is_string()) BadType("stop", e, "a string or an array of strings");
+        c.params.stop.push_back(e.get<std::string>());
+      }
+    } else {
+      BadType("stop", *s, "a string or an array of strings");
+    }
+  }
+  c.stream = Bool(body, "stream");
+  if (const json* so = Field(body, "stream_options")) {
+    if (!so->is_object()) BadType("stream_options", *so, "an object");
+    if (!c.stream) Bad("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
+    c.include_usage = Bool(*so, "include_usage");
+  }
+  return c;
+}
+
+// Prompts of /v1/completions: a string, an array of strings, an array of token ids, or an
+// array of arrays of token ids.
+std::vector<GenerateParams> Prompts(const json& body, const GenerateParams& base) {
+  const json* p = Field(body, "prompt");
+  if (!p) Bad("prompt", "Missing required parameter: 'prompt'.", "missing_required_parameter");
+  std::vector<GenerateParams> out;
+  auto text = [&](const json& s) {
+    GenerateParams g = base;
+    g.text = s.get<std::string>();
+    out.push_back(std::move(g));
+  };
+  auto ids = [&](const json& a) {
+    GenerateParams g = base;
+    for (const json& t : a) {
+      if (!t.is_number_integer()) BadType("prompt", t, "an integer token id");
+      g.token_ids.push_back(static_cast<int32_t>(std::clamp<int64_t>(t.get<int64_t>(), -1, INT32_MAX)));
+    }
+    out.push_back(std::move(g));
+  };
+  if (p->is_string()) {
+    text(*p);
+  } else if (p->is_array() && !p->empty() && (*p)[0].is_number()) {
+    ids(*p);
+  } else if (p->is_array() && !p->empty()) {
+    for (const json& e : *p) {
+      if (e.is_string()) {
+        text(e);
+      } else if (e.is_array()) {
+        ids(e);
+      } else {
+        BadType("prompt", e, "a string or an array of token ids");
+      }
+    }
+  } else {
+    if (p->is_array()) Bad("prompt", "Invalid 'prompt': must not be empty.");
+    BadType("prompt", *p, "a string or an array");
+  }
+  if (out.size() > 16) Bad("prompt", "Invalid 'prompt': at most 16 prompts per request.");
+  return out;
+}
+
+// The chat prompt. Models without a chat template use the plain one: the messages' contents,
+// each on its own line, in order (docs/serving.md).
+std::string ChatPrompt(const json& body) {
+  const json* msgs = Field(body, "messages");
+  if (!msgs) Bad("messages", "Missing required parameter: 'messages'.", "missing_required_parameter");
+  if (!msgs->is_array()) BadType("messages", *msgs, "an array");
+  if (msgs->empty()) Bad("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.", "empty_array");
+  static const std::set<std::string> kRoles = {"system", "developer", "user", "assistant"};
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const json& m = (*msgs)[i];
+    const std::string where = absl::StrCat("messages[", i, "]");
+    if (!m.is_object()) BadType(where, m, "an object");
+    const json* role = Field(m, "role");
+    if (!role || !role->is_string() || !kRoles.count(role->get<std::string>())) {
+      Bad(where + ".role", absl::StrCat("Invalid '", where, ".role': must be one of system, developer, user, assistant."));
+    }
+    const json* content = Field(m, "content");
+    if (!content) Bad(where + ".content", absl::StrCat("Missing required parameter: '", where, ".content'."), "missing_required_parameter");
+    if (content->is_string()) {
+      parts.push_back(content->get<std::string>());
+    } else if (content->is_array()) {
+      std::string text;
+      for (const json& part : *content) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+            !part["text"].is_string()) {
+          Bad(where + ".content", "Only text content parts are supported.");
+        }
+        text += part["text"].get<std::string>();
+      }
+      parts.push_back(text);
+    } else {
+      BadType(where + ".content", *content, "a string or an array of content parts");
+    }
+  }
+  return absl::StrJoin(parts, "\n");
+}
+
+std::string Id(const char* prefix) {
+  static std::atomic<uint64_t> n{0};
+  return absl::StrCat(prefix, std::time(nullptr), "-", ++n);
+}
+
+// Wakes a response provider when any of its generations has output.
+struct Waker {
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t seq = 0;
+  void Notify() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++seq;
+    }
+    cv.notify_all();
+  }
+  // Waits until a notify after `*seen` or the timeout.
+  void Wait(uint64_t* seen, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, timeout, [&] { return seq != *seen; });
+    *seen = seq;
+  }
+};
+
+// One response: every choice's generation, what was sent, and how the response ends.
+struct Reply {
+  bool chat = false, stream = false, include_usage = false;
+  std::string id, model;
+  int64_t created = 0;
+  std::vector<std::shared_ptr<Generation>> gens;
+  std::vector<std::string> text;
+  std::vector<std::string> finish;
+  std::vector<bool> role_sent;
+  int prompt_tokens = 0, completion_tokens = 0;
+  std::string error;
+  int done = 0;
+  bool finished = false;
+  Waker waker;
+  uint64_t seen = 0;
+  std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
+
+  void CancelAll() {
+    for (size_t i = 0; i < gens.size(); ++i) {
+      if (finish[i].empty()) gens[i]->Cancel();
+    }
+  }
+  json Usage() const {
+    return {{"prompt_tokens", prompt_tokens},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens + completion_tokens}};
+  }
+  json Base(const char* object) const {
+    return {{"id", id}, {"object", object}, {"created", created}, {"model", model}};
+  }
+  std::string Chunk(size_t i, const std::string& piece, const std::string& reason) {
+    json j = Base(chat ? "chat.completion.chunk" : "text_completion");
+    json choice = {{"index", i}, {"logprobs", nullptr},
+                   {"finish_reason", reason.empty() ? json(nullptr) : json(reason)}};
+    if (chat) {
+      json delta = json::object();
+      if (!role_sent[i]) {
+        delta["role"] = "assistant";
+        role_sent[i] = true;
+      }
+      if (!piece.empty() || reason.empty()) delta["content"] = piece;
+      choice["delta"] = delta;
+    } else {
+      choice["text"] = piece;
+    }
+    j["choices"] = json::array({choice});
+    if (include_usage) j["usage"] = nullptr;
+    return "data: " + Dump(j) + "\n\n";
+  }
+  std::string Whole() const {
+    json j = Base(chat ? "chat.completion" : "text_completion");
+    json choices = json::array();
+    for (size_t i = 0; i < gens.size(); ++i) {
+      json c = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", finish[i]}};
+      if (chat) {
+        c["message"] = {{"role", "assistant"}, {"content", text[i]}};
+      } else {
+        c["text"] = text[i];
+      }
+      choices.push_back(c);
+    }
+    j["choices"] = choices;
+    j["usage"] = Usage();
+    return Dump(j);
+  }
+};
+
+// OpenAI reports these; "abort" only happens when the client is gone.
+std::string PublicReason(const std::string& r) { return r == "abort" ? "stop" : r; }
+
+// One provider call: waits for output, writes what came. False ends the response (error).
+bool Provide(Reply& r, httplib::DataSink& sink) {
+  if (r.finished) return false;
+  r.waker.Wait(&r.seen, std::chrono::milliseconds(200));
+  std::string out;
+  for (size_t i = 0; i < r.gens.size(); ++i) {
+    if (!r.finish[i].empty()) continue;
+    Delta d;
+    if (!r.gens[i]->Pop(&d, std::chrono::milliseconds(0))) continue;
+    if (d.done()) {
+      r.finish[i] = d.finish_reason;
+      r.prompt_tokens += d.prompt_tokens;
+      r.completion_tokens += d.completion_tokens;
+      if (d.finish_reason == "error") r.error = d.error;
+      ++r.done;
+    }
+    if (r.stream) {
+      if (!d.text.empty()) out += r.Chunk(i, d.text, "");
+      if (d.done() && d.finish_reason != "error") out += r.Chunk(i, "", PublicReason(d.finish_reason));
+    } else {
+      r.text[i] += d.text;
+    }
+  }
+  const bool all_done = r.done == static_cast<int>(r.gens.size());
+  if (all_done) {
+    if (!r.error.empty()) {
+      // Headers are out already (200): the error travels in the body, as OpenAI streams do.
+      ApiError e{500, "The server had an error while processing your request: " + r.error, "", ""};
+      out += r.stream ? "data: " + Dump(ErrorJson(e)) + "\n\n" : Dump(ErrorJson(e));
+    } else if (r.stream) {
+      if (r.include_usage) {
+        json j = r.Base(r.chat ? "chat.completion.chunk" : "text_completion");
+        j["choices"] = json::array();
+        j["usage"] = r.Usage();
+        out += "data: " + Dump(j) + "\n\n";
+      }
+    } else {
+      for (auto& f : r.finish) f = PublicReason(f);
+      out += r.Whole();
+    }
+    if (r.stream) out += "data: [DONE]\n\n";
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (out.empty() && now - r.last_write > std::chrono::milliseconds(1000)) {
+    // Keep-alive (and the way a vanished client is noticed): an SSE comment, or JSON whitespace.
+    out = r.stream ? ": keep-alive\n\n" : " ";
+  }
+  if (!out.empty()) {
+    r.last_write = now;
+    if (!sink.write(out.data(), out.size())) return false;
+  }
+  if (all_done) {
+    r.finished = true;
+    sink.done();
+  }
+  return true;
+}
+
+std::string RoutePath(const std::string& path) {
+  static const std::set<std::string> known = {"/v1/models", "/v1/completions",
+                                              "/v1/chat/completions", "/metrics", "/health",
+                                              "/ready"};
+  if (known.count(path)) return path;
+  if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{model}";
+  return "other";
+}
+
+}  // namespace
+
+int HttpCodeFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk: return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition: return 400;
+    case absl::StatusCode::kUnauthenticated: return 401;
+    case absl::StatusCode::kPermissionDenied: return 403;
+    case absl::StatusCode::kNotFound: return 404;
+    case absl::StatusCode::kResourceExhausted: return 429;
+    case absl::StatusCode::kUnavailable: return 503;
+    default: return 500;
+  }
+}
+
+HttpGateway::HttpGateway(ServingCore* core) : core_(core), http_(std::make_unique<httplib::Server>()) {
+  Routes();
+}
+
+HttpGateway::~HttpGateway() { Stop(); }
+
+void HttpGateway::Routes() {
+  httplib::Server& s = *http_;
+  const ServerConfig& cfg = core_->config();
+  s.set_payload_max_length(cfg.max_body_bytes);
+  s.set_read_timeout(10, 0);
+  s.set_write_timeout(10, 0);
+  s.set_keep_alive_timeout(5);
+  const int threads = cfg.http_threads;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  s.set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;  // the listening socket: its backlog is raised after bind (Start)
+  });
+  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    core_->metrics().HttpRequest(RoutePath(req.path), res.status);
+  });
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    ApiError e;
+    e.http = res.status;
+    if (res.status == 404) {
+      e.message = absl::StrCat("Unknown request URL: ", req.method, " ", req.path, ".");
+      e.code = "unknown_url";
+    } else if (res.status == 413) {
+      e.message = "The request body is too large.";
+      e.code = "request_too_large";
+    } else if (res.status == 405) {
+      e.message = absl::StrCat("Method ", req.method, " is not allowed on ", req.path, ".");
+    } else {
+      e.message = absl::StrCat("HTTP ", res.status);
+    }
+    SendError(res, e);
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    spdlog::error("http handler failed: {}", what);
+    SendError(res, ApiError{500, "The server had an error while processing your request.", "", ""});
+  });
+
+  auto authenticate = [this](const httplib::Request& req, httplib::Response& res,
+                             Tenants::Identity* id) {
+    auto a = core_->tenants().Authenticate(req.get_header_value("Authorization"));
+    if (!a.ok()) {
+      core_->metrics().Rejected("unknown", 401);
+      SendError(res, FromStatus(a.status()));
+      return false;
+    }
+    *id = *a;
+    if (id->tenant == nullptr) {
+      SendError(res, ApiError{403, "This key may only use the admin API.", "", "admin_key"});
+      return false;
+    }
+    return true;
+  };
+
+  s.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok\n", "text/plain");
+  });
+  s.Get("/ready", [this](const httplib::Request&, httplib::Response& res) {
+    if (core_->draining()) {
+      res.status = 503;
+      res.set_content("draining\n", "text/plain");
+    } else {
+      res.set_content("ready\n", "text/plain");
+    }
+  });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(core_->RenderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+
+  auto model_json = [this](const ServedModel& m) {
+    return json{{"id", m.name},
+                {"object", "model"},
+                {"created", 0},
+                {"owned_by", "blockserve"},
+                {"root", m.parent.empty() ? m.name : m.parent},
+                {"parent", m.parent.empty() ? json(nullptr) : json(m.parent)},
+                {"adapter", m.adapter},
+                {"loaded", core_->loaded(m)},
+                {"max_model_len", m.context_length}};
+  };
+  s.Get("/v1/models", [this, authenticate, model_json](const httplib::Request& req,
+                                                        httplib::Response& res) {
+    Tenants::Identity id;
+    if (!authenticate(req, res, &id)) return;
+    json data = json::array();
+    for (const ServedModel& m : core_->models()) {
+      if (id.tenant->Allows(m.name)) data.push_back(model_json(m));
+    }
+    res.set_content(Dump({{"object", "list"}, {"data", data}}), "application/json");
+  });
+  s.Get(R"(/v1/models/([A-Za-z0-9._\-]+))", [this, authenticate, model_json](
+                                                 const httplib::Request& req, httplib::Response& res) {
+    Tenants::Identity id;
+    if (!authenticate(req, res, &id)) return;
+    const std::string name = req.matches[1];
+    const ServedModel* m = core_->FindModel(name);
+    if (m == nullptr || !id.tenant->Allows(name)) {
+      SendError(res, ApiError{404, absl::StrCat("The model `", name, "` does not exist or you do not have access to it."), "", "model_not_found"});
+      return;
+    }
+    res.set_content(Dump(model_json(*m)), "application/json");
+  });
+
+  auto generate = [this, authenticate](const httplib::Request& req, httplib::Response& res,
+                                       bool chat) {
+    Tenants::Identity id;
+    if (!authenticate(req, res, &id)) return;
+    const TenantConfig& tenant = *id.tenant;
+    json body;
+    try {
+      body = json::parse(req.body);
+    } catch (const json::parse_error&) {
+      core_->metrics().Rejected(tenant.name, 400);
+      SendError(res, ApiError{400,
+                              "We could not parse the JSON body of your request. (HINT: This likely "
+                              "means you aren't using your HTTP library correctly. The OpenAI API "
+                              "expects a JSON payload, but what was sent was not valid JSON.)",
+                              "", "invalid_json"});
+      return;
+    }
+    auto r = std::make_shared<Reply>();
+    std::vector<GenerateParams> prompts;
+    int n = 1;
+    try {
+      if (!body.is_object()) Bad("", "The request body must be a JSON object.", "invalid_json");
+      Common c = ParseCommon(body, chat, chat ? std::set<std::string>{"messages", "max_completion_tokens"}
+                                              : std::set<std::string>{"prompt", "echo", "best_of", "suffix"});
+      if (!chat) {
+        if (Bool(body, "echo")) Bad("echo", "'echo' is not supported by this server.", "unsupported_parameter");
+        if (Field(body, "suffix")) Bad("suffix", "'suffix' is not supported by this server.", "unsupported_parameter");
+        if (auto b = Integer(body, "best_of", 1, 16); b && *b != 1) {
+          Bad("best_of", "'best_of' other than 1 is not supported by this server.", "unsupported_parameter");
+        }
+        prompts = Prompts(body, c.params);
+      } else {
+        GenerateParams g = c.params;
+        g.text = ChatPrompt(body);
+        prompts.push_back(std::move(g));
+      }
+      n = c.n;
+      r->chat = chat;
+      r->stream = c.stream;
+      r->include_usage = c.include_usage;
+      r->model = c.model;
+    } catch (const BadRequest& b) {
+      core_->metrics().Rejected(tenant.name, b.error.http);
+      SendError(res, b.error);
+      return;
+    }
+    r->id = Id(chat ? "chatcmpl-" : "cmpl-");
+    r->created = std::time(nullptr);
+    for (const GenerateParams& base : prompts) {
+      for (int k = 0; k < n; ++k) {
+        GenerateParams g = base;
+        if (k > 0 && g.sampling.seed != 0) g.sampling.seed += k;  // n samples, not n copies
+        if (k > 0 && g.sampling.seed == 0) g.sampling.seed = 0x9e3779b97f4a7c15ull * k;
+        auto gen = core_->Generate(tenant, std::move(g));
+        if (!gen.ok()) {
+          r->CancelAll();
+          ApiError e = FromStatus(gen.status());
+          core_->metrics().Rejected(tenant.name, e.http);
+          if (e.http == 429) res.set_header("Retry-After", "1");
+          SendError(res, e);
+          return;
+        }
+        r->gens.push_back(*gen);
+        r->text.emplace_back();
+        r->finish.emplace_back();
+        r->role_sent.push_back(false);
+      }
+    }
+    std::weak_ptr<Reply> weak = r;
+    for (auto& g : r->gens) {
+      g->SetNotify([weak] {
+        if (auto p = weak.lock()) p->waker.Notify();
+      });
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        r->stream ? "text/event-stream" : "application/json",
+        [r](size_t, httplib::DataSink& sink) { return Provide(*r, sink); },
+        [r](bool success) {
+          // A client gone before the end: its requests are aborted (pages freed).
+          for (auto& g : r->gens) g->SetNotify(nullptr);
+          if (!r->finished) r->CancelAll();
+        });
+  };
+  s.Post("/v1/completions", [generate](const httplib::Request& req, httplib::Response& res) {
+    generate(req, res, false);
+  });
+  s.Post("/v1/chat/completions", [generate](const httplib::Request& req, httplib::Response& res) {
+    generate(req, res, true);
+  });
+}
+
+absl::Status HttpGateway::Start(const std::string& host, int port) {
+  if (port == 0) {
+    port_ = http_->bind_to_any_port(host);
+    if (port_ <= 0) return absl::UnavailableError(absl::StrCat("HTTP: cannot bind ", host));
+  } else {
+    if (!http_->bind_to_port(host, port)) {
+      return absl::UnavailableError(absl::StrCat("HTTP: cannot bind ", host, ":", port));
+    }
+    port_ = port;
+  }
+  // cpp-httplib listens with a backlog of 5; a thousand clients connecting at once need more.
+  if (listen_fd_ >= 0) ::listen(listen_fd_, 4096);
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  for (int i = 0; i < 500 && !http_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return absl::OkStatus();
+}
+
+void HttpGateway::Stop() {
+  if (http_) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace blockserve::server

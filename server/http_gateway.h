@@ -1,0 +1,44 @@
+// The OpenAI-compatible HTTP gateway (cpp-httplib): /v1/models, /v1/completions,
+// /v1/chat/completions (JSON or server-sent events), /metrics, /health, /ready.
+// OpenAI-style error objects with the HTTP codes OpenAI uses; a client that disconnects
+// aborts its request.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "server/serving.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace blockserve::server {
+
+class HttpGateway {
+ public:
+  explicit HttpGateway(ServingCore* core);
+  ~HttpGateway();
+
+  // Binds (port 0: any free port) and serves on a thread of its own.
+  absl::Status Start(const std::string& host, int port);
+  int port() const { return port_; }
+  // Stops accepting; open streams end.
+  void Stop();
+
+ private:
+  void Routes();
+
+  ServingCore* core_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  int port_ = 0;
+  int listen_fd_ = -1;
+};
+
+// The HTTP code OpenAI uses for an error of this kind.
+int HttpCodeFor(absl::StatusCode code);
+
+}  // namespace blockserve::server

@@ -1,0 +1,81 @@
+// Prometheus metrics of the server, rendered by our own HTTP server through prometheus-cpp's
+// text serializer (not its civetweb Exposer: see ../shared/TOOLCHAIN.md). Request metrics are
+// recorded as requests flow; engine gauges (queues, KV, per block instance) are read from the
+// engine's stats at scrape time. Names and labels: docs/serving.md.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "scheduler/engine.h"
+
+namespace blockserve::server {
+
+class Metrics {
+ public:
+  Metrics();
+
+  // A request admitted to the engine / rejected before it (by HTTP-style code: 400, 401, ...).
+  void Started(const std::string& model, const std::string& tenant, int prompt_tokens);
+  void Rejected(const std::string& tenant, int code);
+  void FirstToken(const std::string& model, const std::string& tenant, double seconds);
+  void InterToken(const std::string& model, const std::string& tenant, double seconds);
+  void Finished(const std::string& model, const std::string& tenant, const std::string& reason,
+                double seconds, int completion_tokens);
+  void HttpRequest(const std::string& path, int code);
+
+  // Reads the engine's gauges and renders everything in the Prometheus text format.
+  // `running_adapters`: LoRA models with requests in flight; `max_adapters`: how many can be.
+  std::string Render(const scheduler::EngineStats& stats,
+                     const std::vector<std::string>& running_adapters, int max_adapters);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Family<prometheus::Counter>& prompt_tokens_;
+  prometheus::Family<prometheus::Counter>& completion_tokens_;
+  prometheus::Family<prometheus::Counter>& http_;
+  prometheus::Family<prometheus::Histogram>& ttft_;
+  prometheus::Family<prometheus::Histogram>& itl_;
+  prometheus::Family<prometheus::Histogram>& e2e_;
+  prometheus::Family<prometheus::Gauge>& waiting_;
+  prometheus::Family<prometheus::Gauge>& running_;
+  prometheus::Family<prometheus::Gauge>& kv_usage_;
+  prometheus::Family<prometheus::Gauge>& resident_bytes_;
+  prometheus::Family<prometheus::Gauge>& blocks_resident_;
+  prometheus::Family<prometheus::Counter>& preemptions_;
+  prometheus::Family<prometheus::Gauge>& adapters_resident_;
+  prometheus::Family<prometheus::Counter>& adapter_loads_;
+  prometheus::Family<prometheus::Counter>& block_loads_;
+  prometheus::Family<prometheus::Counter>& prefix_hits_;
+  prometheus::Family<prometheus::Gauge>& lora_info_;
+  prometheus::Family<prometheus::Gauge>& inst_batch_;
+  prometheus::Family<prometheus::Gauge>& inst_mean_batch_;
+  prometheus::Family<prometheus::Gauge>& inst_max_batch_;
+  prometheus::Family<prometheus::Gauge>& inst_busy_;
+  prometheus::Family<prometheus::Gauge>& inst_queue_;
+  prometheus::Family<prometheus::Gauge>& inst_kv_used_;
+  prometheus::Family<prometheus::Gauge>& inst_kv_free_;
+  prometheus::Family<prometheus::Gauge>& inst_resident_;
+  prometheus::Family<prometheus::Counter>& inst_calls_;
+
+  std::mutex mu_;  // render state
+  std::vector<double> last_busy_;  // per instance busy seconds at the previous scrape
+  double last_scrape_ = 0;
+  uint64_t seen_preemptions_ = 0, seen_adapter_loads_ = 0, seen_block_loads_ = 0,
+           seen_prefix_hits_ = 0;
+  std::vector<uint64_t> seen_calls_;
+  prometheus::Gauge* lora_gauge_ = nullptr;
+  std::string lora_labels_;
+};
+
+}  // namespace blockserve::server

@@ -1,0 +1,382 @@
+#include "server/serving.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/status_macros.h"
+#include "scheduler/zoo_engine.h"
+#include "spdlog/spdlog.h"
+
+namespace blockserve::server {
+
+using scheduler::Event;
+using scheduler::Finish;
+
+std::string PolicyKey(const blockzoo::ResolvePolicy& p) {
+  if (p.mode == blockzoo::ResolvePolicy::Mode::kExact) return "exact";
+  return absl::StrFormat("equivalent:%g:%s:%g", p.threshold, p.allow_skip ? "skip" : "noskip",
+                         p.min_top1);
+}
+
+// ---- Generation ----
+
+void Generation::Push(Delta d) {
+  std::function<void()> notify;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(d));
+    notify = notify_;
+  }
+  cv_.notify_all();
+  if (notify) notify();
+}
+
+bool Generation::Pop(Delta* out, std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, wait, [&] { return !queue_.empty(); })) return false;
+  *out = Delta();
+  while (!queue_.empty()) {
+    Delta& d = queue_.front();
+    out->tokens.insert(out->tokens.end(), d.tokens.begin(), d.tokens.end());
+    out->text += d.text;
+    if (d.done()) {
+      out->finish_reason = d.finish_reason;
+      out->error = d.error;
+      out->prompt_tokens = d.prompt_tokens;
+      out->completion_tokens = d.completion_tokens;
+    }
+    queue_.pop_front();
+  }
+  return true;
+}
+
+void Generation::SetNotify(std::function<void()> notify) {
+  std::lock_guard<std::mutex> lock(mu_);
+  notify_ = std::move(notify);
+}
+
+void Generation::Cancel() {
+  if (cancel_) cancel_();
+}
+
+// ---- ServingCore ----
+
+ServingCore::ServingCore(ServerConfig config) : config_(std::move(config)), tenants_(config_) {}
+
+ServingCore::~ServingCore() {
+  if (engine_) engine_->Stop();
+}
+
+absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::string& zoo_dir,
+                                                                 ServerConfig config) {
+  std::unique_ptr<ServingCore> core(new ServingCore(std::move(config)));
+  const ServerConfig& c = core->config_;
+  ASSIGN_OR_RETURN(core->zoo_, blockzoo::Zoo::Open(zoo_dir, /*create=*/false));
+  std::vector<std::string> names = c.models;
+  if (names.empty()) {
+    ASSIGN_OR_RETURN(names, core->zoo_->ListModels());
+  }
+  if (names.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(zoo_dir, ": the zoo has no models (import one with `blockzoo import`)"));
+  }
+  // One engine model per (model, policy some tenant uses); all share block instances.
+  std::map<std::string, blockzoo::ResolvePolicy> policies = {{"exact", {}}};
+  for (const TenantConfig& t : core->tenants_.all()) policies[PolicyKey(t.policy)] = t.policy;
+  std::vector<scheduler::ModelRef> refs;
+  for (const std::string& n : names) {
+    ServedModel sm;
+    sm.name = n;
+    ASSIGN_OR_RETURN(blockzoo::Manifest m, core->zoo_->GetManifest(n));
+    sm.parent = m.parent;
+    sm.context_length = m.family.max_seq_len;
+    sm.vocab_size = m.family.vocab_size;
+    for (const auto& e : m.chain) sm.adapter |= !e.lora.empty();
+    if (!m.tokenizer.empty()) {
+      ASSIGN_OR_RETURN(auto tok, core->zoo_->LoadTokenizer(m));
+      sm.tokenizer = std::move(tok);
+      for (int32_t id : {sm.tokenizer->eos_id(), sm.tokenizer->bos_id()}) {
+        if (id >= 0) sm.stop_tokens.push_back(id);
+      }
+    }
+    for (const auto& [key, policy] : policies) {
+      sm.engine_model[key] = static_cast<int>(refs.size());
+      refs.push_back({n, policy, key == "exact" ? n : absl::StrCat(n, "@", key)});
+    }
+    core->models_.push_back(std::move(sm));
+  }
+  runtime::BlockOptions bo;
+  bo.kv_page_size = c.kv_page_size;
+  ASSIGN_OR_RETURN(auto engine_models,
+                   scheduler::LoadEngineModels(*core->zoo_, refs, bo, /*lazy=*/true));
+  scheduler::EngineOptions eo;
+  eo.threads = c.threads;
+  eo.max_batch_tokens = c.max_batch_tokens;
+  eo.kv_page_size = c.kv_page_size;
+  eo.kv_budget_bytes = c.kv_budget;
+  eo.memory_budget = c.memory_budget;
+  eo.scheduler.max_step_tokens = c.max_step_tokens;
+  eo.scheduler.prefill_chunk = std::min(c.max_step_tokens, 256);
+  eo.scheduler.max_running = c.max_running;
+  eo.scheduler.prefix_cache = c.prefix_cache;
+  for (const TenantConfig& t : core->tenants_.all()) {
+    eo.scheduler.tenant_weights[t.name] = t.weight;
+    if (t.share_prefixes) eo.scheduler.shared_prefix_tenants.insert(t.name);
+  }
+  core->engine_ = std::make_unique<scheduler::Engine>(eo, std::move(engine_models));
+  for (ServedModel& sm : core->models_) {
+    for (scheduler::InstanceId i :
+         core->engine_->scheduler().models()[sm.engine_model.at("exact")].chain) {
+      sm.blocks.push_back(core->engine_->stats().instances[i].name);
+    }
+  }
+  core->engine_->Start();
+  return core;
+}
+
+const ServedModel* ServingCore::FindModel(const std::string& name) const {
+  for (const ServedModel& m : models_) {
+    if (m.name == name) return &m;
+  }
+  return nullptr;
+}
+
+bool ServingCore::loaded(const ServedModel& m) const {
+  return engine_->loaded(m.engine_model.at("exact"));
+}
+
+int ServingCore::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(active_.size());
+}
+
+void ServingCore::Forget(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  active_.erase(id);
+  if (active_.empty()) idle_cv_.notify_all();
+}
+
+absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantConfig& tenant,
+                                                                  GenerateParams p) {
+  const ServedModel* m = FindModel(p.model);
+  if (m == nullptr) {
+    return absl::NotFoundError(absl::StrCat("The model `", p.model, "` does not exist."));
+  }
+  if (!tenant.Allows(m->name)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("Tenant `", tenant.name, "` does not have access to model `", m->name, "`."));
+  }
+  if (draining_) return absl::UnavailableError("The server is shutting down.");
+  auto key = m->engine_model.find(PolicyKey(tenant.policy));
+  const int engine_model = key != m->engine_model.end() ? key->second : m->engine_model.at("exact");
+  if (!engine_->loaded(engine_model)) {
+    return absl::UnavailableError(absl::StrCat("The model `", m->name, "` is not loaded."));
+  }
+  std::vector<int32_t> prompt;
+  if (p.text) {
+    if (!m->tokenizer) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("The model `", m->name, "` has no tokenizer: send token ids."));
+    }
+    prompt = m->tokenizer->Encode(*p.text, p.add_bos);
+  } else {
+    prompt = std::move(p.token_ids);
+    for (int32_t t : prompt) {
+      if (t < 0 || t >= m->vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Token id ", t, " is outside the vocabulary of `", m->name, "` (", m->vocab_size, ")."));
+      }
+    }
+  }
+  const int n_prompt = static_cast<int>(prompt.size());
+  if (n_prompt == 0) return absl::InvalidArgumentError("The prompt is empty.");
+  if (p.max_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens must be at least 1; got ", p.max_tokens, "."));
+  }
+  int max_tokens = p.max_tokens;
+  if (max_tokens == 0) {
+    max_tokens = p.max_tokens_to_context ? m->context_length - n_prompt : config_.default_max_tokens;
+    max_tokens = std::min(max_tokens, m->context_length - n_prompt);
+  }
+  if (n_prompt >= m->context_length || n_prompt + static_cast<int64_t>(max_tokens) > m->context_length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "This model's maximum context length is ", m->context_length,
+        " tokens. However, you requested ", n_prompt + static_cast<int64_t>(max_tokens),
+        " tokens (", n_prompt, " in the prompt, ", max_tokens,
+        " in the completion). Please reduce the prompt or the completion length."));
+  }
+  RETURN_IF_ERROR(p.sampling.Validate());
+  double retry = 0;
+  const double reserved = n_prompt + max_tokens;
+  RETURN_IF_ERROR(tenants_.Admit(tenant, reserved, &retry));
+
+  scheduler::RequestSpec spec;
+  spec.tenant = tenant.name;
+  spec.priority = p.priority.value_or(tenant.priority);
+  spec.model = engine_model;
+  spec.prompt = std::move(prompt);
+  spec.max_tokens = max_tokens;
+  spec.sampling = p.sampling;
+  spec.stop_tokens = m->stop_tokens;
+
+  auto gen = std::make_shared<Generation>();
+  gen->model_ = m->name;
+  gen->prompt_tokens_ = n_prompt;
+  // Per-request state, touched only by the engine thread (the sink).
+  struct State {
+    TextStream text;
+    std::chrono::steady_clock::time_point start, last;
+    int completion = 0;
+    bool done = false;
+  };
+  const int32_t prev = spec.prompt.back();
+  auto st = std::make_shared<State>(
+      State{TextStream(m->tokenizer.get(), p.stop, prev), std::chrono::steady_clock::now(), {}, 0,
+            false});
+  uint64_t gid;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    gid = next_++;
+    active_[gid] = gen;
+    if (m->adapter) ++adapter_running_[m->name];
+  }
+  metrics_.Started(m->name, tenant.name, n_prompt);
+  const TenantConfig* t = &tenant;
+  const bool has_tok = m->tokenizer != nullptr;
+  const bool adapter = m->adapter;
+  auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, adapter,
+               name = m->name](const Event& e) {
+    if (st->done) return;
+    Delta d;
+    if (e.token >= 0) {
+      const auto now = std::chrono::steady_clock::now();
+      if (st->completion == 0) {
+        metrics_.FirstToken(name, t->name, std::chrono::duration<double>(now - st->start).count());
+      } else {
+        metrics_.InterToken(name, t->name, std::chrono::duration<double>(now - st->last).count());
+      }
+      st->last = now;
+      ++st->completion;
+      d.tokens.push_back(e.token);
+      if (has_tok) {
+        bool stopped = false;
+        d.text = st->text.Add(e.token, &stopped);
+        if (stopped) {
+          d.finish_reason = "stop";
+          engine_->Abort(e.id);
+        }
+      }
+    }
+    if (e.finish != Finish::kNone && d.finish_reason.empty()) {
+      if (has_tok) d.text += st->text.Flush();
+      switch (e.finish) {
+        case Finish::kStop: d.finish_reason = "stop"; break;
+        case Finish::kLength:
+        case Finish::kContextFull: d.finish_reason = "length"; break;
+        case Finish::kAbort: d.finish_reason = "abort"; break;
+        default:
+          d.finish_reason = "error";
+          d.error = "the engine failed while running this request";
+          break;
+      }
+    }
+    if (d.done()) {
+      st->done = true;
+      d.prompt_tokens = n_prompt;
+      d.completion_tokens = st->completion;
+      metrics_.Finished(name, t->name, d.finish_reason,
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start)
+                            .count(),
+                        st->completion);
+      tenants_.Finish(*t, reserved, n_prompt + st->completion);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (adapter && --adapter_running_[name] == 0) adapter_running_.erase(name);
+      }
+      gen->Push(std::move(d));
+      Forget(gid);
+      return;
+    }
+    gen->Push(std::move(d));
+  };
+  auto id = engine_->Submit(std::move(spec), std::move(sink));
+  if (!id.ok()) {
+    tenants_.Finish(tenant, reserved, 0);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (adapter && --adapter_running_[m->name] == 0) adapter_running_.erase(m->name);
+    }
+    Forget(gid);
+    if (absl::IsFailedPrecondition(id.status())) return absl::UnavailableError(id.status().message());
+    return id.status();
+  }
+  gen->cancel_ = [engine = engine_.get(), rid = *id] { engine->Abort(rid); };
+  return gen;
+}
+
+std::string ServingCore::RenderMetrics() {
+  std::vector<std::string> running;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, n] : adapter_running_) running.push_back(name);
+  }
+  int adapters = 0;
+  for (const ServedModel& m : models_) adapters += m.adapter;
+  return metrics_.Render(engine_->stats(), running, adapters);
+}
+
+absl::StatusOr<int> ServingCore::LoadModel(const std::string& name) {
+  const ServedModel* m = FindModel(name);
+  if (m == nullptr) return absl::NotFoundError(absl::StrCat("The model `", name, "` does not exist."));
+  int loaded = 0;
+  for (const auto& [key, idx] : m->engine_model) {
+    ASSIGN_OR_RETURN(int n, engine_->LoadModel(idx).get());
+    loaded += n;
+  }
+  spdlog::info("admin: loaded model {} ({} block instances made resident)", name, loaded);
+  return loaded;
+}
+
+absl::StatusOr<int> ServingCore::UnloadModel(const std::string& name) {
+  const ServedModel* m = FindModel(name);
+  if (m == nullptr) return absl::NotFoundError(absl::StrCat("The model `", name, "` does not exist."));
+  int freed = 0;
+  for (const auto& [key, idx] : m->engine_model) {
+    ASSIGN_OR_RETURN(int n, engine_->UnloadModel(idx).get());
+    freed += n;
+  }
+  spdlog::info("admin: unloaded model {} ({} block instances freed)", name, freed);
+  return freed;
+}
+
+std::vector<std::vector<std::string>> ServingCore::InstanceUsers() const {
+  std::vector<std::vector<std::string>> users(engine_->num_instances());
+  for (const ServedModel& m : models_) {
+    std::set<scheduler::InstanceId> seen;
+    for (const auto& [key, idx] : m.engine_model) {
+      for (scheduler::InstanceId i : engine_->scheduler().models()[idx].chain) {
+        if (seen.insert(i).second) users[i].push_back(m.name);
+      }
+    }
+  }
+  return users;
+}
+
+int ServingCore::Drain(std::chrono::duration<double> deadline) {
+  draining_ = true;
+  std::unique_lock<std::mutex> lock(mu_);
+  if (idle_cv_.wait_for(lock, deadline, [&] { return active_.empty(); })) return 0;
+  std::vector<std::shared_ptr<Generation>> rest;
+  for (auto& [id, w] : active_) {
+    if (auto g = w.lock()) rest.push_back(g);
+  }
+  lock.unlock();
+  for (auto& g : rest) g->Cancel();
+  lock.lock();
+  idle_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return active_.empty(); });
+  return static_cast<int>(rest.size());
+}
+
+}  // namespace blockserve::server

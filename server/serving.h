@@ -1,0 +1,144 @@
+// The serving core shared by the gRPC services and the HTTP gateway: the zoo's models on one
+// engine (every tenant's equivalence policy a variant of each model, all sharing block
+// instances), tokenization, text streaming with stop strings, tenant admission (keys, allowed
+// models, rate limits, concurrency), metrics, and draining.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "blockzoo/zoo.h"
+#include "runtime/sampler.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "scheduler/engine.h"
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/text_stream.h"
+
+namespace blockserve::server {
+
+struct ServedModel {
+  std::string name;
+  std::string parent;       // base it derives from ("" for none)
+  bool adapter = false;     // a LoRA model on its parent's blocks
+  int context_length = 0;
+  int vocab_size = 0;
+  std::shared_ptr<const runtime::Tokenizer> tokenizer;
+  std::vector<int32_t> stop_tokens;  // EOS (and BOS, as llama2.c) end a completion
+  std::map<std::string, int> engine_model;  // policy key -> engine model index
+  std::vector<std::string> blocks;          // instance names of its exact chain
+};
+
+struct GenerateParams {
+  std::string model;
+  std::optional<std::string> text;   // prompt text, or
+  std::vector<int32_t> token_ids;    // prompt tokens
+  bool add_bos = true;               // for a text prompt
+  int max_tokens = 0;                // 0: the configured default; capped by the context
+  bool max_tokens_to_context = false;  // 0 means "the rest of the context" (chat)
+  runtime::SamplingParams sampling;
+  std::vector<std::string> stop;
+  std::optional<int> priority;
+};
+
+// One piece of a generation's output; the last one has `finish_reason` set.
+struct Delta {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::string finish_reason;  // "stop", "length", "abort", "error"
+  std::string error;          // with "error"
+  int prompt_tokens = 0, completion_tokens = 0;
+  bool done() const { return !finish_reason.empty(); }
+};
+
+// A request in flight: the engine thread pushes deltas, one consumer pops them (merged).
+class Generation {
+ public:
+  // Everything available, merged into one delta; false when nothing came within `wait`.
+  bool Pop(Delta* out, std::chrono::milliseconds wait);
+  // Called (outside any lock of this object) after each push; null to stop.
+  void SetNotify(std::function<void()> notify);
+  // Aborts the request (a client went away); its last delta follows with "abort".
+  void Cancel();
+  int prompt_tokens() const { return prompt_tokens_; }
+  const std::string& model() const { return model_; }
+
+ private:
+  friend class ServingCore;
+  void Push(Delta d);
+
+  std::function<void()> cancel_;
+  std::string model_;
+  int prompt_tokens_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Delta> queue_;
+  std::function<void()> notify_;
+};
+
+class ServingCore {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServingCore>> Create(const std::string& zoo_dir,
+                                                             ServerConfig config);
+  ~ServingCore();
+
+  // Admits and starts a generation. Errors carry the status code the API returns:
+  // NOT_FOUND (model), PERMISSION_DENIED (tenant may not use it), INVALID_ARGUMENT (prompt,
+  // max_tokens, sampling), RESOURCE_EXHAUSTED (rate limits), UNAVAILABLE (draining, unloaded).
+  absl::StatusOr<std::shared_ptr<Generation>> Generate(const TenantConfig& tenant,
+                                                       GenerateParams params);
+
+  const std::vector<ServedModel>& models() const { return models_; }
+  const ServedModel* FindModel(const std::string& name) const;
+  bool loaded(const ServedModel& m) const;
+  Tenants& tenants() { return tenants_; }
+  const ServerConfig& config() const { return config_; }
+  Metrics& metrics() { return metrics_; }
+  scheduler::Engine& engine() { return *engine_; }
+  std::string RenderMetrics();
+
+  // Admin: every policy variant of the model; the instances loaded / freed.
+  absl::StatusOr<int> LoadModel(const std::string& name);
+  absl::StatusOr<int> UnloadModel(const std::string& name);
+  // Names of the models whose chains use each engine instance.
+  std::vector<std::vector<std::string>> InstanceUsers() const;
+
+  // Stops admitting (UNAVAILABLE), waits up to `deadline` for in-flight requests, aborts the
+  // rest and waits for them to end. Returns the number aborted.
+  int Drain(std::chrono::duration<double> deadline);
+  int in_flight() const;
+  bool draining() const { return draining_; }
+
+ private:
+  ServingCore(ServerConfig config);
+  void Forget(uint64_t id);
+
+  ServerConfig config_;
+  std::unique_ptr<blockzoo::Zoo> zoo_;
+  std::vector<ServedModel> models_;
+  std::unique_ptr<scheduler::Engine> engine_;
+  Tenants tenants_;
+  Metrics metrics_;
+  std::atomic<bool> draining_{false};
+  mutable std::mutex mu_;
+  std::condition_variable idle_cv_;
+  std::map<uint64_t, std::weak_ptr<Generation>> active_;
+  std::map<std::string, int> adapter_running_;  // LoRA model -> requests in flight
+  uint64_t next_ = 1;
+};
+
+// The policy key of an engine model variant ("exact", "equivalent:0.99:noskip:0").
+std::string PolicyKey(const blockzoo::ResolvePolicy& p);
+
+}  // namespace blockserve::server

@@ -209,7 +209,10 @@ absl::StatusOr<int> Engine::DoUnload(int model) {
       auto a = slot.adapters.find(key);
       if (a != slot.adapters.end() && a->second.adapter && a->second.load) EvictAdapter(slot, key);
     }
-    if (keep[i] || !slot.block || !slot.load || slot.block->kv_pages_used() > 0) continue;
+    if (keep[i] || !slot.block || !slot.load) continue;
+    // Cached prefixes are no reason to keep a block of an unloaded model.
+    for (const Release& r : scheduler_->DropPrefixes(i)) ReleaseKv(r);
+    if (slot.block->kv_pages_used() > 0) continue;  // requests still running on it
     EvictInstance(i);
     ++freed;
   }

@@ -215,6 +215,13 @@ bool Scheduler::EvictPrefix(InstanceId instance, StepPlan& plan) {
   return true;
 }
 
+std::vector<Release> Scheduler::DropPrefixes(InstanceId instance) {
+  StepPlan plan;
+  while (EvictPrefix(instance, plan)) {
+  }
+  return plan.release;
+}
+
 std::vector<Fork> Scheduler::TakeDonations() {
   std::vector<Fork> out = std::move(pending_donations_);
   pending_donations_.clear();

@@ -136,6 +136,9 @@ class Scheduler {
   std::vector<Release> TakeReleases();
   // Prefix-cache entries made by Commit from finished requests: fork these *before* releasing.
   std::vector<Fork> TakeDonations();
+  // Drops the unused prefix-cache entries holding pages at `instance`; returns the pages'
+  // pseudo sequences for the executor to release (a block about to be unloaded).
+  std::vector<Release> DropPrefixes(InstanceId instance);
   uint64_t prefix_hits() const { return prefix_hits_; }
   uint64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
   int prefix_entries() const { return static_cast<int>(prefix_.size()); }

@@ -50,6 +50,7 @@ struct ServerConfig {
   int http_threads = 128;
   int default_max_tokens = 16;      // /v1/completions and gRPC when not given
   double drain_seconds = 30;        // SIGTERM: in-flight requests get this long
+  int read_timeout_s = 10;          // a client sending its request slower is disconnected
   // Tenants; none configured: the server is open (one "default" tenant, all models).
   std::vector<TenantConfig> tenants;
   std::vector<std::string> admin_keys;

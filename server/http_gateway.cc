@@ -491,7 +491,7 @@ void HttpGateway::Routes() {
   httplib::Server& s = *http_;
   const ServerConfig& cfg = core_->config();
   s.set_payload_max_length(cfg.max_body_bytes);
-  s.set_read_timeout(10, 0);
+  s.set_read_timeout(cfg.read_timeout_s, 0);
   s.set_write_timeout(10, 0);
   s.set_keep_alive_timeout(5);
   const int threads = cfg.http_threads;
@@ -514,6 +514,8 @@ void HttpGateway::Routes() {
     } else if (res.status == 413) {
       e.message = "The request body is too large.";
       e.code = "request_too_large";
+    } else if (res.status == 400) {
+      e.message = "The request could not be read: malformed HTTP, or sent too slowly.";
     } else if (res.status == 405) {
       e.message = absl::StrCat("Method ", req.method, " is not allowed on ", req.path, ".");
     } else {

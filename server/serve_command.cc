@@ -12,6 +12,7 @@
 #include "server/grpc_server.h"
 #include "server/http_gateway.h"
 #include "server/serving.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_DECLARE_FLAG(std::string, zoo);
@@ -33,6 +34,7 @@ bool IsLoopback(const std::string& host) {
 }  // namespace
 
 int RunServe() {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("blockserve"));  // stdout: the ports line
   const std::string zoo = absl::GetFlag(FLAGS_zoo);
   const std::string host = absl::GetFlag(FLAGS_host);
   if (zoo.empty()) {

@@ -1,0 +1,153 @@
+// `blockserve serve` as a process: it starts, answers, and on SIGTERM drains — requests in
+// flight finish (a stream runs to [DONE]), new ones are refused — then exits 0. Bad
+// configurations are clear errors.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/http_client.h"
+#include "tests/testing/test_util.h"
+
+namespace blockserve {
+namespace {
+
+using testing::HttpReply;
+
+class ServeProcess {
+ public:
+  // Starts `blockserve serve ARGS`; stdout (the ports line) is read, stderr kept in a file.
+  ServeProcess(const std::vector<std::string>& args, const std::string& log) {
+    int out[2];
+    if (pipe(out) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], 1);
+      FILE* err = std::fopen(log.c_str(), "w");
+      if (err) dup2(fileno(err), 2);
+      close(out[0]);
+      std::vector<std::string> all = {std::string(BLOCKSERVE_BINARY_DIR) + "/bin/blockserve", "serve"};
+      all.insert(all.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(out[1]);
+    out_ = fdopen(out[0], "r");
+  }
+  ~ServeProcess() {
+    if (pid_ > 0 && !waited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_) std::fclose(out_);
+  }
+  // The HTTP port from the "listening" line (0 when the process ended first).
+  int HttpPort() {
+    char line[512];
+    while (out_ && std::fgets(line, sizeof(line), out_)) {
+      std::cmatch m;
+      if (std::regex_search(line, m, std::regex("http=[^:]+:(\\d+)"))) return std::stoi(m[1]);
+    }
+    return 0;
+  }
+  void Signal(int sig) { kill(pid_, sig); }
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    waited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+  bool waited_ = false;
+};
+
+std::string ImportZoo(const std::string& models, const std::string& dir) {
+  const std::string zoo = dir + "/zoo";
+  const std::string cmd = absl::StrCat(BLOCKSERVE_BINARY_DIR, "/bin/blockzoo import --zoo ", zoo,
+                                       " ", models, "/stories260K/stories260K.bin > /dev/null 2>&1");
+  EXPECT_EQ(std::system(cmd.c_str()), 0);
+  return zoo;
+}
+
+TEST(Serve, SigtermLetsTheStreamFinishRefusesNewRequestsAndExitsZero) {
+  BS_REQUIRE_MODELS(models);
+  testing::TempDir tmp;
+  const std::string zoo = ImportZoo(models, tmp.path());
+  ServeProcess p({"--zoo", zoo, "--http_port", "0", "--grpc_port", "0", "--threads", "2"},
+                 tmp.path() + "/serve.log");
+  const int port = p.HttpPort();
+  ASSERT_GT(port, 0) << testing::ReadFile(tmp.path() + "/serve.log");
+  // A long stream starts; SIGTERM arrives mid-way.
+  const int fd = testing::Connect(port);
+  ASSERT_GE(fd, 0);
+  const nlohmann::json req = {{"model", "stories260K"}, {"prompt", "Once upon a time"},
+                              {"max_tokens", 300}, {"stream", true}};
+  ASSERT_TRUE(testing::SendAll(fd, testing::Request("POST", "/v1/completions", req.dump())));
+  char first[64];
+  ASSERT_GT(recv(fd, first, sizeof(first), MSG_PEEK), 0);
+  p.Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // New work is refused while draining (or the connection is refused once stopped).
+  const HttpReply refused = testing::Http(port, "POST", "/v1/completions",
+                                          R"({"model":"stories260K","prompt":"Tom"})");
+  EXPECT_TRUE(refused.status == 503 || refused.status == 0) << refused.status << refused.body;
+  const HttpReply stream = testing::ParseReply(testing::ReadAll(fd));
+  close(fd);
+  const auto events = testing::SseData(stream.body);
+  ASSERT_GE(events.size(), 2u) << stream.body;
+  EXPECT_EQ(events.back(), "[DONE]");
+  const auto last = nlohmann::json::parse(events[events.size() - 2]);
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(p.Wait(), 0);
+  const std::string log = testing::ReadFile(tmp.path() + "/serve.log");
+  EXPECT_NE(log.find("draining (1 in flight"), std::string::npos) << log;
+  EXPECT_NE(log.find("OPEN"), std::string::npos) << "an open server says so at start-up";
+}
+
+TEST(Serve, BadConfigurationIsAClearError) {
+  BS_REQUIRE_MODELS(models);
+  testing::TempDir tmp;
+  const std::string zoo = ImportZoo(models, tmp.path());
+  struct Case {
+    std::string config, expect;
+  };
+  const std::vector<Case> cases = {
+      {"{\"tenants\": 3}", "tenants: must be an array"},
+      {R"({"tenants": [{"name": "a"}]})", "tenants[0].api_keys"},
+      {R"({"tenants": [{"name": "a", "api_keys": ["k1"], "weight": "x"}]})", "tenants[0].weight: must be a number"},
+      {R"({"tenants": [{"name": "a", "api_keys": ["k1"], "equivalence": "maybe"}]})", "tenants[0].equivalence"},
+      {R"({"engine": {"threadz": 2}})", "engine.threadz: unknown field"},
+      {"{not json", "not valid JSON"},
+  };
+  for (const Case& c : cases) {
+    const std::string path = tmp.path() + "/config.json";
+    std::ofstream(path) << c.config;
+    ServeProcess p({"--zoo", zoo, "--config", path, "--http_port", "0", "--grpc_port", "0"},
+                   tmp.path() + "/serve.log");
+    EXPECT_EQ(p.HttpPort(), 0);
+    EXPECT_EQ(p.Wait(), 2) << c.config;
+    const std::string log = testing::ReadFile(tmp.path() + "/serve.log");
+    EXPECT_NE(log.find(path), std::string::npos) << log;
+    EXPECT_NE(log.find(c.expect), std::string::npos) << log;
+  }
+  // Open (no config) on a non-loopback address is refused.
+  ServeProcess p({"--zoo", zoo, "--host", "0.0.0.0", "--http_port", "0", "--grpc_port", "0"},
+                 tmp.path() + "/serve.log");
+  EXPECT_EQ(p.Wait(), 2);
+  EXPECT_NE(testing::ReadFile(tmp.path() + "/serve.log").find("loopback"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace blockserve

@@ -1,0 +1,638 @@
+// The real servers on loopback: the OpenAI gateway (HTTP/1.1 over sockets) and the gRPC
+// services (the generated C++ stubs), serving stories260K and two derived models from a zoo.
+// Greedy outputs equal llama2.c's reference; bad input gets its OpenAI/gRPC error and the
+// server keeps serving; metrics move as requests flow.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <future>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "blockserve/v1/blockserve.grpc.pb.h"
+#include "blockzoo/derive.h"
+#include "blockzoo/importer.h"
+#include "nlohmann/json.hpp"
+#include "server/grpc_server.h"
+#include "server/http_gateway.h"
+#include "server/serving.h"
+#include "tests/testing/http_client.h"
+#include "tests/testing/test_util.h"
+
+namespace blockserve::server {
+namespace {
+
+using nlohmann::json;
+using testing::Http;
+using testing::HttpReply;
+using testing::IsOk;
+using testing::SseData;
+namespace v1 = ::blockserve::v1;
+
+constexpr char kAcme[] = "sk-acme-0123456789";
+constexpr char kBeta[] = "sk-beta-0123456789";
+constexpr char kTiny[] = "sk-tiny-0123456789";
+constexpr char kAdmin[] = "sk-admin-0123456789";
+
+const char* kConfig = R"({
+  "engine": {"threads": 2, "max_running": 64, "kv_page_size": 16},
+  "gateway": {"max_body_bytes": 65536, "read_timeout_s": 1, "http_threads": 64},
+  "admin_keys": ["sk-admin-0123456789"],
+  "tenants": [
+    {"name": "acme", "api_keys": ["sk-acme-0123456789"], "weight": 2},
+    {"name": "beta", "api_keys": ["sk-beta-0123456789"], "models": ["stories260K"],
+     "max_concurrent": 64},
+    {"name": "tiny", "api_keys": ["sk-tiny-0123456789"], "requests_per_second": 0.2,
+     "tokens_per_minute": 100000}
+  ]
+})";
+
+struct Case {
+  std::string prompt;
+  std::vector<int32_t> prompt_ids, generated;
+  std::string text;  // the continuation's text
+};
+
+class ServingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto dir = testing::ModelsDir();
+    if (!dir) return;
+    tmp_ = new testing::TempDir();
+    {
+      auto zoo = blockzoo::Zoo::Open(tmp_->path(), true);
+      ASSERT_THAT(zoo, IsOk());
+      blockzoo::ImportOptions io;
+      io.name = "stories260K";
+      ASSERT_THAT(blockzoo::ImportModel(**zoo, *dir + "/stories260K/stories260K.bin", io), IsOk());
+      blockzoo::DeriveOptions d;
+      d.base = "stories260K";
+      d.name = "ft1";
+      d.top_layers = 2;
+      d.rel_norm = 0.1;
+      d.seed = 1;
+      ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
+      blockzoo::DeriveOptions l;
+      l.base = "stories260K";
+      l.name = "lora4";
+      l.recipe = blockzoo::DeriveOptions::Recipe::kLora;
+      l.lora_rank = 4;
+      l.lora_alpha = 8;
+      l.lora_targets = {"wq", "wv", "w2"};
+      l.rel_norm = 0.2;
+      l.seed = 4;
+      ASSERT_THAT(blockzoo::DeriveModel(**zoo, l), IsOk());
+    }
+    auto config = ParseServerConfig(kConfig, "test-config");
+    ASSERT_THAT(config, IsOk());
+    auto core = ServingCore::Create(tmp_->path(), *config);
+    ASSERT_THAT(core, IsOk());
+    core_ = core->release();
+    grpc_ = new GrpcServer(core_);
+    ASSERT_THAT(grpc_->Start("127.0.0.1:0"), IsOk());
+    http_ = new HttpGateway(core_);
+    ASSERT_THAT(http_->Start("127.0.0.1", 0), IsOk());
+    const json ref = json::parse(testing::ReadFile(*dir + "/stories260K/reference.json"));
+    cases_ = new std::vector<Case>();
+    for (const json& c : ref["cases"]) {
+      Case k;
+      k.prompt_ids = c["prompt_ids"].get<std::vector<int32_t>>();
+      k.generated = c["generated_ids"].get<std::vector<int32_t>>();
+      const std::string cmd = c["command"];
+      const size_t i = cmd.find("-i \"");
+      if (i != std::string::npos) k.prompt = cmd.substr(i + 4, cmd.find('"', i + 4) - i - 4);
+      std::string out = c["stdout"];
+      k.text = out.substr(k.prompt.size(), out.size() - k.prompt.size() - 1);
+      if (cmd.find("-t 0.0") != std::string::npos) cases_->push_back(k);
+    }
+  }
+  static void TearDownTestSuite() {
+    delete http_;
+    delete grpc_;
+    delete core_;
+    delete tmp_;
+    delete cases_;
+  }
+  void SetUp() override {
+    if (core_ == nullptr) GTEST_SKIP() << "real models not found (../shared/models)";
+  }
+
+  static int port() { return http_->port(); }
+  static HttpReply Post(const std::string& path, const json& body, const std::string& key = kAcme) {
+    return Http(port(), "POST", path, body.dump(), key);
+  }
+  static json Body(const HttpReply& r) {
+    return json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  }
+  static std::unique_ptr<v1::Generation::Stub> Stub() {
+    return v1::Generation::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_->port()), grpc::InsecureChannelCredentials()));
+  }
+  static std::unique_ptr<v1::Admin::Stub> AdminStub() {
+    return v1::Admin::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_->port()), grpc::InsecureChannelCredentials()));
+  }
+  static void Auth(grpc::ClientContext* ctx, const std::string& key) {
+    ctx->AddMetadata("authorization", "Bearer " + key);
+  }
+  // Waits until no request is in flight (the engine has released everything).
+  static void WaitIdle() {
+    for (int i = 0; i < 500 && core_->in_flight() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
+  static testing::TempDir* tmp_;
+  static ServingCore* core_;
+  static GrpcServer* grpc_;
+  static HttpGateway* http_;
+  static std::vector<Case>* cases_;
+};
+
+testing::TempDir* ServingTest::tmp_ = nullptr;
+ServingCore* ServingTest::core_ = nullptr;
+GrpcServer* ServingTest::grpc_ = nullptr;
+HttpGateway* ServingTest::http_ = nullptr;
+std::vector<Case>* ServingTest::cases_ = nullptr;
+
+TEST_F(ServingTest, CompletionsEqualTheReference) {
+  int checked = 0;
+  for (const Case& c : *cases_) {
+    if (c.prompt.empty()) continue;
+    const HttpReply r = Post("/v1/completions", {{"model", "stories260K"},
+                                                 {"prompt", c.prompt},
+                                                 {"max_tokens", c.generated.size()},
+                                                 {"temperature", 0}});
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = Body(r);
+    EXPECT_EQ(j["object"], "text_completion");
+    EXPECT_EQ(j["choices"][0]["text"], c.text) << c.prompt;
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(j["usage"]["prompt_tokens"], c.prompt_ids.size());
+    EXPECT_EQ(j["usage"]["completion_tokens"], c.generated.size());
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+}
+
+TEST_F(ServingTest, StreamingGivesTheSameTextThenUsageThenDone) {
+  const Case& c = (*cases_)[1];
+  const HttpReply r = Post("/v1/completions", {{"model", "stories260K"},
+                                               {"prompt", c.prompt},
+                                               {"max_tokens", c.generated.size()},
+                                               {"stream", true},
+                                               {"stream_options", {{"include_usage", true}}}});
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.headers.at("content-type"), "text/event-stream");
+  const auto events = SseData(r.body);
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    const json j = json::parse(events[i]);
+    text += j["choices"][0]["text"].get<std::string>();
+    if (!j["choices"][0]["finish_reason"].is_null()) finish = j["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, c.text);
+  EXPECT_EQ(finish, "length");
+  const json usage = json::parse(events[events.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], c.generated.size());
+  EXPECT_EQ(usage["usage"]["total_tokens"], c.generated.size() + c.prompt_ids.size());
+}
+
+TEST_F(ServingTest, ChatWithThePlainTemplateContinuesTheMessage) {
+  const Case& c = (*cases_)[1];
+  const HttpReply r = Post("/v1/chat/completions",
+                           {{"model", "stories260K"},
+                            {"messages", {{{"role", "user"}, {"content", c.prompt}}}},
+                            {"max_tokens", c.generated.size()}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = Body(r);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["choices"][0]["message"]["content"], c.text);
+  // Streamed: role first, then the same content.
+  const HttpReply s = Post("/v1/chat/completions",
+                           {{"model", "stories260K"},
+                            {"messages", {{{"role", "user"}, {"content", c.prompt}}}},
+                            {"max_tokens", c.generated.size()},
+                            {"stream", true}});
+  const auto events = SseData(s.body);
+  ASSERT_GE(events.size(), 2u);
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json e = json::parse(events[i]);
+    EXPECT_EQ(e["object"], "chat.completion.chunk");
+    if (i == 0) {
+      EXPECT_EQ(e["choices"][0]["delta"]["role"], "assistant");
+    }
+    text += e["choices"][0]["delta"].value("content", "");
+  }
+  EXPECT_EQ(text, c.text);
+}
+
+TEST_F(ServingTest, StopStringsSeedsAndN) {
+  const Case& c = (*cases_)[1];
+  // "Lily" first appears in the reference continuation: the text ends right before it.
+  HttpReply r = Post("/v1/completions", {{"model", "stories260K"},
+                                         {"prompt", c.prompt},
+                                         {"max_tokens", 60},
+                                         {"stop", {"Lily", "never-there"}}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = Body(r);
+  EXPECT_EQ(j["choices"][0]["text"], c.text.substr(0, c.text.find("Lily")));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  // n = 3 samples at temperature 1 with a seed: reproducible, and not all the same.
+  const json req = {{"model", "stories260K"}, {"prompt", c.prompt}, {"max_tokens", 24},
+                    {"temperature", 1.0},     {"seed", 42},          {"n", 3}};
+  r = Post("/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  j = Body(r);
+  ASSERT_EQ(j["choices"].size(), 3u);
+  const HttpReply again = Post("/v1/completions", req);
+  EXPECT_EQ(Body(again)["choices"], j["choices"]);
+  EXPECT_FALSE(j["choices"][0]["text"] == j["choices"][1]["text"] &&
+               j["choices"][1]["text"] == j["choices"][2]["text"]);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 72);
+}
+
+TEST_F(ServingTest, ModelsAreListedPerTenantWithTheirParents) {
+  HttpReply r = Http(port(), "GET", "/v1/models", "", kAcme);
+  ASSERT_EQ(r.status, 200);
+  json j = Body(r);
+  std::map<std::string, json> by;
+  for (const json& m : j["data"]) by[m["id"]] = m;
+  ASSERT_EQ(by.size(), 3u);
+  EXPECT_EQ(by["ft1"]["parent"], "stories260K");
+  EXPECT_EQ(by["lora4"]["parent"], "stories260K");
+  EXPECT_TRUE(by["lora4"]["adapter"].get<bool>());
+  EXPECT_TRUE(by["stories260K"]["parent"].is_null());
+  EXPECT_EQ(by["stories260K"]["max_model_len"], 512);
+  r = Http(port(), "GET", "/v1/models", "", kBeta);
+  j = Body(r);
+  ASSERT_EQ(j["data"].size(), 1u);
+  EXPECT_EQ(j["data"][0]["id"], "stories260K");
+  EXPECT_EQ(Http(port(), "GET", "/v1/models/ft1", "", kAcme).status, 200);
+  EXPECT_EQ(Http(port(), "GET", "/v1/models/ft1", "", kBeta).status, 404);
+}
+
+struct BadCase {
+  std::string what;
+  std::string path, body, key;
+  int status;
+  std::string code;  // error.code ("" : any)
+  std::string extra_headers = "";
+};
+
+TEST_F(ServingTest, BadInputGetsOpenAiErrorsAndTheServerKeepsServing) {
+  const std::string ok = R"("model":"stories260K","prompt":"Once upon a time")";
+  const std::vector<BadCase> cases = {
+      {"malformed json", "/v1/completions", "{\"model\": ", kAcme, 400, "invalid_json"},
+      {"not an object", "/v1/completions", "[1,2]", kAcme, 400, "invalid_json"},
+      {"wrong type", "/v1/completions", "{" + ok + ",\"max_tokens\":\"ten\"}", kAcme, 400, "invalid_type"},
+      {"wrong type temperature", "/v1/completions", "{" + ok + ",\"temperature\":[1]}", kAcme, 400, "invalid_type"},
+      {"unknown field", "/v1/completions", "{" + ok + ",\"frobnicate\":1}", kAcme, 400, "unknown_parameter"},
+      {"missing model", "/v1/completions", R"({"prompt":"x"})", kAcme, 400, "missing_required_parameter"},
+      {"missing prompt", "/v1/completions", R"({"model":"stories260K"})", kAcme, 400, "missing_required_parameter"},
+      {"unknown model", "/v1/completions", R"({"model":"nope","prompt":"x"})", kAcme, 404, "model_not_found"},
+      {"max_tokens 0", "/v1/completions", "{" + ok + ",\"max_tokens\":0}", kAcme, 400, "integer_below_min_value"},
+      {"max_tokens negative", "/v1/completions", "{" + ok + ",\"max_tokens\":-5}", kAcme, 400, "integer_below_min_value"},
+      {"max_tokens huge", "/v1/completions", "{" + ok + ",\"max_tokens\":100000000}", kAcme, 400, "context_length_exceeded"},
+      {"max_tokens beyond int", "/v1/completions", "{" + ok + ",\"max_tokens\":1e300}", kAcme, 400, "invalid_type"},
+      {"prompt too long", "/v1/completions",
+       json({{"model", "stories260K"}, {"prompt", std::vector<int>(600, 300)}}).dump(), kAcme, 400,
+       "context_length_exceeded"},
+      {"token id out of range", "/v1/completions", R"({"model":"stories260K","prompt":[1,99999]})", kAcme, 400, ""},
+      {"empty prompt", "/v1/completions", R"({"model":"stories260K","prompt":[]})", kAcme, 400, ""},
+      {"invalid utf-8", "/v1/completions", "{\"model\":\"stories260K\",\"prompt\":\"\xff\xfe\"}", kAcme, 400, "invalid_json"},
+      {"temperature out of range", "/v1/completions", "{" + ok + ",\"temperature\":7}", kAcme, 400, ""},
+      {"stream_options without stream", "/v1/completions", "{" + ok + ",\"stream_options\":{}}", kAcme, 400, ""},
+      {"chat without messages", "/v1/chat/completions", R"({"model":"stories260K"})", kAcme, 400, "missing_required_parameter"},
+      {"chat bad role", "/v1/chat/completions", R"({"model":"stories260K","messages":[{"role":"wizard","content":"x"}]})", kAcme, 400, ""},
+      {"missing key", "/v1/completions", "{" + ok + "}", "", 401, "invalid_api_key"},
+      {"wrong key", "/v1/completions", "{" + ok + "}", "sk-wrong-key-000000", 401, "invalid_api_key"},
+      {"another tenant's model", "/v1/completions", R"({"model":"ft1","prompt":"x"})", kBeta, 403, "model_not_found"},
+      {"admin key on the data plane", "/v1/completions", "{" + ok + "}", kAdmin, 403, ""},
+      {"oversized body", "/v1/completions", "{" + ok + ",\"user\":\"" + std::string(70000, 'a') + "\"}", kAcme, 413, ""},
+      {"unknown route", "/v1/engines", "{}", kAcme, 404, "unknown_url"},
+  };
+  for (const BadCase& c : cases) {
+    const HttpReply r = Http(port(), "POST", c.path, c.body, c.key, c.extra_headers);
+    EXPECT_EQ(r.status, c.status) << c.what << ": " << r.body;
+    const json j = Body(r);
+    ASSERT_TRUE(j.contains("error")) << c.what << ": " << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string()) << c.what;
+    EXPECT_TRUE(j["error"].contains("type") && j["error"].contains("param")) << c.what;
+    if (!c.code.empty()) {
+      EXPECT_EQ(j["error"]["code"], c.code) << c.what << ": " << r.body;
+    }
+  }
+  // The key never comes back in full.
+  const HttpReply wrong = Http(port(), "GET", "/v1/models", "", "sk-wrong-key-000000");
+  EXPECT_EQ(wrong.body.find("sk-wrong-key-000000"), std::string::npos);
+  // Still serving.
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}}).status, 200);
+}
+
+TEST_F(ServingTest, RateLimitsAnswer429WithRetryAfter) {
+  // tiny: 0.2 requests per second (a burst of 1).
+  const json req = {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 2}};
+  const HttpReply first = Post("/v1/completions", req, kTiny);
+  EXPECT_EQ(first.status, 200) << first.body;
+  const HttpReply second = Post("/v1/completions", req, kTiny);
+  EXPECT_EQ(second.status, 429);
+  EXPECT_EQ(Body(second)["error"]["code"], "rate_limit_exceeded");
+  EXPECT_EQ(second.headers.count("retry-after"), 1u);
+  EXPECT_EQ(Post("/v1/completions", req, kAcme).status, 200);  // others unaffected
+}
+
+TEST_F(ServingTest, ClientThatDisconnectsAbortsItsRequest) {
+  WaitIdle();
+  const int fd = testing::Connect(port());
+  ASSERT_GE(fd, 0);
+  const json req = {{"model", "stories260K"}, {"prompt", "Once"}, {"max_tokens", 500},
+                    {"stream", true}};
+  ASSERT_TRUE(testing::SendAll(fd, testing::Request("POST", "/v1/completions", req.dump(), kAcme)));
+  char buf[256];
+  ASSERT_GT(recv(fd, buf, sizeof(buf), 0), 0);  // the stream started
+  EXPECT_EQ(core_->in_flight(), 1);
+  close(fd);
+  WaitIdle();
+  EXPECT_EQ(core_->in_flight(), 0);
+  const auto st = core_->engine().stats();
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.waiting, 0);
+  EXPECT_NE(core_->RenderMetrics().find("finish_reason=\"abort\""), std::string::npos);
+}
+
+TEST_F(ServingTest, ConcurrentRequestsOfDifferentModelsEqualAlone) {
+  const std::vector<std::string> models = {"stories260K", "ft1", "lora4"};
+  std::map<std::string, std::string> alone;
+  for (const auto& m : models) {
+    alone[m] = Body(Post("/v1/completions", {{"model", m}, {"prompt", "Tom and his dog"}, {"max_tokens", 40}}))
+                   ["choices"][0]["text"];
+  }
+  EXPECT_NE(alone["ft1"], alone["stories260K"]);
+  std::vector<std::future<std::string>> got;
+  for (int i = 0; i < 9; ++i) {
+    got.push_back(std::async(std::launch::async, [&, i] {
+      return Body(Post("/v1/completions", {{"model", models[i % 3]}, {"prompt", "Tom and his dog"},
+                                           {"max_tokens", 40}}))["choices"][0]["text"]
+          .get<std::string>();
+    }));
+  }
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(got[i].get(), alone[models[i % 3]]) << models[i % 3];
+}
+
+TEST_F(ServingTest, AThousandConcurrentConnections) {
+  std::vector<int> fds;
+  for (int i = 0; i < 1000; ++i) {
+    const int fd = testing::Connect(port());
+    ASSERT_GE(fd, 0) << i;
+    fds.push_back(fd);
+  }
+  for (int fd : fds) testing::SendAll(fd, testing::Request("GET", "/health", ""));
+  // Meanwhile a completion still gets through.
+  auto c = std::async(std::launch::async, [&] {
+    return Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 4}}).status;
+  });
+  int ok = 0;
+  for (int fd : fds) {
+    ok += testing::ParseReply(testing::ReadAll(fd, 60000)).status == 200;
+    close(fd);
+  }
+  EXPECT_EQ(ok, 1000);
+  EXPECT_EQ(c.get(), 200);
+}
+
+TEST_F(ServingTest, SlowClientIsCutOffWithoutBlockingOthers) {
+  const int fd = testing::Connect(port());
+  ASSERT_GE(fd, 0);
+  testing::SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo");
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 4}}).status, 200);
+  // The read timeout (1 s here) ends the slow request with an error; the connection closes.
+  const HttpReply r = testing::ParseReply(testing::ReadAll(fd, 5000));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_TRUE(Body(r).contains("error")) << r.body;
+  close(fd);
+}
+
+TEST_F(ServingTest, GrpcGenerateStreamsTheReferenceTokens) {
+  auto stub = Stub();
+  for (const Case& c : *cases_) {
+    v1::GenerateRequest req;
+    req.set_model("stories260K");
+    if (c.prompt.empty()) {
+      for (int32_t t : c.prompt_ids) req.mutable_token_ids()->add_ids(t);
+    } else {
+      req.set_text(c.prompt);
+    }
+    req.set_max_tokens(static_cast<int>(c.generated.size()));
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAcme);
+    auto reader = stub->Generate(&ctx, req);
+    v1::GenerateResponse msg;
+    std::vector<int32_t> tokens;
+    std::string text, finish;
+    int messages = 0;
+    while (reader->Read(&msg)) {
+      ++messages;
+      tokens.insert(tokens.end(), msg.token_ids().begin(), msg.token_ids().end());
+      text += msg.text();
+      if (!msg.finish_reason().empty()) {
+        finish = msg.finish_reason();
+        EXPECT_EQ(msg.usage().completion_tokens(), static_cast<int>(c.generated.size()));
+        EXPECT_EQ(msg.usage().prompt_tokens(), static_cast<int>(c.prompt_ids.size()));
+      }
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(tokens, c.generated);
+    EXPECT_EQ(text, c.text);
+    EXPECT_EQ(finish, "length");
+    EXPECT_GT(messages, 1);
+  }
+}
+
+TEST_F(ServingTest, GrpcCompleteModelsAndErrors) {
+  auto stub = Stub();
+  const Case& c = (*cases_)[1];
+  v1::GenerateRequest req;
+  req.set_model("stories260K");
+  req.set_text(c.prompt);
+  req.set_max_tokens(static_cast<int>(c.generated.size()));
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAcme);
+    v1::GenerateResponse resp;
+    ASSERT_TRUE(stub->Complete(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.text(), c.text);
+    EXPECT_EQ(std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()), c.generated);
+    EXPECT_EQ(resp.finish_reason(), "length");
+  }
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kBeta);
+    v1::ListModelsResponse resp;
+    ASSERT_TRUE(stub->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok());
+    ASSERT_EQ(resp.models_size(), 1);
+    EXPECT_EQ(resp.models(0).context_length(), 512);
+    EXPECT_EQ(resp.models(0).blocks_size(), 12);  // embed, 5 x (attn, ffn), head
+  }
+  auto code = [&](const std::string& key, const std::string& model, int max_tokens = 4) {
+    grpc::ClientContext ctx;
+    if (!key.empty()) Auth(&ctx, key);
+    v1::GenerateRequest r = req;
+    r.set_model(model);
+    r.set_max_tokens(max_tokens);
+    v1::GenerateResponse resp;
+    return stub->Complete(&ctx, r, &resp).error_code();
+  };
+  EXPECT_EQ(code("", "stories260K"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(code("sk-nope-000000000", "stories260K"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(code(kAcme, "nope"), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(code(kBeta, "ft1"), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(kAcme, "stories260K", 100000), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(code(kAcme, "stories260K", -1), grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAcme);
+    v1::GetModelRequest g;
+    g.set_name("lora4");
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->GetModel(&ctx, g, &info).ok());
+    EXPECT_EQ(info.parent(), "stories260K");
+    EXPECT_TRUE(info.adapter());
+  }
+}
+
+TEST_F(ServingTest, GrpcHealthService) {
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_->port()),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  grpc::Slice empty;
+  grpc::ByteBuffer req(&empty, 1), resp;
+  std::promise<grpc::Status> done;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req, &resp,
+                    [&](grpc::Status s) { done.set_value(s); });
+  ASSERT_TRUE(done.get_future().get().ok());
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(resp.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+}
+
+TEST_F(ServingTest, AdminUnloadsAndLoadsModelsAndShowsResidency) {
+  auto admin = AdminStub();
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAcme);  // not an admin key
+    v1::ResidencyResponse r;
+    EXPECT_EQ(admin->Residency(&ctx, v1::ResidencyRequest(), &r).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  // ft1 runs once (its own top layers resident), then is unloaded: its own blocks are freed,
+  // the shared ones stay; its requests are refused until it is loaded again.
+  ASSERT_EQ(Post("/v1/completions", {{"model", "ft1"}, {"prompt", "Tom"}, {"max_tokens", 4}}).status, 200);
+  WaitIdle();
+  int own = 0;  // instances only ft1 uses (its changed blocks), all resident now
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAdmin);
+    v1::ResidencyResponse r;
+    ASSERT_TRUE(admin->Residency(&ctx, v1::ResidencyRequest(), &r).ok());
+    for (const auto& b : r.blocks()) {
+      if (b.models_size() == 1 && b.models(0) == "ft1") {
+        EXPECT_TRUE(b.resident()) << b.name();
+        ++own;
+      }
+    }
+  }
+  EXPECT_GE(own, 2);
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAdmin);
+    v1::UnloadModelRequest u;
+    u.set_name("ft1");
+    v1::UnloadModelResponse r;
+    ASSERT_TRUE(admin->UnloadModel(&ctx, u, &r).ok());
+    EXPECT_EQ(r.blocks_evicted(), own);
+  }
+  const HttpReply refused = Post("/v1/completions", {{"model", "ft1"}, {"prompt", "Tom"}});
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAdmin);
+    v1::ResidencyResponse r;
+    ASSERT_TRUE(admin->Residency(&ctx, v1::ResidencyRequest(), &r).ok());
+    int shared = 0, ft1_only_resident = 0;
+    for (const auto& b : r.blocks()) {
+      if (b.models_size() == 3) ++shared;  // used by stories260K, ft1 and lora4
+      if (b.models_size() == 1 && b.models(0) == "ft1") ft1_only_resident += b.resident();
+    }
+    EXPECT_GE(shared, 8);
+    EXPECT_EQ(ft1_only_resident, 0);
+    EXPECT_GT(r.resident_bytes(), 0u);
+  }
+  {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAdmin);
+    v1::LoadModelRequest l;
+    l.set_name("ft1");
+    v1::LoadModelResponse r;
+    ASSERT_TRUE(admin->LoadModel(&ctx, l, &r).ok());
+    EXPECT_EQ(r.blocks_loaded(), own);
+    EXPECT_TRUE(r.model().loaded());
+  }
+  EXPECT_EQ(Post("/v1/completions", {{"model", "ft1"}, {"prompt", "Tom"}}).status, 200);
+}
+
+double MetricValue(const std::string& text, const std::string& series) {
+  const size_t p = text.find("\n" + series + " ");
+  if (p == std::string::npos) return -1;
+  return std::stod(text.substr(p + series.size() + 2));
+}
+
+TEST_F(ServingTest, MetricsMoveAsRequestsFlowAndPassPromtool) {
+  const std::string series =
+      "blockserve_requests_total{finish_reason=\"length\",model=\"stories260K\",tenant=\"acme\"}";
+  const HttpReply before = Http(port(), "GET", "/metrics");
+  ASSERT_EQ(before.status, 200);
+  const double n0 = std::max(0.0, MetricValue(before.body, series));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 5}}).status, 200);
+  }
+  const HttpReply after = Http(port(), "GET", "/metrics");
+  EXPECT_EQ(MetricValue(after.body, series), n0 + 3);
+  for (const char* name :
+       {"blockserve_time_to_first_token_seconds_bucket", "blockserve_inter_token_latency_seconds_count",
+        "blockserve_e2e_request_latency_seconds_sum", "blockserve_num_requests_waiting",
+        "blockserve_num_requests_running", "blockserve_kv_cache_usage_perc",
+        "blockserve_block_batch_tokens", "blockserve_block_queue_depth", "blockserve_block_busy_ratio",
+        "blockserve_blocks_resident", "blockserve_resident_bytes", "blockserve_preemptions_total",
+        "blockserve_adapters_resident", "blockserve_adapter_loads_total",
+        "blockserve_generation_tokens_total", "blockserve_prompt_tokens_total",
+        "blockserve_lora_requests_info"}) {
+    EXPECT_NE(after.body.find(name), std::string::npos) << name;
+  }
+  // promtool (Debian's prometheus package) lints the exposition when it is installed.
+  if (std::system("command -v promtool > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "promtool not installed (apt-get install prometheus): lint not run";
+  }
+  testing::TempDir tmp;
+  const std::string file = tmp.path() + "/metrics.txt";
+  {
+    std::ofstream f(file);
+    f << after.body;
+  }
+  const std::string cmd = "promtool check metrics < " + file + " > " + tmp.path() + "/out.txt 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << testing::ReadFile(tmp.path() + "/out.txt");
+}
+
+}  // namespace
+}  // namespace blockserve::server

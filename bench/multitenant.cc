@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "blockzoo/derive.h"
 #include "blockzoo/importer.h"
 #include "blockzoo/synthetic.h"
@@ -56,28 +57,6 @@ struct Figures {
   int completed = 0, errors = 0;
 };
 
-// A scratch zoo directory, removed at the end.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "blockserve-bench-XXXXXX").string();
-    path_ = mkdtemp(t.data()) ? t : std::string();
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
 
 std::vector<Arrival> Workload(int models, int requests, double rate, uint64_t seed, int vocab) {
   std::mt19937_64 rng(seed);

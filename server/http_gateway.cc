@@ -414,7 +414,9 @@ bool Provide(Reply& r, httplib::DataSink& sink) {
       ++r.done;
     }
     if (r.stream) {
-      if (!d.text.empty()) out += r.Chunk(i, d.text, "");
+      // A chunk per batch of tokens, even before they make whole characters (or when the model
+      // has no tokenizer): clients see progress at the rate tokens come.
+      if (!d.text.empty() || !d.tokens.empty()) out += r.Chunk(i, d.text, "");
       if (d.done() && d.finish_reason != "error") out += r.Chunk(i, "", PublicReason(d.finish_reason));
     } else {
       r.text[i] += d.text;

@@ -167,7 +167,10 @@ void Scheduler::Unuse(Request& r) {
 // entry; nothing is copied).
 void Scheduler::Donate(Request& r) {
   const int ps = KvPageSize(r.spec.model);
-  if (!config_.prefix_cache || ps == 0 || r.prefix_len != 0) return;
+  if (!config_.prefix_cache || ps == 0 || r.prefix_len != 0 ||
+      config_.uncached_tenants.count(r.spec.tenant)) {
+    return;
+  }
   const int len = r.computed / ps * ps;
   if (len == 0) return;
   const std::vector<std::string> keys = PrefixKeys(r, len, ps);

@@ -59,6 +59,8 @@ struct SchedulerConfig {
   // tenant is in `shared_prefix_tenants` (those share among themselves).
   bool prefix_cache = false;
   std::set<std::string> shared_prefix_tenants;
+  // Tenants whose requests leave nothing in the prefix cache (their KV is freed at the end).
+  std::set<std::string> uncached_tenants;
 };
 
 // One sequence's work this step.

@@ -82,8 +82,8 @@ absl::Status ParseTenant(const json& j, const std::string& source, const std::st
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": ", path, ": must be an object"));
   Fields f(j, source, path + ".");
   RETURN_IF_ERROR(f.Known({"name", "api_keys", "models", "requests_per_second", "tokens_per_minute",
-                           "max_concurrent", "weight", "priority", "equivalence", "share_prefixes",
-                           "admin"}));
+                           "max_concurrent", "weight", "priority", "equivalence", "cache_prefixes",
+                           "share_prefixes", "admin"}));
   RETURN_IF_ERROR(f.String("name", &t->name));
   if (t->name.empty()) return f.Error("name", "required");
   RETURN_IF_ERROR(f.Strings("api_keys", &t->api_keys));
@@ -96,7 +96,11 @@ absl::Status ParseTenant(const json& j, const std::string& source, const std::st
   RETURN_IF_ERROR(f.Number("max_concurrent", &t->max_concurrent, 0, 1e6));
   RETURN_IF_ERROR(f.Number("weight", &t->weight, 1e-6, 1e6));
   RETURN_IF_ERROR(f.Number("priority", &t->priority, -1000, 1000));
+  RETURN_IF_ERROR(f.Bool("cache_prefixes", &t->cache_prefixes));
   RETURN_IF_ERROR(f.Bool("share_prefixes", &t->share_prefixes));
+  if (t->share_prefixes && !t->cache_prefixes) {
+    return f.Error("share_prefixes", "needs cache_prefixes (a prefix that is not cached cannot be shared)");
+  }
   RETURN_IF_ERROR(f.Bool("admin", &t->admin));
   if (j.contains("equivalence")) {
     const json& e = j.at("equivalence");

@@ -28,6 +28,7 @@ struct TenantConfig {
   double weight = 1;                  // fairness weight in the engine
   int priority = 0;                   // default request priority
   blockzoo::ResolvePolicy policy;     // equivalence policy for its requests
+  bool cache_prefixes = true;         // its finished requests' KV may be kept as cached prefixes
   bool share_prefixes = false;        // its cached prefixes may serve other sharing tenants
   bool admin = false;                 // its keys may use the admin API
 

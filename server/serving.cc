@@ -123,6 +123,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   for (const TenantConfig& t : core->tenants_.all()) {
     eo.scheduler.tenant_weights[t.name] = t.weight;
     if (t.share_prefixes) eo.scheduler.shared_prefix_tenants.insert(t.name);
+    if (!t.cache_prefixes) eo.scheduler.uncached_tenants.insert(t.name);
   }
   core->engine_ = std::make_unique<scheduler::Engine>(eo, std::move(engine_models));
   for (ServedModel& sm : core->models_) {

@@ -286,6 +286,28 @@ TEST(Scheduler, PrefixCacheReusesFullPagesPerChainAndTenant) {
   f.Run(p);
 }
 
+TEST(Scheduler, UncachedTenantLeavesNoPrefix) {
+  SchedulerConfig cfg;
+  cfg.prefix_cache = true;
+  cfg.uncached_tenants = {"private"};
+  Fixture f(cfg, /*kv_pages=*/6);
+  RequestSpec spec;
+  spec.model = 0;
+  for (int i = 0; i < 40; ++i) spec.prompt.push_back(i % 90);
+  spec.max_tokens = 2;
+  spec.tenant = "private";
+  auto a = f.s->Submit(spec);
+  ASSERT_THAT(a, IsOk());
+  while (f.s->Find(*a) != nullptr) f.Run(f.s->Plan());
+  EXPECT_EQ(f.s->prefix_entries(), 0);
+  EXPECT_EQ(f.s->pages_used(1), 0);
+  spec.tenant = "t";
+  auto b = f.s->Submit(spec);
+  ASSERT_THAT(b, IsOk());
+  while (f.s->Find(*b) != nullptr) f.Run(f.s->Plan());
+  EXPECT_EQ(f.s->prefix_entries(), 1);
+}
+
 TEST(Request, TransitionsAreChecked) {
   Request r;
   EXPECT_FALSE(r.TransitionTo(RequestState::kPreempted).ok());

@@ -592,6 +592,80 @@ TEST_F(ServingTest, AdminUnloadsAndLoadsModelsAndShowsResidency) {
   EXPECT_EQ(Post("/v1/completions", {{"model", "ft1"}, {"prompt", "Tom"}}).status, 200);
 }
 
+TEST_F(ServingTest, UnloadingALoraModelDetachesItsAdapter) {
+  ASSERT_EQ(Post("/v1/completions", {{"model", "lora4"}, {"prompt", "Tom"}, {"max_tokens", 4}}).status, 200);
+  WaitIdle();
+  const int before = core_->engine().stats().adapters_resident;
+  EXPECT_GT(before, 0);
+  auto freed = core_->UnloadModel("lora4");
+  ASSERT_THAT(freed, IsOk());
+  EXPECT_EQ(*freed, 0);  // its base blocks stay: other loaded models use them
+  EXPECT_EQ(core_->engine().stats().adapters_resident, 0);
+  EXPECT_EQ(Post("/v1/completions", {{"model", "lora4"}, {"prompt", "Tom"}}).status, 503);
+  ASSERT_THAT(core_->LoadModel("lora4"), IsOk());
+  EXPECT_EQ(core_->engine().stats().adapters_resident, before);
+  EXPECT_EQ(Post("/v1/completions", {{"model", "lora4"}, {"prompt", "Tom"}}).status, 200);
+}
+
+TEST_F(ServingTest, DrainAbortsWhatOutlivesTheDeadlineAndRefusesNewWork) {
+  // A core of its own (draining is for good).
+  auto config = ParseServerConfig(R"({"engine": {"threads": 2}})", "drain-config");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp_->path(), *config);
+  ASSERT_THAT(core, IsOk());
+  const TenantConfig& t = (*core)->tenants().all()[0];
+  GenerateParams p;
+  p.model = "stories260K";
+  p.text = "Once upon a time";
+  p.max_tokens = 500;
+  auto gen = (*core)->Generate(t, p);
+  ASSERT_THAT(gen, IsOk());
+  EXPECT_EQ((*core)->Drain(std::chrono::seconds(0)), 1);
+  EXPECT_EQ((*core)->in_flight(), 0);
+  Delta d, all;
+  while ((*gen)->Pop(&d, std::chrono::milliseconds(100))) {
+    all.finish_reason = d.finish_reason;
+    all.completion_tokens = d.completion_tokens;
+  }
+  EXPECT_EQ(all.finish_reason, "abort");
+  EXPECT_LT(all.completion_tokens, 500);
+  EXPECT_THAT((*core)->Generate(t, p).status(),
+              testing::StatusIs(absl::StatusCode::kUnavailable, "shutting down"));
+}
+
+TEST_F(ServingTest, TenantPoliciesGetTheirOwnChainVariants) {
+  auto config = ParseServerConfig(R"({"tenants": [
+      {"name": "strict", "api_keys": ["k-strict-000000"]},
+      {"name": "loose", "api_keys": ["k-loose-0000000"], "cache_prefixes": false,
+       "equivalence": {"mode": "equivalent", "threshold": 0.999}}]})", "policy-config");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp_->path(), *config);
+  ASSERT_THAT(core, IsOk());
+  // exact + one equivalent variant of each of the 3 models.
+  EXPECT_EQ((*core)->engine().num_models(), 6u);
+  const ServedModel* m = (*core)->FindModel("ft1");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->engine_model.size(), 2u);
+  // No equivalence records in this zoo: the variant runs the exact chain, same tokens.
+  std::vector<std::string> texts;
+  for (const TenantConfig& t : (*core)->tenants().all()) {
+    GenerateParams p;
+    p.model = "ft1";
+    p.text = "Tom and his dog";
+    p.max_tokens = 20;
+    auto gen = (*core)->Generate(t, p);
+    ASSERT_THAT(gen, IsOk());
+    std::string text;
+    Delta d;
+    while ((*gen)->Pop(&d, std::chrono::seconds(10))) {
+      text += d.text;
+      if (d.done()) break;
+    }
+    texts.push_back(text);
+  }
+  EXPECT_EQ(texts[0], texts[1]);
+}
+
 double MetricValue(const std::string& text, const std::string& series) {
   const size_t p = text.find("\n" + series + " ");
   if (p == std::string::npos) return -1;

@@ -58,9 +58,12 @@ void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, bool 
     }
   }
   for (int k = 0; k < kc; ++k) {
-    {  // weights stream from DRAM: prefetch well ahead (the next chunk/panel is contiguous)
-      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + PrefetchRows<R>()) * kRowBytes),
-                   _MM_HINT_T0);
+    {  // weights stream from DRAM: prefetch well ahead (the next chunk/panel is contiguous),
+       // every cache line of the row (an f32 row of 32 weights spans two)
+      const char* ahead =
+          reinterpret_cast<const char*>(panel + (k + PrefetchRows<R>()) * kRowBytes);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      if constexpr (kRowBytes > 64) _mm_prefetch(ahead + 64, _MM_HINT_T0);
     }
     __m512 b0, b1;
     LoadRow<T>(panel + k * kRowBytes, b0, b1);

@@ -264,15 +264,14 @@ std::vector<GenerateParams> Prompts(const json& body, const GenerateParams& base
   return out;
 }
 
-// The chat prompt. Models without a chat template use the plain one: the messages' contents,
-// each on its own line, in order (docs/serving.md).
-std::string ChatPrompt(const json& body) {
+// The chat messages (rendered by the model's chat format: server/chat_template.h).
+std::vector<ChatMessage> ChatMessages(const json& body) {
   const json* msgs = Field(body, "messages");
   if (!msgs) Bad("messages", "Missing required parameter: 'messages'.", "missing_required_parameter");
   if (!msgs->is_array()) BadType("messages", *msgs, "an array");
   if (msgs->empty()) Bad("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.", "empty_array");
   static const std::set<std::string> kRoles = {"system", "developer", "user", "assistant"};
-  std::vector<std::string> parts;
+  std::vector<ChatMessage> parts;
   for (size_t i = 0; i < msgs->size(); ++i) {
     const json& m = (*msgs)[i];
     const std::string where = absl::StrCat("messages[", i, "]");
@@ -283,8 +282,9 @@ std::string ChatPrompt(const json& body) {
     }
     const json* content = Field(m, "content");
     if (!content) Bad(where + ".content", absl::StrCat("Missing required parameter: '", where, ".content'."), "missing_required_parameter");
+    const std::string r = role->get<std::string>();
     if (content->is_string()) {
-      parts.push_back(content->get<std::string>());
+      parts.push_back({r, content->get<std::string>()});
     } else if (content->is_array()) {
       std::string text;
       for (const json& part : *content) {
@@ -294,12 +294,12 @@ std::string ChatPrompt(const json& body) {
         }
         text += part["text"].get<std::string>();
       }
-      parts.push_back(text);
+      parts.push_back({r, text});
     } else {
       BadType(where + ".content", *content, "a string or an array of content parts");
     }
   }
-  return absl::StrJoin(parts, "\n");
+  return parts;
 }
 
 std::string Id(const char* prefix) {
@@ -577,6 +577,7 @@ void HttpGateway::Routes() {
                 {"parent", m.parent.empty() ? json(nullptr) : json(m.parent)},
                 {"adapter", m.adapter},
                 {"loaded", core_->loaded(m)},
+                {"chat_format", ChatFormatName(m.chat_format)},
                 {"max_model_len", m.context_length}};
   };
   s.Get("/v1/models", [this, authenticate, model_json](const httplib::Request& req,
@@ -635,7 +636,12 @@ void HttpGateway::Routes() {
         prompts = Prompts(body, c.params);
       } else {
         GenerateParams g = c.params;
-        g.text = ChatPrompt(body);
+        const std::vector<ChatMessage> msgs = ChatMessages(body);
+        if (const ServedModel* sm = core_->FindModel(c.model)) {
+          (void)core_->ApplyChat(*sm, msgs, &g);
+        } else {
+          g.text = RenderChat(ChatFormat::kPlain, msgs);  // unknown model: Generate says 404
+        }
         prompts.push_back(std::move(g));
       }
       n = c.n;

@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "blockzoo/file_util.h"
+#include "blockzoo/formats/gguf.h"
 #include "runtime/status_macros.h"
 #include "scheduler/zoo_engine.h"
 #include "spdlog/spdlog.h"
@@ -99,6 +101,27 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
       for (int32_t id : {sm.tokenizer->eos_id(), sm.tokenizer->bos_id()}) {
         if (id >= 0) sm.stop_tokens.push_back(id);
       }
+      if (m.tokenizer_format == "gguf") {  // a GGUF's tokenizer keeps its chat template
+        const std::string path = core->zoo_->TokenizerPath(m.tokenizer, m.tokenizer_format);
+        ASSIGN_OR_RETURN(std::string bytes, blockzoo::ReadWholeFile(path, size_t{1} << 30));
+        ASSIGN_OR_RETURN(blockzoo::GgufFile g,
+                         blockzoo::ParseGguf(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                             bytes.size(), path));
+        const blockzoo::GgufValue* t = g.Find("tokenizer.chat_template");
+        if (t != nullptr && t->type == blockzoo::GgufType::kString) {
+          sm.chat_format = DetectChatFormat(t->s);
+          if (sm.chat_format == ChatFormat::kPlain) {
+            spdlog::warn("{}: chat template not recognised; chat uses the plain template", n);
+          }
+        }
+      }
+      const std::vector<std::string> markers = ChatMarkers(sm.chat_format);
+      for (int32_t id = 0; id < sm.tokenizer->vocab_size() && !markers.empty(); ++id) {
+        const std::string piece = sm.tokenizer->Decode(-1, id);
+        for (const std::string& mk : markers) {
+          if (piece == mk && !sm.marker_ids.count(mk)) sm.marker_ids[mk] = id;
+        }
+      }
     }
     for (const auto& [key, policy] : policies) {
       sm.engine_model[key] = static_cast<int>(refs.size());
@@ -141,6 +164,30 @@ const ServedModel* ServingCore::FindModel(const std::string& name) const {
     if (m.name == name) return &m;
   }
   return nullptr;
+}
+
+absl::Status ServingCore::ApplyChat(const ServedModel& m, const std::vector<ChatMessage>& messages,
+                                    GenerateParams* p) const {
+  const std::string text = RenderChat(m.chat_format, messages);
+  for (const std::string& s : ChatStops(m.chat_format)) p->stop.push_back(s);
+  p->text.reset();
+  p->token_ids.clear();
+  if (m.marker_ids.empty() || !m.tokenizer) {
+    p->text = text;
+    return absl::OkStatus();
+  }
+  std::vector<std::string> markers;
+  for (const auto& [mk, id] : m.marker_ids) markers.push_back(mk);
+  if (m.tokenizer->bos_id() >= 0 && p->add_bos) p->token_ids.push_back(m.tokenizer->bos_id());
+  for (const auto& [piece, is_marker] : SplitAtMarkers(text, markers)) {
+    if (is_marker) {
+      p->token_ids.push_back(m.marker_ids.at(piece));
+    } else {
+      const std::vector<int32_t> ids = m.tokenizer->Encode(piece, /*add_bos=*/false);
+      p->token_ids.insert(p->token_ids.end(), ids.begin(), ids.end());
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool ServingCore::loaded(const ServedModel& m) const {

@@ -22,6 +22,7 @@
 #include "runtime/sampler.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "scheduler/engine.h"
+#include "server/chat_template.h"
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/text_stream.h"
@@ -38,6 +39,8 @@ struct ServedModel {
   std::vector<int32_t> stop_tokens;  // EOS (and BOS, as llama2.c) end a completion
   std::map<std::string, int> engine_model;  // policy key -> engine model index
   std::vector<std::string> blocks;          // instance names of its exact chain
+  ChatFormat chat_format = ChatFormat::kPlain;  // from its tokenizer's chat template
+  std::map<std::string, int32_t> marker_ids;    // chat markers that are single tokens
 };
 
 struct GenerateParams {
@@ -101,6 +104,10 @@ class ServingCore {
 
   const std::vector<ServedModel>& models() const { return models_; }
   const ServedModel* FindModel(const std::string& name) const;
+  // A chat request's prompt for `m` (its chat format; markers that are tokens become those
+  // tokens) and the strings that end the assistant's turn, into `p`.
+  absl::Status ApplyChat(const ServedModel& m, const std::vector<ChatMessage>& messages,
+                         GenerateParams* p) const;
   bool loaded(const ServedModel& m) const;
   Tenants& tenants() { return tenants_; }
   const ServerConfig& config() const { return config_; }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "blockserve/v1/blockserve.grpc.pb.h"
 #include "blockzoo/derive.h"
+#include "blockzoo/formats/gguf.h"
 #include "blockzoo/importer.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc_server.h"
@@ -664,6 +665,57 @@ TEST_F(ServingTest, TenantPoliciesGetTheirOwnChainVariants) {
     texts.push_back(text);
   }
   EXPECT_EQ(texts[0], texts[1]);
+}
+
+TEST_F(ServingTest, ChatUsesTheChatTemplateOfAGgufTokenizer) {
+  // stories260K with its GGUF tokenizer plus a ChatML template (its vocabulary has no ChatML
+  // tokens, so the markers are plain text): chat == completion of the rendered ChatML text.
+  const std::string dir = *testing::ModelsDir();
+  testing::TempDir tmp;
+  const std::string gguf = testing::ReadFile(dir + "/stories260K-gguf/stories260K.gguf");
+  auto g = blockzoo::ParseGguf(reinterpret_cast<const uint8_t*>(gguf.data()), gguf.size(), "gguf");
+  ASSERT_THAT(g, IsOk());
+  std::map<std::string, blockzoo::GgufValue> kv;
+  for (const auto& [k, v] : g->kv) {
+    if (k.rfind("tokenizer.", 0) == 0) kv[k] = v;
+  }
+  blockzoo::GgufValue t;
+  t.type = blockzoo::GgufType::kString;
+  t.s = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}";
+  kv["tokenizer.chat_template"] = t;
+  const std::string tok = tmp.path() + "/tok.gguf";
+  std::ofstream(tok, std::ios::binary) << blockzoo::SerializeGgufMetadata(kv);
+  {
+    auto zoo = blockzoo::Zoo::Open(tmp.path() + "/zoo", true);
+    ASSERT_THAT(zoo, IsOk());
+    blockzoo::ImportOptions io;
+    io.name = "chatml";
+    io.tokenizer = tok;
+    ASSERT_THAT(blockzoo::ImportModel(**zoo, dir + "/stories260K/stories260K.bin", io), IsOk());
+  }
+  auto config = ParseServerConfig(R"({"engine": {"threads": 2}})", "chat-config");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp.path() + "/zoo", *config);
+  ASSERT_THAT(core, IsOk());
+  HttpGateway http(core->get());
+  ASSERT_THAT(http.Start("127.0.0.1", 0), IsOk());
+  const HttpReply models = Http(http.port(), "GET", "/v1/models");
+  EXPECT_EQ(Body(models)["data"][0]["chat_format"], "chatml");
+  const json msgs = {{{"role", "system"}, {"content", "Stories."}},
+                     {{"role", "user"}, {"content", "Once upon a time"}}};
+  const HttpReply chat = Http(http.port(), "POST", "/v1/chat/completions",
+                              json({{"model", "chatml"}, {"messages", msgs}, {"max_tokens", 30}}).dump());
+  ASSERT_EQ(chat.status, 200) << chat.body;
+  const std::string rendered =
+      "<|im_start|>system\nStories.<|im_end|>\n<|im_start|>user\nOnce upon a time<|im_end|>\n"
+      "<|im_start|>assistant\n";
+  const HttpReply plain = Http(http.port(), "POST", "/v1/completions",
+                               json({{"model", "chatml"}, {"prompt", rendered}, {"max_tokens", 30},
+                                     {"stop", {"<|im_end|>", "<|im_start|>"}}}).dump());
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(Body(chat)["usage"], Body(plain)["usage"]);
+  EXPECT_EQ(Body(chat)["choices"][0]["message"]["content"], Body(plain)["choices"][0]["text"]);
+  http.Stop();
 }
 
 double MetricValue(const std::string& text, const std::string& series) {

@@ -12,6 +12,7 @@
 #include "blockzoo/formats/peft.h"
 #include "blockzoo/model_loader.h"
 #include "blockzoo/synthetic.h"
+#include "nlohmann/json.hpp"
 #include "runtime/mapped_file.h"
 #include "runtime/status_macros.h"
 
@@ -31,6 +32,30 @@ absl::StatusOr<TokenizerBytes> ReadTokenizer(const std::string& path, int vocab_
   ASSIGN_OR_RETURN(t.bytes, ReadWholeFile(path, kMaxTokenizerBytes));
   t.format = TokenizerFormatForPath(path);
   return t;
+}
+
+// tokenizer_config.json's chat template: a string, or a list of named templates ("default"
+// taken); "" when there is none.
+absl::StatusOr<std::string> HfChatTemplate(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "tokenizer_config.json").string();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::string();
+  ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path, kMaxTokenizerBytes));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  auto it = j.find("chat_template");
+  if (it == j.end() || it->is_null()) return std::string();
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array()) {
+    for (const auto& e : *it) {
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+          e["template"].is_string()) {
+        return e["template"].get<std::string>();
+      }
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": chat_template must be a string or a list with a \"default\" entry"));
 }
 
 // The tokenizer.* keys of a GGUF as a tensor-free GGUF.
@@ -207,6 +232,7 @@ absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& sour
     }
     format = "huggingface";
     ASSIGN_OR_RETURN(HfModel hf, LoadHfLlama(source));
+    ASSIGN_OR_RETURN(tmpl.chat_template, HfChatTemplate(source));
     weights = std::move(hf.weights);
     if (!tokenizer_path) tokenizer_path = hf.tokenizer;
   } else {
@@ -215,6 +241,10 @@ absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& sour
       format = "gguf";
       ASSIGN_OR_RETURN(GgufFile g, ParseGguf(file->data(), file->size(), source));
       ASSIGN_OR_RETURN(weights, GgufToWeights(g, file->data(), file));
+      if (const GgufValue* t = g.Find("tokenizer.chat_template");
+          t != nullptr && t->type == GgufType::kString) {
+        tmpl.chat_template = t->s;
+      }
       if (!tokenizer_path && g.Find("tokenizer.ggml.model") != nullptr) {
         RETURN_IF_ERROR(GgufTokenizer(g).status());
         tokenizer = GgufTokenizerBytes(g);

@@ -207,6 +207,7 @@ std::string SerializeManifest(const Manifest& m) {
     j["tokenizer"] = {{"id", m.tokenizer}, {"format", m.tokenizer_format}};
   }
   if (!m.parent.empty()) j["parent"] = m.parent;
+  if (!m.chat_template.empty()) j["chat_template"] = m.chat_template;
   return j.dump(1) + "\n";
 }
 
@@ -232,6 +233,7 @@ absl::StatusOr<Manifest> ParseManifest(const std::string& text, const std::strin
   ASSIGN_OR_RETURN(m.parent, f.String("parent", /*required=*/false));
   if (!m.parent.empty() && !IsValidModelName(m.parent)) return f.Bad("parent", "not a model name");
   ASSIGN_OR_RETURN(m.synthetic, f.Bool("synthetic", false));
+  ASSIGN_OR_RETURN(m.chat_template, f.String("chat_template", /*required=*/false));
   if (const Json* p = f.Find("provenance"); p != nullptr) {
     if (!p->is_object()) return f.Bad("provenance", "not an object");
     m.provenance = *p;

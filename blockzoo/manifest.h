@@ -37,6 +37,7 @@ struct Manifest {
   std::string tokenizer;         // tokenizer id (64 hex); empty when none
   std::string tokenizer_format;  // "llama2c", "hf-json", "sentencepiece", "gguf"
   std::string parent;            // base model name, empty for none
+  std::string chat_template;     // the source's Jinja chat template, empty for none
   bool synthetic = false;        // made by `blockzoo derive`
   nlohmann::json provenance = nlohmann::json::object();  // source, importer, recipe, seed ...
 

@@ -101,18 +101,21 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
       for (int32_t id : {sm.tokenizer->eos_id(), sm.tokenizer->bos_id()}) {
         if (id >= 0) sm.stop_tokens.push_back(id);
       }
-      if (m.tokenizer_format == "gguf") {  // a GGUF's tokenizer keeps its chat template
+      std::string chat_template = m.chat_template;
+      if (chat_template.empty() && m.tokenizer_format == "gguf") {
+        // A GGUF tokenizer given at import (--tokenizer) keeps its template.
         const std::string path = core->zoo_->TokenizerPath(m.tokenizer, m.tokenizer_format);
         ASSIGN_OR_RETURN(std::string bytes, blockzoo::ReadWholeFile(path, size_t{1} << 30));
         ASSIGN_OR_RETURN(blockzoo::GgufFile g,
                          blockzoo::ParseGguf(reinterpret_cast<const uint8_t*>(bytes.data()),
                                              bytes.size(), path));
         const blockzoo::GgufValue* t = g.Find("tokenizer.chat_template");
-        if (t != nullptr && t->type == blockzoo::GgufType::kString) {
-          sm.chat_format = DetectChatFormat(t->s);
-          if (sm.chat_format == ChatFormat::kPlain) {
-            spdlog::warn("{}: chat template not recognised; chat uses the plain template", n);
-          }
+        if (t != nullptr && t->type == blockzoo::GgufType::kString) chat_template = t->s;
+      }
+      if (!chat_template.empty()) {
+        sm.chat_format = DetectChatFormat(chat_template);
+        if (sm.chat_format == ChatFormat::kPlain) {
+          spdlog::warn("{}: chat template not recognised; chat uses the plain template", n);
         }
       }
       const std::vector<std::string> markers = ChatMarkers(sm.chat_format);

@@ -14,6 +14,9 @@
 #include "blockserve/v1/blockserve.grpc.pb.h"
 #include "blockzoo/derive.h"
 #include "blockzoo/formats/gguf.h"
+#include "blockzoo/formats/llama2c.h"
+#include "runtime/mapped_file.h"
+#include "tests/testing/hf_export.h"
 #include "blockzoo/importer.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc_server.h"
@@ -716,6 +719,42 @@ TEST_F(ServingTest, ChatUsesTheChatTemplateOfAGgufTokenizer) {
   EXPECT_EQ(Body(chat)["usage"], Body(plain)["usage"]);
   EXPECT_EQ(Body(chat)["choices"][0]["message"]["content"], Body(plain)["choices"][0]["text"]);
   http.Stop();
+}
+
+TEST_F(ServingTest, HfImportKeepsItsChatTemplate) {
+  const std::string dir = *testing::ModelsDir();
+  testing::TempDir tmp;
+  auto file = runtime::MappedFile::Open(dir + "/stories260K/stories260K.bin");
+  ASSERT_THAT(file, IsOk());
+  auto w = blockzoo::ParseLlama2c(*file);
+  ASSERT_THAT(w, IsOk());
+  const std::string hf = tmp.path() + "/hf";
+  ASSERT_THAT(testing::ExportHfLlama(*w, hf, 1, dir + "/stories260K/tok512.model"), IsOk());
+  std::ofstream(hf + "/tokenizer_config.json")
+      << R"({"chat_template": [{"name": "default", "template": "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>' }}"}]})";
+  {
+    auto zoo = blockzoo::Zoo::Open(tmp.path() + "/zoo", true);
+    ASSERT_THAT(zoo, IsOk());
+    blockzoo::ImportOptions io;
+    io.name = "hfchat";
+    ASSERT_THAT(blockzoo::ImportModel(**zoo, hf, io), IsOk());
+    auto m = (*zoo)->GetManifest("hfchat");
+    ASSERT_THAT(m, IsOk());
+    EXPECT_NE(m->chat_template.find("start_header_id"), std::string::npos);
+    blockzoo::DeriveOptions d;  // a fine-tune keeps its base's template
+    d.base = "hfchat";
+    d.name = "hfchat-ft";
+    ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
+  }
+  auto core = ServingCore::Create(tmp.path() + "/zoo", ServerConfig());
+  ASSERT_THAT(core, IsOk());
+  EXPECT_EQ((*core)->FindModel("hfchat")->chat_format, ChatFormat::kLlama3);
+  EXPECT_EQ((*core)->FindModel("hfchat-ft")->chat_format, ChatFormat::kLlama3);
+  GenerateParams p;
+  ASSERT_THAT((*core)->ApplyChat(*(*core)->FindModel("hfchat"), {{"user", "Hi"}}, &p), IsOk());
+  EXPECT_EQ(*p.text, "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                     "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(p.stop.size(), 2u);
 }
 
 double MetricValue(const std::string& text, const std::string& series) {

@@ -144,27 +144,23 @@ Metrics::Metrics()
                       .Help("Batched calls of a block instance")
                       .Register(*registry_)) {}
 
-void Metrics::Started(const std::string& model, const std::string& tenant, int prompt_tokens) {
-  prompt_tokens_.Add({{"model", model}, {"tenant", tenant}}).Increment(prompt_tokens);
+Metrics::Series Metrics::Started(const std::string& model, const std::string& tenant,
+                                 int prompt_tokens) {
+  const prometheus::Labels l = {{"model", model}, {"tenant", tenant}};
+  prompt_tokens_.Add(l).Increment(prompt_tokens);
+  return {&ttft_.Add(l, LatencyBuckets()), &itl_.Add(l, LatencyBuckets()),
+          &e2e_.Add(l, LatencyBuckets()), &completion_tokens_.Add(l), model, tenant};
 }
 
 void Metrics::Rejected(const std::string& tenant, int code) {
   rejected_.Add({{"tenant", tenant}, {"code", std::to_string(code)}}).Increment();
 }
 
-void Metrics::FirstToken(const std::string& model, const std::string& tenant, double seconds) {
-  ttft_.Add({{"model", model}, {"tenant", tenant}}, LatencyBuckets()).Observe(seconds);
-}
-
-void Metrics::InterToken(const std::string& model, const std::string& tenant, double seconds) {
-  itl_.Add({{"model", model}, {"tenant", tenant}}, LatencyBuckets()).Observe(seconds);
-}
-
-void Metrics::Finished(const std::string& model, const std::string& tenant,
-                       const std::string& reason, double seconds, int completion_tokens) {
-  requests_.Add({{"model", model}, {"tenant", tenant}, {"finish_reason", reason}}).Increment();
-  e2e_.Add({{"model", model}, {"tenant", tenant}}, LatencyBuckets()).Observe(seconds);
-  completion_tokens_.Add({{"model", model}, {"tenant", tenant}}).Increment(completion_tokens);
+void Metrics::Finished(const Series& s, const std::string& reason, double seconds,
+                       int completion_tokens) {
+  requests_.Add({{"model", s.model}, {"tenant", s.tenant}, {"finish_reason", reason}}).Increment();
+  s.e2e->Observe(seconds);
+  s.completion_tokens->Increment(completion_tokens);
 }
 
 void Metrics::HttpRequest(const std::string& path, int code) {

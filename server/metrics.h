@@ -23,13 +23,20 @@ class Metrics {
  public:
   Metrics();
 
-  // A request admitted to the engine / rejected before it (by HTTP-style code: 400, 401, ...).
-  void Started(const std::string& model, const std::string& tenant, int prompt_tokens);
+  // One (model, tenant)'s request series, looked up once per request (label hashing and the
+  // family lock stay off the per-token path).
+  struct Series {
+    prometheus::Histogram* ttft = nullptr;
+    prometheus::Histogram* itl = nullptr;
+    prometheus::Histogram* e2e = nullptr;
+    prometheus::Counter* completion_tokens = nullptr;
+    std::string model, tenant;
+  };
+  // A request admitted to the engine (its series) / rejected before it (HTTP-style code).
+  Series Started(const std::string& model, const std::string& tenant, int prompt_tokens);
   void Rejected(const std::string& tenant, int code);
-  void FirstToken(const std::string& model, const std::string& tenant, double seconds);
-  void InterToken(const std::string& model, const std::string& tenant, double seconds);
-  void Finished(const std::string& model, const std::string& tenant, const std::string& reason,
-                double seconds, int completion_tokens);
+  void Finished(const Series& s, const std::string& reason, double seconds,
+                int completion_tokens);
   void HttpRequest(const std::string& path, int code);
 
   // Reads the engine's gauges and renders everything in the Prometheus text format.

@@ -202,18 +202,25 @@ int ServingCore::in_flight() const {
   return static_cast<int>(active_.size());
 }
 
-void ServingCore::Forget(uint64_t id) {
+void ServingCore::Forget(uint64_t id, const ServedModel& m) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (m.adapter && --adapter_running_[m.name] == 0) adapter_running_.erase(m.name);
   active_.erase(id);
   if (active_.empty()) idle_cv_.notify_all();
 }
 
+namespace {
+
+absl::Status ModelNotFound(const std::string& name) {
+  return absl::NotFoundError(absl::StrCat("The model `", name, "` does not exist."));
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantConfig& tenant,
                                                                   GenerateParams p) {
   const ServedModel* m = FindModel(p.model);
-  if (m == nullptr) {
-    return absl::NotFoundError(absl::StrCat("The model `", p.model, "` does not exist."));
-  }
+  if (m == nullptr) return ModelNotFound(p.model);
   if (!tenant.Allows(m->name)) {
     return absl::PermissionDeniedError(
         absl::StrCat("Tenant `", tenant.name, "` does not have access to model `", m->name, "`."));
@@ -293,21 +300,17 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
     active_[gid] = gen;
     if (m->adapter) ++adapter_running_[m->name];
   }
-  metrics_.Started(m->name, tenant.name, n_prompt);
   const TenantConfig* t = &tenant;
   const bool has_tok = m->tokenizer != nullptr;
-  const bool adapter = m->adapter;
-  auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, adapter,
-               name = m->name](const Event& e) {
+  auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, m,
+               series = metrics_.Started(m->name, tenant.name, n_prompt)](const Event& e) {
     if (st->done) return;
     Delta d;
     if (e.token >= 0) {
       const auto now = std::chrono::steady_clock::now();
-      if (st->completion == 0) {
-        metrics_.FirstToken(name, t->name, std::chrono::duration<double>(now - st->start).count());
-      } else {
-        metrics_.InterToken(name, t->name, std::chrono::duration<double>(now - st->last).count());
-      }
+      (st->completion == 0 ? series.ttft : series.itl)
+          ->Observe(std::chrono::duration<double>(now - (st->completion == 0 ? st->start : st->last))
+                        .count());
       st->last = now;
       ++st->completion;
       d.tokens.push_back(e.token);
@@ -337,17 +340,13 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
       st->done = true;
       d.prompt_tokens = n_prompt;
       d.completion_tokens = st->completion;
-      metrics_.Finished(name, t->name, d.finish_reason,
+      metrics_.Finished(series, d.finish_reason,
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start)
                             .count(),
                         st->completion);
       tenants_.Finish(*t, reserved, n_prompt + st->completion);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (adapter && --adapter_running_[name] == 0) adapter_running_.erase(name);
-      }
       gen->Push(std::move(d));
-      Forget(gid);
+      Forget(gid, *m);
       return;
     }
     gen->Push(std::move(d));
@@ -355,11 +354,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   auto id = engine_->Submit(std::move(spec), std::move(sink));
   if (!id.ok()) {
     tenants_.Finish(tenant, reserved, 0);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (adapter && --adapter_running_[m->name] == 0) adapter_running_.erase(m->name);
-    }
-    Forget(gid);
+    Forget(gid, *m);
     if (absl::IsFailedPrecondition(id.status())) return absl::UnavailableError(id.status().message());
     return id.status();
   }
@@ -378,28 +373,25 @@ std::string ServingCore::RenderMetrics() {
   return metrics_.Render(engine_->stats(), running, adapters);
 }
 
-absl::StatusOr<int> ServingCore::LoadModel(const std::string& name) {
+absl::StatusOr<int> ServingCore::ForVariants(const std::string& name, bool load) {
   const ServedModel* m = FindModel(name);
-  if (m == nullptr) return absl::NotFoundError(absl::StrCat("The model `", name, "` does not exist."));
-  int loaded = 0;
+  if (m == nullptr) return ModelNotFound(name);
+  int n = 0;
   for (const auto& [key, idx] : m->engine_model) {
-    ASSIGN_OR_RETURN(int n, engine_->LoadModel(idx).get());
-    loaded += n;
+    ASSIGN_OR_RETURN(int k, (load ? engine_->LoadModel(idx) : engine_->UnloadModel(idx)).get());
+    n += k;
   }
-  spdlog::info("admin: loaded model {} ({} block instances made resident)", name, loaded);
-  return loaded;
+  spdlog::info("admin: {} model {} ({} block instances {})", load ? "loaded" : "unloaded", name, n,
+               load ? "made resident" : "freed");
+  return n;
+}
+
+absl::StatusOr<int> ServingCore::LoadModel(const std::string& name) {
+  return ForVariants(name, true);
 }
 
 absl::StatusOr<int> ServingCore::UnloadModel(const std::string& name) {
-  const ServedModel* m = FindModel(name);
-  if (m == nullptr) return absl::NotFoundError(absl::StrCat("The model `", name, "` does not exist."));
-  int freed = 0;
-  for (const auto& [key, idx] : m->engine_model) {
-    ASSIGN_OR_RETURN(int n, engine_->UnloadModel(idx).get());
-    freed += n;
-  }
-  spdlog::info("admin: unloaded model {} ({} block instances freed)", name, freed);
-  return freed;
+  return ForVariants(name, false);
 }
 
 std::vector<std::vector<std::string>> ServingCore::InstanceUsers() const {

@@ -129,7 +129,10 @@ class ServingCore {
 
  private:
   ServingCore(ServerConfig config);
-  void Forget(uint64_t id);
+  // A generation ended (or never started): no longer in flight, its adapter count dropped.
+  void Forget(uint64_t id, const ServedModel& m);
+  // LoadModel / UnloadModel of every policy variant of a model.
+  absl::StatusOr<int> ForVariants(const std::string& name, bool load);
 
   ServerConfig config_;
   std::unique_ptr<blockzoo::Zoo> zoo_;

@@ -3,6 +3,7 @@
 // memory-bandwidth roofline and f32 FMA peak measured in the same run. Ends with one JSON line.
 //
 //   build/bin/forward_bench [--threads N] [--quick]
+//   profiling: [--dtype f32|f16] [--mode decode|prefill] [--batch B] [--reps N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -91,12 +92,14 @@ int Main(int argc, char** argv) {
   int threads = runtime::DefaultThreadCount();
   bool quick = false;
   std::string only_dtype, only_mode;
-  int only_batch = 0;  // --dtype f32|f16, --mode decode|prefill (for profiling)
+  int only_batch = 0;  // --dtype f32|f16, --mode decode|prefill, --reps N (for profiling)
+  int reps_flag = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc) only_dtype = argv[++i];
     if (!std::strcmp(argv[i], "--mode") && i + 1 < argc) only_mode = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps_flag = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
   }
   runtime::CpuDevice cpu(threads);
@@ -113,7 +116,7 @@ int Main(int argc, char** argv) {
   nlohmann::json out = {{"threads", threads},           {"bandwidth_gbs", bw},
                         {"fma_peak_gflops", peak},      {"matmul_isa", kernels::MatmulIsa()},
                         {"model", "synthetic llama dim768 L12 H12 ffn2048 vocab32000"}};
-  const int steps = quick ? 4 : 16, reps = quick ? 1 : 3, context = 32, prefill_tokens = 512;
+  const int steps = quick ? 4 : 16, reps = reps_flag > 0 ? reps_flag : quick ? 1 : 3, context = 32, prefill_tokens = 512;
   for (runtime::DType dt : {runtime::DType::kF32, runtime::DType::kF16}) {
     const std::string name = runtime::DTypeName(dt);
     if (!only_dtype.empty() && only_dtype != name) continue;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "runtime/device.h"
 
@@ -53,6 +54,13 @@ class ExecContext {
   ThreadPool& pool() { return device_->pool(); }
   // Scratch buffer `slot` with room for at least `n` floats (contents unspecified).
   float* Scratch(int slot, size_t n);
+  // fn(begin, end) over contiguous ranges of [0, rows) on the pool, for row-wise work (norms,
+  // activations, residual adds, RoPE): each row's result never depends on the split; batches
+  // under 2 * kMinRowsPerTask rows run on the caller (a fork-join costs more than they do).
+  static constexpr int kMinRowsPerTask = 16;
+  void ForRows(int rows, absl::FunctionRef<void(int64_t, int64_t)> fn) {
+    pool().ParallelFor(rows, fn, kMinRowsPerTask);
+  }
 
  private:
   CpuDevice* device_;

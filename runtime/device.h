@@ -23,7 +23,8 @@ class Device {
   virtual bool Supports(Op op, DType dtype) const = 0;
 };
 
-// The CPU: f32 compute over f32/f16/bf16 weights, a thread pool for the kernels.
+// The CPU: f32 compute over f32/f16/bf16 weights, a thread pool for the kernels. Constructing
+// one sets glibc to keep freed memory in the heap (see device.cc).
 class CpuDevice final : public Device {
  public:
   explicit CpuDevice(int num_threads);

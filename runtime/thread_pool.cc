@@ -79,9 +79,12 @@ void ThreadPool::Run(int n, absl::FunctionRef<void(int)> fn) {
   }
 }
 
-void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn) {
+void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn,
+                             int64_t min_per_part) {
   if (n <= 0) return;
-  const int parts = static_cast<int>(std::min<int64_t>(size(), n));
+  const int parts =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(size(), n / std::max<int64_t>(1, min_per_part))));
+  if (parts == 1) return fn(0, n);  // not worth a fork-join
   Run(parts, [&](int i) {
     const int64_t begin = n * i / parts;
     const int64_t end = n * (i + 1) / parts;

@@ -26,8 +26,10 @@ class ThreadPool {
   // returns when all calls are done. Not reentrant: one caller at a time.
   void Run(int n, absl::FunctionRef<void(int)> fn);
 
-  // Splits [0, n) into size() contiguous ranges and calls fn(begin, end) for each non-empty one.
-  void ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn);
+  // Splits [0, n) into up to size() contiguous ranges of at least `min_per_part` items (one range,
+  // run on the caller, when n is smaller) and calls fn(begin, end) for each non-empty one.
+  void ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn,
+                   int64_t min_per_part = 1);
 
  private:
   void WorkerLoop();

@@ -1,7 +1,5 @@
 #include "scheduler/engine.h"
 
-#include <malloc.h>
-
 #include <algorithm>
 #include <chrono>
 #include <set>
@@ -34,26 +32,10 @@ std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
   return out;
 }
 
-namespace {
-
-// Every step allocates and frees the same buffers (batches, logits, block scratch, a few MiB).
-// glibc's defaults hand freed memory back to the kernel (trim, or munmap of large chunks), so
-// each step faulted it in again and the kernel zeroed it (transparent huge pages: 2 MiB at a
-// time) — ~10% of a decode step at batch 8. Keep freed memory in the heap instead.
-void KeepFreedMemory() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum on 64-bit
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  });
-}
-
-}  // namespace
 
 Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     : opt_(std::move(opt)), models_(std::move(models)),
       cpu_(opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount()), ctx_(&cpu_) {
-  KeepFreedMemory();
   opt_.scheduler.memory_budget = opt_.memory_budget;
   std::map<const BlockSlot*, InstanceId> ids;
   std::vector<InstanceInfo> infos;

@@ -8,42 +8,80 @@
 namespace blockserve::kernels {
 namespace {
 
-// 16 floats as one value; each target_clones clone lowers it to its widest registers.
+// 16 floats as one value; each target_clones clone lowers it to its widest registers. Every
+// helper below is always_inline, so no vector crosses a call boundary (whose ABI would differ
+// between clones).
 typedef float V16 __attribute__((vector_size(64)));
+constexpr int kL = kPageAlign;
 
-// Helpers pass vectors by pointer: by value they would change the ABI between clones.
-inline void Madd16(V16* acc, float s, const float* p) {
+#define BS_INLINE __attribute__((always_inline)) inline
+
+BS_INLINE V16 Load16(const float* p) {
   V16 v;
   std::memcpy(&v, p, sizeof(v));
-  *acc += s * v;
+  return v;
 }
-inline void Madd4x16(V16* acc, float p0, const float* v0, float p1, const float* v1, float p2,
-                     const float* v2, float p3, const float* v3) {
-  V16 a, b, c, d;
-  std::memcpy(&a, v0, sizeof(a));
-  std::memcpy(&b, v1, sizeof(b));
-  std::memcpy(&c, v2, sizeof(c));
-  std::memcpy(&d, v3, sizeof(d));
-  *acc += (p0 * a + p1 * b) + (p2 * c + p3 * d);
-}
-inline void StoreScaled16(float* p, const V16* v, float s) {
-  const V16 r = *v * s;
-  std::memcpy(p, &r, sizeof(r));
+BS_INLINE void Store16(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// The arithmetic every query goes through, whatever else is computed alongside it — so a row
+// attended with its neighbours (prefill) is bit-identical to the same row attended alone
+// (decode):
+//   score_t = (sum over i ascending of q_i * K_i,t, one FMA chain from 0) * scale;
+//   p_t = ExpApprox(score_t - max), sum = 16 lane sums (lane t % 16, t ascending) added 0..15;
+//   out = (sum over t ascending of p_t * v_t, one FMA chain from 0 per dimension) * (1 / sum).
+// Kernels below differ only in how many rows, key blocks and dimensions share their loads.
+
+// Scores of R rows (row r: query q + r * ldq) against keys [0, n_keys) of kv head `kvh`, into
+// scores + r * lds (rounded up to whole key blocks; entries past a row's context are junk that
+// its softmax overwrites). KB key blocks per pass keep 4+ FMA chains in flight.
+template <int R>
+BS_INLINE void Scores(const float* q, int ldq, const float* const* k_pages, int n_keys,
+                      const AttentionShape& s, int kvh, float scale, float* scores, int lds) {
+  constexpr int KB = R == 1 ? 4 : 2;
+  const int hd = s.head_dim, ps = s.page_size;
+  const int head_off = kvh * hd * ps;
+  int t0 = 0;
+  for (; t0 + KB * kL <= n_keys; t0 += KB * kL) {
+    const float* k[KB];
+    for (int b = 0; b < KB; ++b) {
+      const int t = t0 + b * kL;
+      k[b] = k_pages[t / ps] + head_off + t % ps;
+    }
+    V16 acc[R][KB] = {};
+    for (int i = 0; i < hd; ++i) {
+      for (int b = 0; b < KB; ++b) {
+        const V16 kv = Load16(k[b] + i * ps);
+        for (int r = 0; r < R; ++r) acc[r][b] += q[r * ldq + i] * kv;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int b = 0; b < KB; ++b) Store16(scores + r * lds + t0 + b * kL, acc[r][b] * scale);
+    }
+  }
+  for (; t0 < n_keys; t0 += kL) {
+    const float* k = k_pages[t0 / ps] + head_off + t0 % ps;
+    V16 acc[R] = {};
+    for (int i = 0; i < hd; ++i) {
+      const V16 kv = Load16(k + i * ps);
+      for (int r = 0; r < R; ++r) acc[r] += q[r * ldq + i] * kv;
+    }
+    for (int r = 0; r < R; ++r) Store16(scores + r * lds + t0, acc[r] * scale);
+  }
 }
 
-// softmax(scores[0..n_ctx)) . V of kv head `kvh` -> oh [head_dim]. Inlined into each clone.
-__attribute__((always_inline)) inline void SoftmaxTimesV(float* scores, int n_ctx,
-                                                         const float* const* v_pages,
-                                                         const AttentionShape& s, int kvh,
-                                                         float* oh) {
-  constexpr int kL = kPageAlign;
-  const int hd = s.head_dim, ps = s.page_size;
-  const int kv_dim = s.n_kv_heads * hd;
-  float max_score = -INFINITY;
-  for (int t = 0; t < n_ctx; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
+// scores[0, n) -> exp(score - max) in place (and -inf -> 0 padding up to a whole block);
+// returns 1 / sum.
+BS_INLINE float Softmax(float* scores, int n) {
+  const int n_pad = (n + kL - 1) / kL * kL;
+  for (int t = n; t < n_pad; ++t) scores[t] = -INFINITY;  // padding weighs nothing
+  V16 m = Load16(scores);
+  for (int t0 = kL; t0 < n_pad; t0 += kL) {
+    const V16 v = Load16(scores + t0);
+    m = v > m ? v : m;
+  }
+  float max_score = m[0];
+  for (int j = 1; j < kL; ++j) max_score = m[j] > max_score ? m[j] : max_score;
   float lane_sum[kL] = {};
-  const int n_pad = (n_ctx + kL - 1) / kL * kL;
-  for (int t = n_ctx; t < n_pad; ++t) scores[t] = -INFINITY;  // padding weighs nothing
   for (int t0 = 0; t0 < n_pad; t0 += kL) {
     for (int j = 0; j < kL; ++j) {
       scores[t0 + j] = ExpApprox(scores[t0 + j] - max_score);
@@ -52,37 +90,87 @@ __attribute__((always_inline)) inline void SoftmaxTimesV(float* scores, int n_ct
   }
   float sum = 0.0f;
   for (int j = 0; j < kL; ++j) sum += lane_sum[j];
-  const float inv = 1.0f / sum;
-  if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loop
-    for (int i = 0; i < hd; ++i) oh[i] = 0.0f;
-    for (int t = 0; t < n_ctx; ++t) {
-      const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
-      for (int i = 0; i < hd; ++i) oh[i] += scores[t] * v[i];
-    }
-    for (int i = 0; i < hd; ++i) oh[i] *= inv;
-    return;
-  }
-  // out = sum_t p_t v_t, four keys per pass, 16 dims at a time.
-  V16 o[kMaxHeadDim / kL] = {};
-  const int nv = hd / kL;
-  int t = 0;
-  for (; t + 4 <= n_ctx; t += 4) {
-    const float* v0 = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
-    const float* v1 = v_pages[(t + 1) / ps] + ((t + 1) % ps) * kv_dim + kvh * hd;
-    const float* v2 = v_pages[(t + 2) / ps] + ((t + 2) % ps) * kv_dim + kvh * hd;
-    const float* v3 = v_pages[(t + 3) / ps] + ((t + 3) % ps) * kv_dim + kvh * hd;
-    const float p0 = scores[t], p1 = scores[t + 1], p2 = scores[t + 2], p3 = scores[t + 3];
-    for (int c = 0; c < nv; ++c) {
-      Madd4x16(&o[c], p0, v0 + c * kL, p1, v1 + c * kL, p2, v2 + c * kL, p3, v3 + c * kL);
-    }
-  }
-  for (; t < n_ctx; ++t) {
-    const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
-    const float p = scores[t];
-    for (int c = 0; c < nv; ++c) Madd16(&o[c], p, v + c * kL);
-  }
-  for (int c = 0; c < nv; ++c) StoreScaled16(oh + c * kL, &o[c], inv);
+  return 1.0f / sum;
 }
+
+// out rows (R of them, ldo apart) for C vector columns starting at dimension `d0` of kv head
+// `kvh`: row r sums keys [0, n_ctx0 + r). V loads are shared by the rows.
+template <int R, int C>
+BS_INLINE void WeightedValues(const float* p, int lds, int n_ctx0, const float* const* v_pages,
+                              const AttentionShape& s, int kvh, int d0, const float* inv,
+                              float* out, int ldo) {
+  const int ps = s.page_size, kv_dim = s.n_kv_heads * s.head_dim;
+  const int off = kvh * s.head_dim + d0;
+  V16 acc[R][C] = {};
+  // Keys every row has, page by page.
+  for (int t = 0, page = 0; t < n_ctx0; ++page) {
+    const float* v = v_pages[page] + off;
+    const int end = t + ps < n_ctx0 ? t + ps : n_ctx0;
+    for (; t < end; ++t, v += kv_dim) {
+      V16 vv[C];
+      for (int c = 0; c < C; ++c) vv[c] = Load16(v + c * kL);
+      for (int r = 0; r < R; ++r) {
+        const float pr = p[r * lds + t];
+        for (int c = 0; c < C; ++c) acc[r][c] += pr * vv[c];
+      }
+    }
+  }
+  // Key n_ctx0 + e belongs to rows e + 1 .. R - 1 only.
+  for (int e = 0; e + 1 < R; ++e) {
+    const int t = n_ctx0 + e;
+    const float* v = v_pages[t / ps] + (t % ps) * kv_dim + off;
+    for (int r = e + 1; r < R; ++r) {
+      const float pr = p[r * lds + t];
+      for (int c = 0; c < C; ++c) acc[r][c] += pr * Load16(v + c * kL);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) Store16(out + r * ldo + d0 + c * kL, acc[r][c] * inv[r]);
+  }
+}
+
+// Heads [head_begin, head_end) of R consecutive queries (row r: context n_ctx0 + r).
+template <int R>
+BS_INLINE void Attend(const float* q, int ldq, const float* const* k_pages,
+                      const float* const* v_pages, int n_ctx0, const AttentionShape& s,
+                      int head_begin, int head_end, float* scores, int lds, float* out, int ldo) {
+  const int hd = s.head_dim, ps = s.page_size, kv_dim = s.n_kv_heads * hd;
+  const int group = s.n_heads / s.n_kv_heads;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  for (int h = head_begin; h < head_end; ++h) {
+    const int kvh = h / group;
+    Scores<R>(q + h * hd, ldq, k_pages, n_ctx0 + R - 1, s, kvh, scale, scores, lds);
+    float inv[R];
+    for (int r = 0; r < R; ++r) inv[r] = Softmax(scores + r * lds, n_ctx0 + r);
+    float* oh = out + h * hd;
+    if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loops, same order
+      for (int r = 0; r < R; ++r) {
+        float* o = oh + r * ldo;
+        const float* p = scores + r * lds;
+        for (int i = 0; i < hd; ++i) o[i] = 0.0f;
+        for (int t = 0; t < n_ctx0 + r; ++t) {
+          const float* v = v_pages[t / ps] + (t % ps) * kv_dim + kvh * hd;
+          for (int i = 0; i < hd; ++i) o[i] += p[t] * v[i];
+        }
+        for (int i = 0; i < hd; ++i) o[i] *= inv[r];
+      }
+      continue;
+    }
+    // Up to 4 vector columns per pass: R * 4 accumulators stay in registers.
+    int d0 = 0;
+    for (; d0 + 4 * kL <= hd; d0 += 4 * kL) {
+      WeightedValues<R, 4>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo);
+    }
+    switch ((hd - d0) / kL) {
+      case 3: WeightedValues<R, 3>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo); break;
+      case 2: WeightedValues<R, 2>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo); break;
+      case 1: WeightedValues<R, 1>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo); break;
+      default: break;
+    }
+  }
+}
+
+#undef BS_INLINE
 
 }  // namespace
 
@@ -93,77 +181,25 @@ void StoreKv(const float* k, const float* v, const AttentionShape& s, int slot, 
   std::memcpy(v_page + slot * kv_dim, v, sizeof(float) * kv_dim);
 }
 
-// Vectorised per ISA through target_clones; each clone computes every query the same way
-// whatever else is in the batch.
+// Vectorised per ISA through target_clones; within one clone every query is computed the same
+// way whatever else is in the batch.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void AttendOne(const float* q, const float* const* k_pages, const float* const* v_pages,
                int n_ctx, const AttentionShape& s, int head_begin, int head_end, float* scores,
                float* out) {
-  constexpr int kL = kPageAlign;
-  const int hd = s.head_dim, ps = s.page_size;
-  const int group = s.n_heads / s.n_kv_heads;
-  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  for (int h = head_begin; h < head_end; ++h) {
-    const float* qh = q + h * hd;
-    const int kvh = h / group;
-    // Scores, kL keys at a time from the transposed K pages; four key blocks at once when
-    // there are enough, for independent FMA chains (each score's own order is unchanged).
-    int t0 = 0;
-    for (; t0 + 4 * kL <= n_ctx; t0 += 4 * kL) {
-      const float* k0 = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
-      const float* k1 = k_pages[(t0 + kL) / ps] + kvh * hd * ps + ((t0 + kL) % ps);
-      const float* k2 = k_pages[(t0 + 2 * kL) / ps] + kvh * hd * ps + ((t0 + 2 * kL) % ps);
-      const float* k3 = k_pages[(t0 + 3 * kL) / ps] + kvh * hd * ps + ((t0 + 3 * kL) % ps);
-      V16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int i = 0; i < hd; ++i) {
-        const float qi = qh[i];
-        Madd16(&a0, qi, k0 + i * ps);
-        Madd16(&a1, qi, k1 + i * ps);
-        Madd16(&a2, qi, k2 + i * ps);
-        Madd16(&a3, qi, k3 + i * ps);
-      }
-      StoreScaled16(scores + t0, &a0, scale);
-      StoreScaled16(scores + t0 + kL, &a1, scale);
-      StoreScaled16(scores + t0 + 2 * kL, &a2, scale);
-      StoreScaled16(scores + t0 + 3 * kL, &a3, scale);
-    }
-    for (; t0 < n_ctx; t0 += kL) {
-      const float* kt = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
-      V16 acc = {};
-      for (int i = 0; i < hd; ++i) Madd16(&acc, qh[i], kt + i * ps);
-      StoreScaled16(scores + t0, &acc, scale);
-    }
-    SoftmaxTimesV(scores, n_ctx, v_pages, s, kvh, out + h * hd);
-  }
+  const int lds = (n_ctx + kL - 1) / kL * kL;
+  Attend<1>(q, 0, k_pages, v_pages, n_ctx, s, head_begin, head_end, scores, lds, out, 0);
 }
 
-// Rows r of a prefill span (positions n_ctx0 - 1 + r): the K loads of each key block are shared
-// by all rows; every row's scores are the same FMA chains AttendOne computes, and its softmax and
-// V product are AttendOne's own code, so each row's result is bit-identical to AttendOne's.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void AttendRows(const float* q, int ldq, int rows, const float* const* k_pages,
                 const float* const* v_pages, int n_ctx0, const AttentionShape& s, int head_begin,
                 int head_end, float* scores, int lds, float* out, int ldo) {
-  constexpr int kL = kPageAlign;
-  const int hd = s.head_dim, ps = s.page_size;
-  const int group = s.n_heads / s.n_kv_heads;
-  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  for (int h = head_begin; h < head_end; ++h) {
-    const int kvh = h / group;
-    const int n_last = n_ctx0 + rows - 1;
-    for (int t0 = 0; t0 < n_last; t0 += kL) {
-      const float* kt = k_pages[t0 / ps] + kvh * hd * ps + (t0 % ps);
-      V16 acc[kMaxAttendRows] = {};
-      // Row r needs this block when t0 < n_ctx0 + r; the first such row is `first`.
-      const int first = t0 < n_ctx0 ? 0 : t0 - n_ctx0 + 1;
-      for (int i = 0; i < hd; ++i) {
-        for (int r = first; r < rows; ++r) Madd16(&acc[r], q[r * ldq + h * hd + i], kt + i * ps);
-      }
-      for (int r = first; r < rows; ++r) StoreScaled16(scores + r * lds + t0, &acc[r], scale);
-    }
-    for (int r = 0; r < rows; ++r) {
-      SoftmaxTimesV(scores + r * lds, n_ctx0 + r, v_pages, s, kvh, out + r * ldo + h * hd);
-    }
+  switch (rows) {
+    case 1: Attend<1>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
+    case 2: Attend<2>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
+    case 3: Attend<3>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
+    default: Attend<4>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
   }
 }
 

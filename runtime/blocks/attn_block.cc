@@ -45,17 +45,19 @@ class AttnBlock final : public Block {
     float* qkv = ctx.Scratch(1, static_cast<size_t>(t) * qkv_n);        // [t, dim + 2*kv_dim]
     float* att = ctx.Scratch(2, static_cast<size_t>(t) * dim);          // [t, dim]
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim);          // [t, dim]
-    kernels::RmsNorm(x, norm_.data<float>(), t, dim, cfg_.norm_eps, xn);
+    ctx.ForRows(t, [&](int64_t r0, int64_t r1) {
+      kernels::RmsNorm(x + r0 * dim, norm_.data<float>(), static_cast<int>(r1 - r0), dim,
+                       cfg_.norm_eps, xn + r0 * dim);
+    });
     qkv_.Forward(ctx.pool(), xn, t, qkv);
     adapters_.Apply(batch, "wq", ctx, xn, qkv, qkv_n, 0);
     adapters_.Apply(batch, "wk", ctx, xn, qkv, qkv_n, dim);
     adapters_.Apply(batch, "wv", ctx, xn, qkv, qkv_n, dim + kv_dim);
-    WriteKv(batch, qkv);
+    WriteKv(batch, ctx, qkv);
     Attend(batch, ctx, qkv, att);
     wo_.Forward(ctx.pool(), att, t, out);
     adapters_.Apply(batch, "wo", ctx, att, out, dim, 0);
-    const size_t n = static_cast<size_t>(t) * dim;
-    for (size_t i = 0; i < n; ++i) x[i] += out[i];
+    AddResidual(ctx, t, dim, out, x);
     return absl::OkStatus();
   }
 
@@ -77,25 +79,35 @@ class AttnBlock final : public Block {
     return absl::OkStatus();
   }
 
-  // Rotates q and k of every token by its position and appends k, v to the sequence's KV.
-  void WriteKv(const Batch& batch, float* qkv) {
+  // Rotates q and k of every token by its position and appends k, v to the sequence's KV
+  // (rows in parallel: each writes its own slot).
+  void WriteKv(const Batch& batch, ExecContext& ctx, float* qkv) {
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hd = cfg_.head_dim();
     const int qkv_n = dim + 2 * kv_dim;
-    int row = 0;
+    kv_rows_.clear();
+    int max_pos = 0;
     for (const SeqSpan& s : batch.spans) {
-      for (int i = 0; i < s.len; ++i, ++row) {
-        float* q = qkv + static_cast<size_t>(row) * qkv_n;
+      for (int i = 0; i < s.len; ++i) {
+        kv_rows_.push_back({kv_.KeyPage(s.seq, s.pos + i), kv_.ValuePage(s.seq, s.pos + i),
+                            s.pos + i});
+      }
+      max_pos = std::max(max_pos, s.pos + s.len - 1);
+    }
+    RopeCos(max_pos);  // grows the table before the parallel section reads it
+    ctx.ForRows(static_cast<int>(kv_rows_.size()), [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        const KvRow& kr = kv_rows_[row];
+        float* q = qkv + row * qkv_n;
         float* k = q + dim;
         float* v = k + kv_dim;
-        const float* cos_v = RopeCos(s.pos + i);
+        const float* cos_v = rope_table_.data() + static_cast<size_t>(kr.pos) * 2 * (hd / 2);
         const float* sin_v = cos_v + hd / 2;
         kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v, sin_v);
         kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v, sin_v);
-        kernels::StoreKv(k, v, shape_, (s.pos + i) % kv_.page_size(), kv_.KeyPage(s.seq, s.pos + i),
-                         kv_.ValuePage(s.seq, s.pos + i));
+        kernels::StoreKv(k, v, shape_, kr.pos % kv_.page_size(), kr.k_page, kr.v_page);
       }
-      kv_.SetLength(s.seq, s.pos + s.len);
-    }
+    });
+    for (const SeqSpan& s : batch.spans) kv_.SetLength(s.seq, s.pos + s.len);
   }
 
   // cos then sin of position `pos` ([head_dim/2] each), from a table grown on demand.
@@ -161,6 +173,12 @@ class AttnBlock final : public Block {
     int row;  // index of the first row in the batch
   };
   std::vector<Row> rows_;
+  struct KvRow {
+    float* k_page;
+    float* v_page;
+    int pos;
+  };
+  std::vector<KvRow> kv_rows_;
 
   ModelConfig cfg_;
   Tensor norm_;       // [dim] f32

@@ -26,4 +26,11 @@ absl::StatusOr<std::shared_ptr<Block>> MakeFfnBlock(const ModelWeights& w, int l
 absl::StatusOr<std::shared_ptr<Block>> MakeHeadBlock(const ModelWeights& w,
                                                      const BlockOptions& opt);
 
+// x[rows][dim] += delta[rows][dim] (the residual connection of attn and ffn), rows in parallel.
+inline void AddResidual(ExecContext& ctx, int rows, int dim, const float* delta, float* x) {
+  ctx.ForRows(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0 * dim; i < r1 * dim; ++i) x[i] += delta[i];
+  });
+}
+
 }  // namespace blockserve::runtime

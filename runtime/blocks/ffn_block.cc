@@ -28,18 +28,22 @@ class FfnBlock final : public Block {
     float* gu = ctx.Scratch(1, static_cast<size_t>(t) * 2 * hidden_);    // [t, 2*hidden]
     float* h = ctx.Scratch(2, static_cast<size_t>(t) * hidden_);         // [t, hidden]
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim_);          // [t, dim]
-    kernels::RmsNorm(x, norm_.data<float>(), t, dim_, eps_, xn);
+    ctx.ForRows(t, [&](int64_t r0, int64_t r1) {
+      kernels::RmsNorm(x + r0 * dim_, norm_.data<float>(), static_cast<int>(r1 - r0), dim_, eps_,
+                       xn + r0 * dim_);
+    });
     gate_up_.Forward(ctx.pool(), xn, t, gu);
     adapters_.Apply(batch, "w1", ctx, xn, gu, 2 * hidden_, 0);
     adapters_.Apply(batch, "w3", ctx, xn, gu, 2 * hidden_, hidden_);
-    for (int i = 0; i < t; ++i) {
-      const float* row = gu + static_cast<size_t>(i) * 2 * hidden_;
-      kernels::SwiGlu(row, row + hidden_, hidden_, h + static_cast<size_t>(i) * hidden_);
-    }
+    ctx.ForRows(t, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const float* row = gu + i * 2 * hidden_;
+        kernels::SwiGlu(row, row + hidden_, hidden_, h + i * hidden_);
+      }
+    });
     down_.Forward(ctx.pool(), h, t, out);
     adapters_.Apply(batch, "w2", ctx, h, out, dim_, 0);
-    const size_t n = static_cast<size_t>(t) * dim_;
-    for (size_t i = 0; i < n; ++i) x[i] += out[i];
+    AddResidual(ctx, t, dim_, out, x);
     return absl::OkStatus();
   }
 

@@ -119,8 +119,8 @@ TEST(Attention, PagedGqaMatchesReference) {
 // Prefill rows attended together give bit-identical results to one query at a time (batch and
 // chunking invariance rest on it).
 TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
-  for (int head_dim : {8, 32, 64}) {
-    AttentionShape s{4, 2, head_dim, 16};
+  for (int head_dim : {8, 32, 64, 80, 128}) {
+    AttentionShape s{4, 2, head_dim, head_dim == 80 ? 32 : 16};
     const int kv_dim = s.n_kv_heads * s.head_dim, max_ctx = 70;
     const int n_pages = (max_ctx + s.page_size - 1) / s.page_size;
     std::vector<float> kbuf(n_pages * s.page_size * kv_dim), vbuf(kbuf.size());

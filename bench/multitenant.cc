@@ -10,6 +10,7 @@
 // both, and ends with one JSON line. Random weights: timing only, never correctness.
 //   multitenant [--n 8,32] [--requests 160] [--rate R] [--shape medium|llama110m|small]
 //               [--threads T] [--max-running M] [--quick]
+//               [--only shared|dedicated|all_copies|quarter]  (profiling: one configuration)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -77,6 +78,7 @@ std::vector<Arrival> Workload(int models, int requests, double rate, uint64_t se
 }
 
 int g_max_running = 64;
+std::string g_only;  // --only: run just the configurations whose names contain it
 
 Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, bool share,
               uint64_t budget, const std::vector<Arrival>& arrivals, int threads, int vocab) {
@@ -201,6 +203,8 @@ int Main(int argc, char** argv) {
       g_max_running = std::stoi(next());
     } else if (a == "--threads") {
       threads = std::stoi(next());
+    } else if (a == "--only") {  // profiling: "shared" or "dedicated", "all_copies" or "quarter"
+      g_only = next();
     } else if (a == "--quick") {
       ns = {8};
       requests = 48;
@@ -272,13 +276,22 @@ int Main(int argc, char** argv) {
     for (const auto& [budget_name, budget] :
          std::vector<std::pair<std::string, uint64_t>>{{"all_copies", all_copies},
                                                        {"quarter", all_copies / 4}}) {
+      auto wanted = [&](const char* what) {
+        return g_only.empty() || g_only == what || g_only == budget_name;
+      };
+      if (!g_only.empty() && !wanted("shared") && !wanted("dedicated")) continue;
       std::printf(" budget %s: %.2f GiB of weights (one model %.0f MiB, %zu models)\n",
                   budget_name.c_str(), budget / 1073741824.0, model_bytes / 1048576.0,
                   names.size());
-      const Figures a = Serve(**zoo, names, true, budget, arrivals, threads, c.vocab_size);
-      Print("(a) shared blocks", a);
-      const Figures b = Serve(**zoo, names, false, budget, arrivals, threads, c.vocab_size);
-      Print("(b) dedicated copies", b);
+      Figures a, b;
+      if (wanted("shared")) {
+        a = Serve(**zoo, names, true, budget, arrivals, threads, c.vocab_size);
+        Print("(a) shared blocks", a);
+      }
+      if (wanted("dedicated")) {
+        b = Serve(**zoo, names, false, budget, arrivals, threads, c.vocab_size);
+        Print("(b) dedicated copies", b);
+      }
       const double speedup = b.throughput > 0 ? a.throughput / b.throughput : 0;
       const double p95_cut = b.e2e_p95 > 0 ? 1.0 - a.e2e_p95 / b.e2e_p95 : 0;
       std::printf("  => throughput %.2fx, p95 end-to-end latency %.0f%% lower\n", speedup,

@@ -358,6 +358,51 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
   return absl::OkStatus();
 }
 
+// One block call: gathers its members' rows into a batch, runs the block, scatters the rows
+// back (or samples, at the head). Calls of one round touch disjoint members and, when run
+// concurrently, distinct instances, so they share nothing they write.
+absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtime::ExecContext& ctx,
+                             const std::vector<std::vector<int32_t>>& tokens,
+                             std::vector<std::vector<float>>& hidden, CallResult& result) {
+  runtime::Block& block = *slots_[call.instance]->block;
+  const bool head = block.kind() == BlockKind::kHead;
+  Batch b;
+  std::vector<int> sampled;  // members that get logits, in logit-row order
+  for (int m : call.members) {
+    const PlannedSeq& s = plan.seqs[m];
+    const bool logits = head && s.sample;
+    b.Add(s.id, s.pos, tokens[m].data(), s.len,
+          logits ? runtime::SeqSpan::Logits::kLast : runtime::SeqSpan::Logits::kNone,
+          models_[s.model].adapter);
+    if (logits) sampled.push_back(m);
+    b.hidden.insert(b.hidden.end(), hidden[m].begin(), hidden[m].end());
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(block.Forward(b, ctx));
+  result.calls.push_back(
+      {call.instance, b.num_tokens(),
+       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
+  if (head) {
+    const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
+    for (size_t i = 0; i < sampled.size(); ++i) {
+      const RequestId id = plan.seqs[sampled[i]].id;
+      const int token =
+          samplers_.at(id).Sample(b.logits.data() + i * vocab, static_cast<int>(vocab));
+      result.out.push_back({id, token});
+    }
+    return absl::OkStatus();
+  }
+  // Scatter the rows back to their sequences.
+  const size_t dim = b.hidden.size() / std::max(1, b.num_tokens());
+  size_t row = 0;
+  for (int m : call.members) {
+    const int len = plan.seqs[m].len;
+    hidden[m].assign(b.hidden.begin() + row * dim, b.hidden.begin() + (row + len) * dim);
+    row += len;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out) {
   for (const Release& r : plan.release) ReleaseKv(r);
   RETURN_IF_ERROR(MakeResident(plan));
@@ -372,61 +417,65 @@ absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out)
     tokens[m].resize(s.len);
     for (int i = 0; i < s.len; ++i) tokens[m][i] = r->TokenAt(s.pos + i);
   }
-  struct CallStats {
-    InstanceId instance;
-    int tokens;
-    double secs;
-  };
-  std::vector<CallStats> calls_done;
+  const int threads = ctx_.pool().size();
+  std::vector<CallResult> results;
   for (const auto& calls : plan.rounds) {
-    for (const BlockCall& call : calls) {
-      runtime::Block& block = *slots_[call.instance]->block;
-      const bool head = block.kind() == BlockKind::kHead;
-      Batch b;
-      std::vector<int> sampled;  // members that get logits, in logit-row order
-      for (int m : call.members) {
-        const PlannedSeq& s = plan.seqs[m];
-        const bool logits = head && s.sample;
-        b.Add(s.id, s.pos, tokens[m].data(), s.len,
-              logits ? runtime::SeqSpan::Logits::kLast : runtime::SeqSpan::Logits::kNone,
-              models_[s.model].adapter);
-        if (logits) sampled.push_back(m);
-        b.hidden.insert(b.hidden.end(), hidden[m].begin(), hidden[m].end());
+    // The calls of an instance form a group. A group of few tokens runs on one thread, next to
+    // the other small groups of the round (the per-model blocks of fine-tunes: many calls of a
+    // few rows each, where splitting every matmul across threads costs more in fork-joins than
+    // it gains); big groups use the whole pool, one after another. Results are the same either
+    // way: no kernel's output depends on its thread split.
+    std::vector<std::vector<const BlockCall*>> small, big;
+    {
+      std::map<InstanceId, std::pair<int, int>> group;  // instance -> (small/big index, tokens)
+      std::vector<std::pair<std::vector<const BlockCall*>, int>> groups;
+      for (const BlockCall& call : calls) {
+        int t = 0;
+        for (int m : call.members) t += plan.seqs[m].len;
+        auto [it, fresh] = group.try_emplace(call.instance, static_cast<int>(groups.size()), 0);
+        if (fresh) groups.emplace_back();
+        groups[it->second.first].first.push_back(&call);
+        groups[it->second.first].second += t;
       }
-      const auto t0 = std::chrono::steady_clock::now();
-      RETURN_IF_ERROR(block.Forward(b, ctx_));
-      calls_done.push_back({call.instance, b.num_tokens(),
-                            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-                                .count()});
-      if (head) {
-        const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
-        for (size_t i = 0; i < sampled.size(); ++i) {
-          const RequestId id = plan.seqs[sampled[i]].id;
-          const int token = samplers_.at(id).Sample(b.logits.data() + i * vocab,
-                                                    static_cast<int>(vocab));
-          out->push_back({id, token});
-        }
-        continue;
+      for (auto& [g, t] : groups) {
+        (threads > 1 && t <= opt_.concurrent_call_tokens ? small : big).push_back(std::move(g));
       }
-      // Scatter the rows back to their sequences.
-      const size_t dim = b.hidden.size() / std::max(1, b.num_tokens());
-      size_t row = 0;
-      for (int m : call.members) {
-        const int len = plan.seqs[m].len;
-        hidden[m].assign(b.hidden.begin() + row * dim, b.hidden.begin() + (row + len) * dim);
-        row += len;
+      if (small.size() == 1) big.push_back(std::move(small.back())), small.clear();
+    }
+    for (const auto& g : big) {
+      for (const BlockCall* call : g) {
+        results.emplace_back();
+        RETURN_IF_ERROR(RunCall(plan, *call, ctx_, tokens, hidden, results.back()));
       }
     }
+    if (small.empty()) continue;
+    while (serial_ctx_.size() < small.size()) {
+      serial_cpu_.push_back(std::make_unique<runtime::CpuDevice>(1));
+      serial_ctx_.push_back(std::make_unique<runtime::ExecContext>(serial_cpu_.back().get()));
+    }
+    const size_t first = results.size();
+    results.resize(first + small.size());
+    std::vector<absl::Status> status(small.size());
+    ctx_.pool().Run(static_cast<int>(small.size()), [&](int i) {
+      for (const BlockCall* call : small[i]) {
+        status[i] = RunCall(plan, *call, *serial_ctx_[i], tokens, hidden, results[first + i]);
+        if (!status[i].ok()) return;
+      }
+    });
+    for (const absl::Status& st : status) RETURN_IF_ERROR(st);
   }
+  for (const CallResult& r : results) out->insert(out->end(), r.out.begin(), r.out.end());
   std::lock_guard<std::mutex> lock(mu_);
-  for (const CallStats& c : calls_done) {
-    ++stats_.block_calls;
-    stats_.busy_s += c.secs;
-    InstanceStats& st = stats_.instances[c.instance];
-    ++st.calls;
-    st.tokens += c.tokens;
-    st.last_batch = c.tokens;
-    st.busy_s += c.secs;
+  for (const CallResult& r : results) {
+    for (const CallStats& c : r.calls) {
+      ++stats_.block_calls;
+      stats_.busy_s += c.secs;
+      InstanceStats& st = stats_.instances[c.instance];
+      ++st.calls;
+      st.tokens += c.tokens;
+      st.last_batch = c.tokens;
+      st.busy_s += c.secs;
+    }
   }
   return absl::OkStatus();
 }

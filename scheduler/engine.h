@@ -60,6 +60,9 @@ struct EngineOptions {
   SchedulerConfig scheduler;
   int threads = 0;               // compute threads (0: default)
   int max_batch_tokens = 1 << 20;  // per block instance call
+  // Block calls of one chain position with at most this many tokens per instance run side by
+  // side, one thread each (0: never); bigger ones use every thread, one after another.
+  int concurrent_call_tokens = 48;
   // Derive each resident instance's maximum batch from a measured profile (MeasureMaxBatch)
   // instead of max_batch_tokens.
   bool profile_max_batch = false;
@@ -139,6 +142,18 @@ class Engine {
 
  private:
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out);
+  struct CallStats {
+    InstanceId instance;
+    int tokens;
+    double secs;
+  };
+  struct CallResult {
+    std::vector<CallStats> calls;
+    std::vector<StepOutput> out;
+  };
+  absl::Status RunCall(const StepPlan& plan, const BlockCall& call, runtime::ExecContext& ctx,
+                       const std::vector<std::vector<int32_t>>& tokens,
+                       std::vector<std::vector<float>>& hidden, CallResult& result);
   absl::Status MakeResident(const StepPlan& plan);
   void ReleaseKv(const Release& r);
   absl::Status ForkKv(const Fork& f);
@@ -159,6 +174,9 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;
   runtime::CpuDevice cpu_;
   runtime::ExecContext ctx_;
+  // One-thread contexts for block calls run side by side (Execute).
+  std::vector<std::unique_ptr<runtime::CpuDevice>> serial_cpu_;
+  std::vector<std::unique_ptr<runtime::ExecContext>> serial_ctx_;
   std::map<RequestId, Sink> sinks_;
   std::map<RequestId, runtime::Sampler> samplers_;
 

@@ -28,44 +28,59 @@ BS_INLINE void Store16(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
 // (decode):
 //   score_t = (sum over i ascending of q_i * K_i,t, one FMA chain from 0) * scale;
 //   p_t = ExpApprox(score_t - max), sum = 16 lane sums (lane t % 16, t ascending) added 0..15;
-//   out = (sum over t ascending of p_t * v_t, one FMA chain from 0 per dimension) * (1 / sum).
+//   out = (even + odd) * (1 / sum) per dimension, where even (odd) is one FMA chain from 0 over
+//   the keys t of that parity, ascending.
 // Kernels below differ only in how many rows, key blocks and dimensions share their loads.
 
-// Scores of R rows (row r: query q + r * ldq) against keys [0, n_keys) of kv head `kvh`, into
-// scores + r * lds (rounded up to whole key blocks; entries past a row's context are junk that
-// its softmax overwrites). KB key blocks per pass keep 4+ FMA chains in flight.
+// Scores of R rows (row r: query q + r * ldq) for NB key blocks from t0, into scores + r * lds.
+template <int R, int NB>
+BS_INLINE void ScoresPass(const float* q, int ldq, const float* const* k_pages, int t0,
+                          const AttentionShape& s, int head_off, float scale, float* scores,
+                          int lds) {
+  const int hd = s.head_dim, ps = s.page_size;
+  const float* k[NB];
+  for (int b = 0; b < NB; ++b) {
+    const int t = t0 + b * kL;
+    k[b] = k_pages[t / ps] + head_off + t % ps;
+  }
+  V16 acc[R][NB] = {};
+  for (int i = 0; i < hd; ++i) {
+    for (int b = 0; b < NB; ++b) {
+      const V16 kv = Load16(k[b] + i * ps);
+      for (int r = 0; r < R; ++r) acc[r][b] += q[r * ldq + i] * kv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < NB; ++b) Store16(scores + r * lds + t0 + b * kL, acc[r][b] * scale);
+  }
+}
+
+// Scores of R rows against keys [0, n_keys) of kv head `kvh` (rounded up to whole key blocks;
+// entries past a row's context are junk that its softmax overwrites). Passes of KB key blocks
+// keep R * KB >= 8 FMA chains in flight (the FMA latency times its throughput); the last pass
+// takes what is left.
 template <int R>
 BS_INLINE void Scores(const float* q, int ldq, const float* const* k_pages, int n_keys,
                       const AttentionShape& s, int kvh, float scale, float* scores, int lds) {
-  constexpr int KB = R == 1 ? 4 : 2;
-  const int hd = s.head_dim, ps = s.page_size;
-  const int head_off = kvh * hd * ps;
-  int t0 = 0;
-  for (; t0 + KB * kL <= n_keys; t0 += KB * kL) {
-    const float* k[KB];
-    for (int b = 0; b < KB; ++b) {
-      const int t = t0 + b * kL;
-      k[b] = k_pages[t / ps] + head_off + t % ps;
-    }
-    V16 acc[R][KB] = {};
-    for (int i = 0; i < hd; ++i) {
-      for (int b = 0; b < KB; ++b) {
-        const V16 kv = Load16(k[b] + i * ps);
-        for (int r = 0; r < R; ++r) acc[r][b] += q[r * ldq + i] * kv;
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      for (int b = 0; b < KB; ++b) Store16(scores + r * lds + t0 + b * kL, acc[r][b] * scale);
-    }
+  constexpr int KB = R == 1 ? 8 : R == 2 ? 4 : 2;
+  const int head_off = kvh * s.head_dim * s.page_size;
+  const int blocks = (n_keys + kL - 1) / kL;
+  int b = 0;
+  for (; b + KB <= blocks; b += KB) {
+    ScoresPass<R, KB>(q, ldq, k_pages, b * kL, s, head_off, scale, scores, lds);
   }
-  for (; t0 < n_keys; t0 += kL) {
-    const float* k = k_pages[t0 / ps] + head_off + t0 % ps;
-    V16 acc[R] = {};
-    for (int i = 0; i < hd; ++i) {
-      const V16 kv = Load16(k + i * ps);
-      for (int r = 0; r < R; ++r) acc[r] += q[r * ldq + i] * kv;
-    }
-    for (int r = 0; r < R; ++r) Store16(scores + r * lds + t0, acc[r] * scale);
+  const int t0 = b * kL;
+  switch (blocks - b) {
+#define BS_PASS(n)                                                              \
+  case n:                                                                       \
+    if constexpr (n < KB) {                                                     \
+      ScoresPass<R, n>(q, ldq, k_pages, t0, s, head_off, scale, scores, lds);   \
+    }                                                                           \
+    break;
+    BS_PASS(1) BS_PASS(2) BS_PASS(3) BS_PASS(4) BS_PASS(5) BS_PASS(6) BS_PASS(7)
+#undef BS_PASS
+    default:
+      break;
   }
 }
 
@@ -94,25 +109,35 @@ BS_INLINE float Softmax(float* scores, int n) {
 }
 
 // out rows (R of them, ldo apart) for C vector columns starting at dimension `d0` of kv head
-// `kvh`: row r sums keys [0, n_ctx0 + r). V loads are shared by the rows.
+// `kvh`: row r sums keys [0, n_ctx0 + r). Two FMA chains per output (even and odd keys, added
+// at the end) so a single row keeps enough chains in flight; V loads are shared by the rows.
 template <int R, int C>
 BS_INLINE void WeightedValues(const float* p, int lds, int n_ctx0, const float* const* v_pages,
                               const AttentionShape& s, int kvh, int d0, const float* inv,
                               float* out, int ldo) {
   const int ps = s.page_size, kv_dim = s.n_kv_heads * s.head_dim;
   const int off = kvh * s.head_dim + d0;
-  V16 acc[R][C] = {};
-  // Keys every row has, page by page.
+  V16 acc[2][R][C] = {};
+  // Keys every row has, page by page, in pairs (pages hold a multiple of 16 keys).
   for (int t = 0, page = 0; t < n_ctx0; ++page) {
     const float* v = v_pages[page] + off;
     const int end = t + ps < n_ctx0 ? t + ps : n_ctx0;
-    for (; t < end; ++t, v += kv_dim) {
-      V16 vv[C];
-      for (int c = 0; c < C; ++c) vv[c] = Load16(v + c * kL);
+    for (; t + 1 < end; t += 2, v += 2 * kv_dim) {
+      V16 v0[C], v1[C];
+      for (int c = 0; c < C; ++c) v0[c] = Load16(v + c * kL);
+      for (int c = 0; c < C; ++c) v1[c] = Load16(v + kv_dim + c * kL);
       for (int r = 0; r < R; ++r) {
-        const float pr = p[r * lds + t];
-        for (int c = 0; c < C; ++c) acc[r][c] += pr * vv[c];
+        const float p0 = p[r * lds + t], p1 = p[r * lds + t + 1];
+        for (int c = 0; c < C; ++c) acc[0][r][c] += p0 * v0[c];
+        for (int c = 0; c < C; ++c) acc[1][r][c] += p1 * v1[c];
       }
+    }
+    if (t < end) {  // an odd count: the last key is even
+      for (int r = 0; r < R; ++r) {
+        const float p0 = p[r * lds + t];
+        for (int c = 0; c < C; ++c) acc[0][r][c] += p0 * Load16(v + c * kL);
+      }
+      ++t;
     }
   }
   // Key n_ctx0 + e belongs to rows e + 1 .. R - 1 only.
@@ -121,11 +146,13 @@ BS_INLINE void WeightedValues(const float* p, int lds, int n_ctx0, const float* 
     const float* v = v_pages[t / ps] + (t % ps) * kv_dim + off;
     for (int r = e + 1; r < R; ++r) {
       const float pr = p[r * lds + t];
-      for (int c = 0; c < C; ++c) acc[r][c] += pr * Load16(v + c * kL);
+      for (int c = 0; c < C; ++c) acc[t & 1][r][c] += pr * Load16(v + c * kL);
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < C; ++c) Store16(out + r * ldo + d0 + c * kL, acc[r][c] * inv[r]);
+    for (int c = 0; c < C; ++c) {
+      Store16(out + r * ldo + d0 + c * kL, (acc[0][r][c] + acc[1][r][c]) * inv[r]);
+    }
   }
 }
 
@@ -156,10 +183,11 @@ BS_INLINE void Attend(const float* q, int ldq, const float* const* k_pages,
       }
       continue;
     }
-    // Up to 4 vector columns per pass: R * 4 accumulators stay in registers.
+    // CW vector columns per pass: 2 * R * CW <= 16 accumulators stay in registers.
+    constexpr int CW = R <= 2 ? 4 : 2;
     int d0 = 0;
-    for (; d0 + 4 * kL <= hd; d0 += 4 * kL) {
-      WeightedValues<R, 4>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo);
+    for (; d0 + CW * kL <= hd; d0 += CW * kL) {
+      WeightedValues<R, CW>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo);
     }
     switch ((hd - d0) / kL) {
       case 3: WeightedValues<R, 3>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo); break;

@@ -383,13 +383,24 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
       {call.instance, b.num_tokens(),
        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
   if (head) {
+    // Every sequence has its own sampler (its own RNG): sampling splits across the pool.
     const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
+    const size_t first = result.out.size();
+    result.out.resize(first + sampled.size());
+    std::vector<runtime::Sampler*> samplers(sampled.size());
     for (size_t i = 0; i < sampled.size(); ++i) {
-      const RequestId id = plan.seqs[sampled[i]].id;
-      const int token =
-          samplers_.at(id).Sample(b.logits.data() + i * vocab, static_cast<int>(vocab));
-      result.out.push_back({id, token});
+      samplers[i] = &samplers_.at(plan.seqs[sampled[i]].id);
     }
+    ctx.pool().ParallelFor(
+        static_cast<int64_t>(sampled.size()),
+        [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int token =
+                samplers[i]->Sample(b.logits.data() + i * vocab, static_cast<int>(vocab));
+            result.out[first + i] = {plan.seqs[sampled[i]].id, token};
+          }
+        },
+        /*min_per_part=*/8);
     return absl::OkStatus();
   }
   // Scatter the rows back to their sequences.

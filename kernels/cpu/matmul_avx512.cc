@@ -44,13 +44,16 @@ inline void LoadRow(const uint8_t* p, __m512& lo, __m512& hi) {
 
 // acc[r] (+)= a[r][0..kc) * panel[0..kc)[0..32) for R rows, `a` packed [R][kc]. `first`: start
 // from zero, else continue the chain from the values already in y.
-template <WeightType T, int R>
-void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, bool first,
-          __mmask16 m0, __mmask16 m1) {
+// kFirst is a template parameter, not a branch, so the accumulators start in registers (a
+// runtime choice made the compiler stage them through the stack on every call).
+template <WeightType T, int R, bool kFirst>
+void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, __mmask16 m0,
+          __mmask16 m1) {
   constexpr size_t kRowBytes = kPanel * WeightTypeSize(T);
   __m512 acc0[R], acc1[R];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    if (first) {
+    if constexpr (kFirst) {
       acc0[r] = _mm512_setzero_ps();
       acc1[r] = _mm512_setzero_ps();
     } else {
@@ -68,25 +71,27 @@ void Tile(const float* a, const uint8_t* panel, int kc, float* y, int ldy, bool 
     }
     __m512 b0, b1;
     LoadRow<T>(panel + k * kRowBytes, b0, b1);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512 av = _mm512_set1_ps(a[r * kc + k]);
       acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, m0, acc0[r]);
     _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc1[r]);
   }
 }
 
-template <WeightType T>
-using TileFn = void (*)(const float*, const uint8_t*, int, float*, int, bool, __mmask16,
-                        __mmask16);
+using TileFn = void (*)(const float*, const uint8_t*, int, float*, int, __mmask16, __mmask16);
 
+// [first k-chunk?][rows - 1]
 template <WeightType T, int... Rs>
 constexpr auto MakeTiles(std::integer_sequence<int, Rs...>) {
-  return std::array<TileFn<T>, sizeof...(Rs)>{&Tile<T, Rs + 1>...};
+  return std::array<std::array<TileFn, sizeof...(Rs)>, 2>{
+      {{&Tile<T, Rs + 1, false>...}, {&Tile<T, Rs + 1, true>...}}};
 }
 
 // Rows per block: the block's packed activations (kRowBlock x k floats) stay in L2 while every
@@ -147,8 +152,8 @@ void Run(const float* x, int m, int ldx, const PackedMatrix& w, int p0, int p1, 
         const uint8_t* chunk = panel + static_cast<size_t>(k0) * kPanel * es;
         for (int t = 0; t < ntiles; ++t) {
           const TileSpan& ts = tiles[t];
-          kTiles[ts.rows - 1](ts.a + static_cast<size_t>(k0) * ts.rows, chunk, kc,
-                              y + static_cast<size_t>(ts.r0) * ldy + n0, ldy, k0 == 0, m0, m1);
+          kTiles[k0 == 0][ts.rows - 1](ts.a + static_cast<size_t>(k0) * ts.rows, chunk, kc,
+                                       y + static_cast<size_t>(ts.r0) * ldy + n0, ldy, m0, m1);
         }
       }
     }

@@ -10,6 +10,7 @@
 // both, and ends with one JSON line. Random weights: timing only, never correctness.
 //   multitenant [--n 8,32] [--requests 160] [--rate R] [--shape medium|llama110m|small]
 //               [--threads T] [--max-running M] [--quick]
+//               [--repeat K (default 2: each configuration K times, interleaved; best reported)]
 //               [--only shared|dedicated|all_copies|quarter]  (profiling: one configuration)
 #include <algorithm>
 #include <chrono>
@@ -78,7 +79,8 @@ std::vector<Arrival> Workload(int models, int requests, double rate, uint64_t se
 }
 
 int g_max_running = 64;
-std::string g_only;  // --only: run just the configurations whose names contain it
+std::string g_only;
+int g_repeat = 2;  // --repeat: runs of each configuration (the best is reported)  // --only: run just the configurations whose names contain it
 
 Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, bool share,
               uint64_t budget, const std::vector<Arrival>& arrivals, int threads, int vocab) {
@@ -205,12 +207,16 @@ int Main(int argc, char** argv) {
       threads = std::stoi(next());
     } else if (a == "--only") {  // profiling: "shared" or "dedicated", "all_copies" or "quarter"
       g_only = next();
+    } else if (a == "--repeat") {
+      g_repeat = std::max(1, std::stoi(next()));
     } else if (a == "--quick") {
       ns = {8};
       requests = 48;
+      g_repeat = 1;
     } else {
       std::fprintf(stderr, "usage: multitenant [--n 8,32] [--requests N] [--rate R] "
-                           "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--quick]\n");
+                           "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--repeat K] "
+                           "[--only WHAT] [--quick]\n");
       return 2;
     }
   }
@@ -226,7 +232,7 @@ int Main(int argc, char** argv) {
   std::printf("multitenant: synthetic llama dim %d, %d layers, ffn %d, vocab %d (f32, random "
               "weights); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d threads\n",
               c.dim, c.n_layers, c.hidden_dim, c.vocab_size, requests, rate, threads);
-  nlohmann::json all = {{"shape", shape}, {"requests", requests}, {"rate", rate},
+  nlohmann::json all = {{"shape", shape}, {"requests", requests}, {"rate", rate}, {"repeat", g_repeat},
                         {"threads", threads}, {"max_running", g_max_running}};
   for (int n : ns) {
     ScratchDir tmp;
@@ -283,14 +289,26 @@ int Main(int argc, char** argv) {
       std::printf(" budget %s: %.2f GiB of weights (one model %.0f MiB, %zu models)\n",
                   budget_name.c_str(), budget / 1073741824.0, model_bytes / 1048576.0,
                   names.size());
+      // Each configuration runs g_repeat times, interleaved (a, b, a, b): this shared VM's
+      // speed moves by tens of percent within a minute and the first touch of fresh memory is
+      // slow, so one run of each would compare moments, not systems. The better run of each
+      // (by throughput, with its own latencies) is reported.
       Figures a, b;
-      if (wanted("shared")) {
-        a = Serve(**zoo, names, true, budget, arrivals, threads, c.vocab_size);
-        Print("(a) shared blocks", a);
+      for (int rep = 0; rep < g_repeat; ++rep) {
+        if (wanted("shared")) {
+          const Figures f = Serve(**zoo, names, true, budget, arrivals, threads, c.vocab_size);
+          Print("(a) shared blocks", f);
+          if (f.throughput > a.throughput) a = f;
+        }
+        if (wanted("dedicated")) {
+          const Figures f = Serve(**zoo, names, false, budget, arrivals, threads, c.vocab_size);
+          Print("(b) dedicated copies", f);
+          if (f.throughput > b.throughput) b = f;
+        }
       }
-      if (wanted("dedicated")) {
-        b = Serve(**zoo, names, false, budget, arrivals, threads, c.vocab_size);
-        Print("(b) dedicated copies", b);
+      if (g_repeat > 1) {
+        Print("(a) best", a);
+        Print("(b) best", b);
       }
       const double speedup = b.throughput > 0 ? a.throughput / b.throughput : 0;
       const double p95_cut = b.e2e_p95 > 0 ? 1.0 - a.e2e_p95 / b.e2e_p95 : 0;

@@ -226,8 +226,9 @@ int Main(int argc, char** argv) {
   } else if (shape == "small") {
     c = blockzoo::SmallConfig();
   }
-  // Default rates offer more than per-model serving can carry on 2 cores (throughput is
-  // compared at saturation; latency includes queueing).
+  // Default rates offer more than per-model serving can carry on 2 cores; shared blocks may
+  // keep up with them (then their throughput is the offered load, and the ratio understates
+  // the capacity ratio: use a higher --rate, e.g. 200, to saturate both).
   if (rate <= 0) rate = shape == "medium" ? 20.0 : shape == "small" ? 60.0 : 5.0;
   std::printf("multitenant: synthetic llama dim %d, %d layers, ffn %d, vocab %d (f32, random "
               "weights); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d threads\n",

@@ -170,7 +170,8 @@ BS_INLINE void Attend(const float* q, int ldq, const float* const* k_pages,
     float inv[R];
     for (int r = 0; r < R; ++r) inv[r] = Softmax(scores + r * lds, n_ctx0 + r);
     float* oh = out + h * hd;
-    if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loops, same order
+    if (hd % kL != 0) {  // small heads (e.g. 8 dims): plain loops, one chain per dimension
+      // over t ascending (not the even/odd pair: every R takes this same path)
       for (int r = 0; r < R; ++r) {
         float* o = oh + r * ldo;
         const float* p = scores + r * lds;

@@ -241,10 +241,7 @@ absl::StatusOr<ImportResult> ImportModel(const Zoo& zoo, const std::string& sour
       format = "gguf";
       ASSIGN_OR_RETURN(GgufFile g, ParseGguf(file->data(), file->size(), source));
       ASSIGN_OR_RETURN(weights, GgufToWeights(g, file->data(), file));
-      if (const GgufValue* t = g.Find("tokenizer.chat_template");
-          t != nullptr && t->type == GgufType::kString) {
-        tmpl.chat_template = t->s;
-      }
+      tmpl.chat_template = g.GetString("tokenizer.chat_template").value_or("");
       if (!tokenizer_path && g.Find("tokenizer.ggml.model") != nullptr) {
         RETURN_IF_ERROR(GgufTokenizer(g).status());
         tokenizer = GgufTokenizerBytes(g);

@@ -438,20 +438,23 @@ absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out)
     // way: no kernel's output depends on its thread split.
     std::vector<std::vector<const BlockCall*>> small, big;
     {
-      std::map<InstanceId, std::pair<int, int>> group;  // instance -> (small/big index, tokens)
-      std::vector<std::pair<std::vector<const BlockCall*>, int>> groups;
+      std::map<InstanceId, int> index;  // instance -> its group
+      std::vector<std::pair<std::vector<const BlockCall*>, int>> groups;  // calls, tokens
       for (const BlockCall& call : calls) {
-        int t = 0;
-        for (int m : call.members) t += plan.seqs[m].len;
-        auto [it, fresh] = group.try_emplace(call.instance, static_cast<int>(groups.size()), 0);
+        auto [it, fresh] = index.try_emplace(call.instance, static_cast<int>(groups.size()));
         if (fresh) groups.emplace_back();
-        groups[it->second.first].first.push_back(&call);
-        groups[it->second.first].second += t;
+        auto& [group, tokens] = groups[it->second];
+        group.push_back(&call);
+        for (int m : call.members) tokens += plan.seqs[m].len;
       }
-      for (auto& [g, t] : groups) {
-        (threads > 1 && t <= opt_.concurrent_call_tokens ? small : big).push_back(std::move(g));
+      for (auto& [group, tokens] : groups) {
+        (threads > 1 && tokens <= opt_.concurrent_call_tokens ? small : big)
+            .push_back(std::move(group));
       }
-      if (small.size() == 1) big.push_back(std::move(small.back())), small.clear();
+      if (small.size() == 1) {  // nothing to run beside it
+        big.push_back(std::move(small.back()));
+        small.clear();
+      }
     }
     for (const auto& g : big) {
       for (const BlockCall* call : g) {

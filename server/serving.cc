@@ -109,8 +109,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
         ASSIGN_OR_RETURN(blockzoo::GgufFile g,
                          blockzoo::ParseGguf(reinterpret_cast<const uint8_t*>(bytes.data()),
                                              bytes.size(), path));
-        const blockzoo::GgufValue* t = g.Find("tokenizer.chat_template");
-        if (t != nullptr && t->type == blockzoo::GgufType::kString) chat_template = t->s;
+        chat_template = g.GetString("tokenizer.chat_template").value_or("");
       }
       if (!chat_template.empty()) {
         sm.chat_format = DetectChatFormat(chat_template);

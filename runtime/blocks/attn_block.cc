@@ -45,10 +45,7 @@ class AttnBlock final : public Block {
     float* qkv = ctx.Scratch(1, static_cast<size_t>(t) * qkv_n);        // [t, dim + 2*kv_dim]
     float* att = ctx.Scratch(2, static_cast<size_t>(t) * dim);          // [t, dim]
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim);          // [t, dim]
-    ctx.ForRows(t, [&](int64_t r0, int64_t r1) {
-      kernels::RmsNorm(x + r0 * dim, norm_.data<float>(), static_cast<int>(r1 - r0), dim,
-                       cfg_.norm_eps, xn + r0 * dim);
-    });
+    NormRows(ctx, x, norm_.data<float>(), t, dim, cfg_.norm_eps, xn);
     qkv_.Forward(ctx.pool(), xn, t, qkv);
     adapters_.Apply(batch, "wq", ctx, xn, qkv, qkv_n, 0);
     adapters_.Apply(batch, "wk", ctx, xn, qkv, qkv_n, dim);
@@ -93,14 +90,14 @@ class AttnBlock final : public Block {
       }
       max_pos = std::max(max_pos, s.pos + s.len - 1);
     }
-    RopeCos(max_pos);  // grows the table before the parallel section reads it
+    RopeCos(max_pos);  // grows the table now: in the parallel section RopeCos only reads
     ctx.ForRows(static_cast<int>(kv_rows_.size()), [&](int64_t r0, int64_t r1) {
       for (int64_t row = r0; row < r1; ++row) {
         const KvRow& kr = kv_rows_[row];
         float* q = qkv + row * qkv_n;
         float* k = q + dim;
         float* v = k + kv_dim;
-        const float* cos_v = rope_table_.data() + static_cast<size_t>(kr.pos) * 2 * (hd / 2);
+        const float* cos_v = RopeCos(kr.pos);
         const float* sin_v = cos_v + hd / 2;
         kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v, sin_v);
         kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v, sin_v);

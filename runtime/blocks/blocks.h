@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu/rmsnorm.h"
 #include "runtime/block.h"
 #include "runtime/model_weights.h"
 
@@ -25,6 +26,14 @@ absl::StatusOr<std::shared_ptr<Block>> MakeFfnBlock(const ModelWeights& w, int l
                                                     const BlockOptions& opt);
 absl::StatusOr<std::shared_ptr<Block>> MakeHeadBlock(const ModelWeights& w,
                                                      const BlockOptions& opt);
+
+// out[rows][dim] = RMSNorm(x[rows][dim]) * weight, rows in parallel (the first op of attn and ffn).
+inline void NormRows(ExecContext& ctx, const float* x, const float* weight, int rows, int dim,
+                     float eps, float* out) {
+  ctx.ForRows(rows, [&](int64_t r0, int64_t r1) {
+    kernels::RmsNorm(x + r0 * dim, weight, static_cast<int>(r1 - r0), dim, eps, out + r0 * dim);
+  });
+}
 
 // x[rows][dim] += delta[rows][dim] (the residual connection of attn and ffn), rows in parallel.
 inline void AddResidual(ExecContext& ctx, int rows, int dim, const float* delta, float* x) {

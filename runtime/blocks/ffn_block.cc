@@ -28,10 +28,7 @@ class FfnBlock final : public Block {
     float* gu = ctx.Scratch(1, static_cast<size_t>(t) * 2 * hidden_);    // [t, 2*hidden]
     float* h = ctx.Scratch(2, static_cast<size_t>(t) * hidden_);         // [t, hidden]
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim_);          // [t, dim]
-    ctx.ForRows(t, [&](int64_t r0, int64_t r1) {
-      kernels::RmsNorm(x + r0 * dim_, norm_.data<float>(), static_cast<int>(r1 - r0), dim_, eps_,
-                       xn + r0 * dim_);
-    });
+    NormRows(ctx, x, norm_.data<float>(), t, dim_, eps_, xn);
     gate_up_.Forward(ctx.pool(), xn, t, gu);
     adapters_.Apply(batch, "w1", ctx, xn, gu, 2 * hidden_, 0);
     adapters_.Apply(batch, "w3", ctx, xn, gu, 2 * hidden_, hidden_);

@@ -533,11 +533,14 @@ TEST_F(ServingTest, GrpcHealthService) {
 
 TEST_F(ServingTest, AdminUnloadsAndLoadsModelsAndShowsResidency) {
   auto admin = AdminStub();
-  {
+  auto residency = [&](const std::string& key, v1::ResidencyResponse* r) {
     grpc::ClientContext ctx;
-    Auth(&ctx, kAcme);  // not an admin key
+    Auth(&ctx, key);
+    return admin->Residency(&ctx, v1::ResidencyRequest(), r);
+  };
+  {
     v1::ResidencyResponse r;
-    EXPECT_EQ(admin->Residency(&ctx, v1::ResidencyRequest(), &r).error_code(),
+    EXPECT_EQ(residency(kAcme, &r).error_code(),  // not an admin key
               grpc::StatusCode::PERMISSION_DENIED);
   }
   // ft1 runs once (its own top layers resident), then is unloaded: its own blocks are freed,
@@ -546,10 +549,8 @@ TEST_F(ServingTest, AdminUnloadsAndLoadsModelsAndShowsResidency) {
   WaitIdle();
   int own = 0;  // instances only ft1 uses (its changed blocks), all resident now
   {
-    grpc::ClientContext ctx;
-    Auth(&ctx, kAdmin);
     v1::ResidencyResponse r;
-    ASSERT_TRUE(admin->Residency(&ctx, v1::ResidencyRequest(), &r).ok());
+    ASSERT_TRUE(residency(kAdmin, &r).ok());
     for (const auto& b : r.blocks()) {
       if (b.models_size() == 1 && b.models(0) == "ft1") {
         EXPECT_TRUE(b.resident()) << b.name();
@@ -570,10 +571,8 @@ TEST_F(ServingTest, AdminUnloadsAndLoadsModelsAndShowsResidency) {
   const HttpReply refused = Post("/v1/completions", {{"model", "ft1"}, {"prompt", "Tom"}});
   EXPECT_EQ(refused.status, 503) << refused.body;
   {
-    grpc::ClientContext ctx;
-    Auth(&ctx, kAdmin);
     v1::ResidencyResponse r;
-    ASSERT_TRUE(admin->Residency(&ctx, v1::ResidencyRequest(), &r).ok());
+    ASSERT_TRUE(residency(kAdmin, &r).ok());
     int shared = 0, ft1_only_resident = 0;
     for (const auto& b : r.blocks()) {
       if (b.models_size() == 3) ++shared;  // used by stories260K, ft1 and lora4

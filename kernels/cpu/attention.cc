@@ -185,7 +185,7 @@ BS_INLINE void Attend(const float* q, int ldq, const float* const* k_pages,
       continue;
     }
     // CW vector columns per pass: 2 * R * CW <= 16 accumulators stay in registers.
-    constexpr int CW = R <= 2 ? 4 : 2;
+    constexpr int CW = R <= 2 ? 4 : R <= 4 ? 2 : 1;
     int d0 = 0;
     for (; d0 + CW * kL <= hd; d0 += CW * kL) {
       WeightedValues<R, CW>(scores, lds, n_ctx0, v_pages, s, kvh, d0, inv, oh, ldo);
@@ -203,11 +203,17 @@ BS_INLINE void Attend(const float* q, int ldq, const float* const* k_pages,
 
 }  // namespace
 
-void StoreKv(const float* k, const float* v, const AttentionShape& s, int slot, float* k_page,
-             float* v_page) {
+void StoreKvRows(const float* k, int ldk, const float* v, int ldv, int rows,
+                 const AttentionShape& s, int slot, float* k_page, float* v_page) {
   const int kv_dim = s.n_kv_heads * s.head_dim;
-  for (int d = 0; d < kv_dim; ++d) k_page[d * s.page_size + slot] = k[d];
-  std::memcpy(v_page + slot * kv_dim, v, sizeof(float) * kv_dim);
+  for (int d = 0; d < kv_dim; ++d) {
+    float* dst = k_page + static_cast<size_t>(d) * s.page_size + slot;
+    for (int r = 0; r < rows; ++r) dst[r] = k[static_cast<size_t>(r) * ldk + d];
+  }
+  for (int r = 0; r < rows; ++r) {
+    std::memcpy(v_page + static_cast<size_t>(slot + r) * kv_dim, v + static_cast<size_t>(r) * ldv,
+                sizeof(float) * kv_dim);
+  }
 }
 
 // Vectorised per ISA through target_clones; within one clone every query is computed the same
@@ -225,10 +231,16 @@ void AttendRows(const float* q, int ldq, int rows, const float* const* k_pages,
                 const float* const* v_pages, int n_ctx0, const AttentionShape& s, int head_begin,
                 int head_end, float* scores, int lds, float* out, int ldo) {
   switch (rows) {
-    case 1: Attend<1>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
-    case 2: Attend<2>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
-    case 3: Attend<3>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
-    default: Attend<4>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); break;
+#define BS_ROWS(n)                                                                           \
+  case n:                                                                                    \
+    Attend<n>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds, out, ldo); \
+    break;
+    BS_ROWS(1) BS_ROWS(2) BS_ROWS(3) BS_ROWS(4) BS_ROWS(5) BS_ROWS(6) BS_ROWS(7)
+#undef BS_ROWS
+    default:
+      Attend<kMaxAttendRows>(q, ldq, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores,
+                             lds, out, ldo);
+      break;
   }
 }
 

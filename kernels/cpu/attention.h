@@ -17,9 +17,17 @@ struct AttentionShape {
 constexpr int kPageAlign = 16;
 constexpr int kMaxHeadDim = 256;
 
-// Writes one token's k, v ([n_kv_heads * head_dim] each) into slot `slot` of its pages.
-void StoreKv(const float* k, const float* v, const AttentionShape& shape, int slot,
-             float* k_page, float* v_page);
+// Writes `rows` consecutive tokens' k, v ([n_kv_heads * head_dim] each, rows ldk / ldv floats
+// apart) into slots [slot, slot + rows) of one page (slot + rows <= page_size). K goes in one
+// pass per dimension, so each of its cache lines is written once per call, not once per token.
+void StoreKvRows(const float* k, int ldk, const float* v, int ldv, int rows,
+                 const AttentionShape& shape, int slot, float* k_page, float* v_page);
+
+// One token.
+inline void StoreKv(const float* k, const float* v, const AttentionShape& shape, int slot,
+                    float* k_page, float* v_page) {
+  StoreKvRows(k, 0, v, 0, 1, shape, slot, k_page, v_page);
+}
 
 // For query heads [head_begin, head_end):
 //   out[h] = softmax(q[h] . K[0..n_ctx) / sqrt(head_dim)) . V[0..n_ctx)
@@ -30,7 +38,7 @@ void AttendOne(const float* q, const float* const* k_pages, const float* const* 
                int n_ctx, const AttentionShape& shape, int head_begin, int head_end,
                float* scores, float* out);
 
-constexpr int kMaxAttendRows = 4;
+constexpr int kMaxAttendRows = 8;
 
 // AttendOne for `rows` (<= kMaxAttendRows) consecutive queries of one sequence — row r has
 // context n_ctx0 + r — sharing the K loads; each row's result is bit-identical to AttendOne's.

@@ -13,18 +13,27 @@ void RopeAngles(int pos, int head_dim, float theta, float* cos_out, float* sin_o
   }
 }
 
-void ApplyRope(RopeStyle style, float* x, int n_heads, int head_dim, const float* cos_v,
-               const float* sin_v) {
+// One loop per style so each vectorises (pairs adjacent, or half a head apart). Compiled
+// without contraction into FMAs: every clone rounds exactly as llama2.c does.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void ApplyRope(RopeStyle style, float* x, int n_heads, int head_dim,
+               const float* __restrict cos_v, const float* __restrict sin_v) {
   const int half = head_dim / 2;
   for (int h = 0; h < n_heads; ++h) {
-    float* v = x + h * head_dim;
-    for (int i = 0; i < half; ++i) {
-      const int a = style == RopeStyle::kInterleaved ? 2 * i : i;
-      const int b = style == RopeStyle::kInterleaved ? 2 * i + 1 : i + half;
-      const float v0 = v[a];
-      const float v1 = v[b];
-      v[a] = v0 * cos_v[i] - v1 * sin_v[i];
-      v[b] = v0 * sin_v[i] + v1 * cos_v[i];
+    float* __restrict v = x + h * head_dim;
+    if (style == RopeStyle::kInterleaved) {
+      for (int i = 0; i < half; ++i) {
+        const float v0 = v[2 * i], v1 = v[2 * i + 1];
+        v[2 * i] = v0 * cos_v[i] - v1 * sin_v[i];
+        v[2 * i + 1] = v0 * sin_v[i] + v1 * cos_v[i];
+      }
+    } else {
+      float* __restrict w = v + half;
+      for (int i = 0; i < half; ++i) {
+        const float v0 = v[i], v1 = w[i];
+        v[i] = v0 * cos_v[i] - v1 * sin_v[i];
+        w[i] = v0 * sin_v[i] + v1 * cos_v[i];
+      }
     }
   }
 }

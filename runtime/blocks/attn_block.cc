@@ -76,32 +76,38 @@ class AttnBlock final : public Block {
     return absl::OkStatus();
   }
 
-  // Rotates q and k of every token by its position and appends k, v to the sequence's KV
-  // (rows in parallel: each writes its own slot).
+  // Rotates q and k of every token by its position and appends k, v to the sequence's KV.
+  // Work goes in runs: consecutive tokens of one sequence in one page (a decode token is a run
+  // of one), each run rotated and stored by one task (runs write disjoint slots).
   void WriteKv(const Batch& batch, ExecContext& ctx, float* qkv) {
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hd = cfg_.head_dim();
-    const int qkv_n = dim + 2 * kv_dim;
-    kv_rows_.clear();
-    int max_pos = 0;
+    const int qkv_n = dim + 2 * kv_dim, ps = kv_.page_size();
+    kv_runs_.clear();
+    int max_pos = 0, row = 0;
     for (const SeqSpan& s : batch.spans) {
-      for (int i = 0; i < s.len; ++i) {
-        kv_rows_.push_back({kv_.KeyPage(s.seq, s.pos + i), kv_.ValuePage(s.seq, s.pos + i),
-                            s.pos + i});
+      for (int i = 0; i < s.len;) {
+        const int pos = s.pos + i;
+        const int n = std::min(s.len - i, ps - pos % ps);
+        kv_runs_.push_back({kv_.KeyPage(s.seq, pos), kv_.ValuePage(s.seq, pos), pos, n, row + i});
+        i += n;
       }
+      row += s.len;
       max_pos = std::max(max_pos, s.pos + s.len - 1);
     }
     RopeCos(max_pos);  // grows the table now: in the parallel section RopeCos only reads
-    ctx.ForRows(static_cast<int>(kv_rows_.size()), [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        const KvRow& kr = kv_rows_[row];
-        float* q = qkv + row * qkv_n;
-        float* k = q + dim;
-        float* v = k + kv_dim;
-        const float* cos_v = RopeCos(kr.pos);
-        const float* sin_v = cos_v + hd / 2;
-        kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v, sin_v);
-        kernels::ApplyRope(cfg_.rope_style, k, cfg_.n_kv_heads, hd, cos_v, sin_v);
-        kernels::StoreKv(k, v, shape_, kr.pos % kv_.page_size(), kr.k_page, kr.v_page);
+    ctx.pool().ParallelFor(static_cast<int64_t>(kv_runs_.size()), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const KvRun& run = kv_runs_[r];
+        float* first = qkv + static_cast<size_t>(run.row) * qkv_n;
+        for (int i = 0; i < run.n; ++i) {
+          float* q = first + static_cast<size_t>(i) * qkv_n;
+          const float* cos_v = RopeCos(run.pos + i);
+          const float* sin_v = cos_v + hd / 2;
+          kernels::ApplyRope(cfg_.rope_style, q, cfg_.n_heads, hd, cos_v, sin_v);
+          kernels::ApplyRope(cfg_.rope_style, q + dim, cfg_.n_kv_heads, hd, cos_v, sin_v);
+        }
+        kernels::StoreKvRows(first + dim, qkv_n, first + dim + kv_dim, qkv_n, run.n, shape_,
+                             run.pos % ps, run.k_page, run.v_page);
       }
     });
     for (const SeqSpan& s : batch.spans) kv_.SetLength(s.seq, s.pos + s.len);
@@ -170,12 +176,14 @@ class AttnBlock final : public Block {
     int row;  // index of the first row in the batch
   };
   std::vector<Row> rows_;
-  struct KvRow {
+  struct KvRun {
     float* k_page;
     float* v_page;
-    int pos;
+    int pos;  // position of the first token
+    int n;    // consecutive tokens, all in this page
+    int row;  // index of the first token in the batch
   };
-  std::vector<KvRow> kv_rows_;
+  std::vector<KvRun> kv_runs_;
 
   ModelConfig cfg_;
   Tensor norm_;       // [dim] f32

@@ -1,3 +1,4 @@
+#include <algorithm>
 // Every non-matmul kernel against a plain double-precision reference.
 #include <cmath>
 
@@ -113,6 +114,26 @@ TEST(Attention, PagedGqaMatchesReference) {
       EXPECT_NEAR(out[h * s.head_dim + i], ref, 1e-5) << "head " << h << " dim " << i;
     }
   }
+  }
+}
+
+// A run of tokens stored in one call lands exactly where token-by-token stores put it.
+TEST(Attention, StoreKvRowsEqualsOneTokenAtATime) {
+  const AttentionShape s{4, 2, 32, 16};
+  const int kv_dim = s.n_kv_heads * s.head_dim, ld = 3 * kv_dim;  // rows of a fused q|k|v
+  auto rows = RandomVector(s.page_size * ld, 31);
+  for (int slot = 0; slot < s.page_size; slot += 5) {
+    const int n = std::min(7, s.page_size - slot);
+    std::vector<float> k1(s.page_size * kv_dim, -1.0f), v1(k1), k2(k1), v2(k1);
+    StoreKvRows(rows.data(), ld, rows.data() + kv_dim, ld, n, s, slot, k1.data(), v1.data());
+    for (int r = 0; r < n; ++r) {
+      StoreKv(rows.data() + r * ld, rows.data() + r * ld + kv_dim, s, slot + r, k2.data(),
+              v2.data());
+    }
+    EXPECT_EQ(k1, k2) << "slot " << slot;
+    EXPECT_EQ(v1, v2) << "slot " << slot;
+    // Token r's key dimension d sits at d * page_size + slot + r.
+    EXPECT_EQ(k1[5 * s.page_size + slot + n - 1], rows[(n - 1) * ld + 5]);
   }
 }
 

@@ -12,6 +12,7 @@
 //               [--threads T] [--max-running M] [--quick]
 //               [--repeat K (default 2: each configuration K times, interleaved; best reported)]
 //               [--only shared|dedicated|all_copies|quarter]  (profiling: one configuration)
+//               [--verbose]  (per block instance: calls, mean batch, busy time)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -80,7 +81,31 @@ std::vector<Arrival> Workload(int models, int requests, double rate, uint64_t se
 
 int g_max_running = 64;
 std::string g_only;
-int g_repeat = 2;  // --repeat: runs of each configuration (the best is reported)  // --only: run just the configurations whose names contain it
+int g_repeat = 2;  // --repeat: runs of each configuration (the best is reported)
+bool g_verbose = false;  // --verbose: per block instance calls, mean batch and busy time
+
+// Where a run's time went: every block instance that ran, its calls, mean batch and busy time
+// (calls run side by side each count their own time), and the share of the instances that ran in
+// fewer steps than the busiest one (with shared blocks: the fine-tunes' own top blocks).
+void PrintInstances(const scheduler::EngineStats& st) {
+  uint64_t most_calls = 0;
+  for (const auto& i : st.instances) most_calls = std::max(most_calls, i.calls);
+  double busy = 0, partial = 0;
+  for (const auto& i : st.instances) {
+    busy += i.busy_s;
+    if (i.calls > 0 && i.calls < most_calls) partial += i.busy_s;
+  }
+  std::printf("    %llu steps, block busy %.2f s (instances in fewer steps than the busiest: "
+              "%.2f s, %.0f%%), loading %.2f s\n",
+              static_cast<unsigned long long>(st.steps), busy, partial,
+              busy > 0 ? 100 * partial / busy : 0, st.load_s);
+  for (const auto& i : st.instances) {
+    if (i.calls == 0) continue;
+    std::printf("    %-24s calls %6llu  mean batch %6.1f  busy %6.2f s\n", i.name.c_str(),
+                static_cast<unsigned long long>(i.calls),
+                static_cast<double>(i.tokens) / static_cast<double>(i.calls), i.busy_s);
+  }
+}
 
 Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, bool share,
               uint64_t budget, const std::vector<Arrival>& arrivals, int threads, int vocab) {
@@ -146,6 +171,7 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   lock.unlock();
   engine.Stop();
   const auto st = engine.stats();
+  if (g_verbose) PrintInstances(st);
   std::vector<double> t1, t2;
   for (size_t i = 0; i < n; ++i) {
     if (ttft[i] >= 0) t1.push_back(ttft[i]);
@@ -209,6 +235,8 @@ int Main(int argc, char** argv) {
       g_only = next();
     } else if (a == "--repeat") {
       g_repeat = std::max(1, std::stoi(next()));
+    } else if (a == "--verbose") {
+      g_verbose = true;
     } else if (a == "--quick") {
       ns = {8};
       requests = 48;
@@ -216,7 +244,7 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: multitenant [--n 8,32] [--requests N] [--rate R] "
                            "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--repeat K] "
-                           "[--only WHAT] [--quick]\n");
+                           "[--only WHAT] [--verbose] [--quick]\n");
       return 2;
     }
   }

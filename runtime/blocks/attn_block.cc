@@ -95,7 +95,11 @@ class AttnBlock final : public Block {
       max_pos = std::max(max_pos, s.pos + s.len - 1);
     }
     RopeCos(max_pos);  // grows the table now: in the parallel section RopeCos only reads
-    ctx.pool().ParallelFor(static_cast<int64_t>(kv_runs_.size()), [&](int64_t r0, int64_t r1) {
+    // Parts of at least ExecContext::kMinRowsPerTask tokens on average, as ForRows splits rows.
+    const int64_t runs = static_cast<int64_t>(kv_runs_.size());
+    const int64_t min_runs =
+        std::max<int64_t>(1, (ExecContext::kMinRowsPerTask * runs + row - 1) / std::max(row, 1));
+    ctx.pool().ParallelFor(runs, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const KvRun& run = kv_runs_[r];
         float* first = qkv + static_cast<size_t>(run.row) * qkv_n;
@@ -109,7 +113,7 @@ class AttnBlock final : public Block {
         kernels::StoreKvRows(first + dim, qkv_n, first + dim + kv_dim, qkv_n, run.n, shape_,
                              run.pos % ps, run.k_page, run.v_page);
       }
-    });
+    }, min_runs);
     for (const SeqSpan& s : batch.spans) kv_.SetLength(s.seq, s.pos + s.len);
   }
 

@@ -9,7 +9,7 @@
 // Prints throughput, p50/p95 time to first token and end-to-end latency and peak memory for
 // both, and ends with one JSON line. Random weights: timing only, never correctness.
 //   multitenant [--n 8,32] [--requests 160] [--rate R] [--shape medium|llama110m|small]
-//               [--threads T] [--max-running M] [--quick]
+//               [--threads T] [--max-running M] [--dtype f32|f16] [--quick]
 //               [--repeat K (default 2: each configuration K times, interleaved; best reported)]
 //               [--only shared|dedicated|all_copies|quarter]  (profiling: one configuration)
 //               [--verbose]  (per block instance: calls, mean batch, busy time)
@@ -215,6 +215,7 @@ int Main(int argc, char** argv) {
   int requests = 160, threads = runtime::DefaultThreadCount();
   double rate = 0;
   std::string shape = "medium";
+  runtime::DType dtype = runtime::DType::kF32;  // --dtype: the base's (and so every block's)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -235,6 +236,13 @@ int Main(int argc, char** argv) {
       g_only = next();
     } else if (a == "--repeat") {
       g_repeat = std::max(1, std::stoi(next()));
+    } else if (a == "--dtype") {
+      const std::string d = next();
+      if (d != "f32" && d != "f16") {
+        std::fprintf(stderr, "--dtype: f32 or f16, got '%s'\n", d.c_str());
+        return 2;
+      }
+      dtype = d == "f16" ? runtime::DType::kF16 : runtime::DType::kF32;
     } else if (a == "--verbose") {
       g_verbose = true;
     } else if (a == "--quick") {
@@ -244,7 +252,7 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: multitenant [--n 8,32] [--requests N] [--rate R] "
                            "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--repeat K] "
-                           "[--only WHAT] [--verbose] [--quick]\n");
+                           "[--only WHAT] [--dtype f32|f16] [--verbose] [--quick]\n");
       return 2;
     }
   }
@@ -258,18 +266,20 @@ int Main(int argc, char** argv) {
   // keep up with them (then their throughput is the offered load, and the ratio understates
   // the capacity ratio: use a higher --rate, e.g. 200, to saturate both).
   if (rate <= 0) rate = shape == "medium" ? 20.0 : shape == "small" ? 60.0 : 5.0;
-  std::printf("multitenant: synthetic llama dim %d, %d layers, ffn %d, vocab %d (f32, random "
+  std::printf("multitenant: synthetic llama dim %d, %d layers, ffn %d, vocab %d (%s, random "
               "weights); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d threads\n",
-              c.dim, c.n_layers, c.hidden_dim, c.vocab_size, requests, rate, threads);
+              c.dim, c.n_layers, c.hidden_dim, c.vocab_size, runtime::DTypeName(dtype), requests,
+              rate, threads);
   nlohmann::json all = {{"shape", shape}, {"requests", requests}, {"rate", rate}, {"repeat", g_repeat},
-                        {"threads", threads}, {"max_running", g_max_running}};
+                        {"threads", threads}, {"max_running", g_max_running},
+                        {"dtype", runtime::DTypeName(dtype)}};
   for (int n : ns) {
     ScratchDir tmp;
     auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
     if (!zoo.ok()) return 1;
     std::printf("N = %d: building the family (base, %d partial fine-tunes of the top %d layers, "
                 "%d LoRA models) ...\n", n, n, std::max(1, c.n_layers / 4), std::max(1, n / 4));
-    auto base = blockzoo::ImportSynthetic(**zoo, "base", c, runtime::DType::kF32, 1, nullptr);
+    auto base = blockzoo::ImportSynthetic(**zoo, "base", c, dtype, 1, nullptr);
     if (!base.ok()) return 1;
     std::vector<std::string> names;
     for (int i = 0; i < n; ++i) {

@@ -23,12 +23,6 @@ constexpr int kMaxHeadDim = 256;
 void StoreKvRows(const float* k, int ldk, const float* v, int ldv, int rows,
                  const AttentionShape& shape, int slot, float* k_page, float* v_page);
 
-// One token.
-inline void StoreKv(const float* k, const float* v, const AttentionShape& shape, int slot,
-                    float* k_page, float* v_page) {
-  StoreKvRows(k, 0, v, 0, 1, shape, slot, k_page, v_page);
-}
-
 // For query heads [head_begin, head_end):
 //   out[h] = softmax(q[h] . K[0..n_ctx) / sqrt(head_dim)) . V[0..n_ctx)
 // q, out: [n_heads][head_dim]; k_pages/v_pages: the sequence's pages in order;

@@ -78,7 +78,7 @@ TEST(Attention, PagedGqaMatchesReference) {
   AttentionShape s{8, 2, head_dim, 16};  // 8 query heads share 2 kv heads; pages of 16 tokens
   const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 37;
   const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
-  // Logical K/V rows, stored through StoreKv into pages placed out of order in memory.
+  // Logical K/V rows, stored one token at a time through StoreKvRows into pages placed out of order in memory.
   auto krows = RandomVector(n_ctx * kv_dim, 7);
   auto vrows = RandomVector(n_ctx * kv_dim, 8);
   std::vector<float> kbuf(n_pages * s.page_size * kv_dim), vbuf(kbuf.size());
@@ -88,8 +88,8 @@ TEST(Attention, PagedGqaMatchesReference) {
     vp[p] = vbuf.data() + (n_pages - 1 - p) * s.page_size * kv_dim;
   }
   for (int t = 0; t < n_ctx; ++t) {
-    StoreKv(krows.data() + t * kv_dim, vrows.data() + t * kv_dim, s, t % s.page_size,
-            const_cast<float*>(kp[t / s.page_size]), const_cast<float*>(vp[t / s.page_size]));
+    StoreKvRows(krows.data() + t * kv_dim, 0, vrows.data() + t * kv_dim, 0, 1, s, t % s.page_size,
+                const_cast<float*>(kp[t / s.page_size]), const_cast<float*>(vp[t / s.page_size]));
   }
   auto q = RandomVector(s.n_heads * s.head_dim, 9);
   std::vector<float> out(s.n_heads * s.head_dim), scores(n_pages * s.page_size);
@@ -127,8 +127,8 @@ TEST(Attention, StoreKvRowsEqualsOneTokenAtATime) {
     std::vector<float> k1(s.page_size * kv_dim, -1.0f), v1(k1), k2(k1), v2(k1);
     StoreKvRows(rows.data(), ld, rows.data() + kv_dim, ld, n, s, slot, k1.data(), v1.data());
     for (int r = 0; r < n; ++r) {
-      StoreKv(rows.data() + r * ld, rows.data() + r * ld + kv_dim, s, slot + r, k2.data(),
-              v2.data());
+      StoreKvRows(rows.data() + r * ld, 0, rows.data() + r * ld + kv_dim, 0, 1, s, slot + r,
+                  k2.data(), v2.data());
     }
     EXPECT_EQ(k1, k2) << "slot " << slot;
     EXPECT_EQ(v1, v2) << "slot " << slot;
@@ -153,8 +153,9 @@ TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
     auto krows = RandomVector(max_ctx * kv_dim, 21);
     auto vrows = RandomVector(max_ctx * kv_dim, 22);
     for (int t = 0; t < max_ctx; ++t) {
-      StoreKv(krows.data() + t * kv_dim, vrows.data() + t * kv_dim, s, t % s.page_size,
-              const_cast<float*>(kp[t / s.page_size]), const_cast<float*>(vp[t / s.page_size]));
+      StoreKvRows(krows.data() + t * kv_dim, 0, vrows.data() + t * kv_dim, 0, 1, s,
+                  t % s.page_size, const_cast<float*>(kp[t / s.page_size]),
+                  const_cast<float*>(vp[t / s.page_size]));
     }
     const int qd = s.n_heads * s.head_dim;
     auto q = RandomVector(kMaxAttendRows * qd, 23);

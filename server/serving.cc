@@ -278,7 +278,15 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   spec.sampling = p.sampling;
   spec.stop_tokens = m->stop_tokens;
 
-  auto gen = std::make_shared<Generation>();
+  {
+    std::lock_guard<std::mutex> lock(holders_->mu);
+    ++holders_->live;
+  }
+  std::shared_ptr<Generation> gen(new Generation, [h = holders_](Generation* g) {
+    delete g;
+    std::lock_guard<std::mutex> lock(h->mu);
+    if (--h->live == 0) h->cv.notify_all();
+  });
   gen->model_ = m->name;
   gen->prompt_tokens_ = n_prompt;
   // Per-request state, touched only by the engine thread (the sink).
@@ -408,17 +416,29 @@ std::vector<std::vector<std::string>> ServingCore::InstanceUsers() const {
 
 int ServingCore::Drain(std::chrono::duration<double> deadline) {
   draining_ = true;
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(deadline);
+  int aborted = 0;
   std::unique_lock<std::mutex> lock(mu_);
-  if (idle_cv_.wait_for(lock, deadline, [&] { return active_.empty(); })) return 0;
-  std::vector<std::shared_ptr<Generation>> rest;
-  for (auto& [id, w] : active_) {
-    if (auto g = w.lock()) rest.push_back(g);
+  if (!idle_cv_.wait_until(lock, until, [&] { return active_.empty(); })) {
+    std::vector<std::shared_ptr<Generation>> rest;
+    for (auto& [id, w] : active_) {
+      if (auto g = w.lock()) rest.push_back(g);
+    }
+    lock.unlock();
+    for (auto& g : rest) g->Cancel();
+    aborted = static_cast<int>(rest.size());
+    rest.clear();
+    lock.lock();
+    idle_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return active_.empty(); });
   }
   lock.unlock();
-  for (auto& g : rest) g->Cancel();
-  lock.lock();
-  idle_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return active_.empty(); });
-  return static_cast<int>(rest.size());
+  // The engine is done with them; their readers may still be writing the last deltas out.
+  std::unique_lock<std::mutex> held(holders_->mu);
+  holders_->cv.wait_until(held, std::max(until, std::chrono::steady_clock::now() +
+                                                    std::chrono::seconds(1)),
+                          [&] { return holders_->live == 0; });
+  return aborted;
 }
 
 }  // namespace blockserve::server

@@ -122,7 +122,9 @@ class ServingCore {
   std::vector<std::vector<std::string>> InstanceUsers() const;
 
   // Stops admitting (UNAVAILABLE), waits up to `deadline` for in-flight requests, aborts the
-  // rest and waits for them to end. Returns the number aborted.
+  // rest and waits for them to end, then (within what is left of `deadline`) for their readers
+  // to let go of them — a stream's last chunk and [DONE] are written by then. Returns the
+  // number aborted.
   int Drain(std::chrono::duration<double> deadline);
   int in_flight() const;
   bool draining() const { return draining_; }
@@ -144,6 +146,14 @@ class ServingCore {
   mutable std::mutex mu_;
   std::condition_variable idle_cv_;
   std::map<uint64_t, std::weak_ptr<Generation>> active_;
+  // Generations still held by anyone (a reader writing out its last deltas, or the engine):
+  // shared with each generation's deleter, so it may outlive this object.
+  struct Holders {
+    std::mutex mu;
+    std::condition_variable cv;
+    int live = 0;
+  };
+  std::shared_ptr<Holders> holders_ = std::make_shared<Holders>();
   std::map<std::string, int> adapter_running_;  // LoRA model -> requests in flight
   uint64_t next_ = 1;
 };

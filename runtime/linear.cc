@@ -19,25 +19,29 @@ kernels::WeightType ToWeightType(DType t) {
   }
 }
 
-// Converts a [rows][k] tensor to `storage` dtype (a copy only when the types differ).
-std::vector<uint8_t> ConvertRows(const Tensor& t, DType storage) {
-  const size_t n = static_cast<size_t>(t.numel());
-  std::vector<uint8_t> out(n * DTypeSize(storage));
+// Rows [r0, r0 + rows) of a [rows][k] tensor in `storage` dtype, at `buf` (converted there,
+// or pointing into the tensor when the types agree: no copy).
+const void* RowsAs(const Tensor& t, DType storage, int64_t r0, int64_t rows,
+                   std::vector<uint8_t>& buf) {
+  const int64_t k = t.dim(1);
+  const size_t n = static_cast<size_t>(rows * k);
   if (t.dtype() == storage) {
-    std::memcpy(out.data(), t.raw(), out.size());
-    return out;
+    return static_cast<const uint8_t*>(t.raw()) + static_cast<size_t>(r0 * k) * DTypeSize(storage);
   }
   std::vector<float> f(n);
-  ConvertToF32(t.dtype(), t.raw(), n, f.data());
+  ConvertToF32(t.dtype(),
+               static_cast<const uint8_t*>(t.raw()) + static_cast<size_t>(r0 * k) * DTypeSize(t.dtype()),
+               n, f.data());
+  buf.resize(n * DTypeSize(storage));
   if (storage == DType::kF32) {
-    std::memcpy(out.data(), f.data(), out.size());
+    std::memcpy(buf.data(), f.data(), buf.size());
   } else {
-    auto* h = reinterpret_cast<uint16_t*>(out.data());
+    auto* h = reinterpret_cast<uint16_t*>(buf.data());
     for (size_t i = 0; i < n; ++i) {
       h[i] = storage == DType::kF16 ? FloatToHalf(f[i]) : FloatToBF16(f[i]);
     }
   }
-  return out;
+  return buf.data();
 }
 
 }  // namespace
@@ -62,14 +66,31 @@ absl::StatusOr<PackedLinear> PackedLinear::Pack(const std::vector<const Tensor*>
   out.matrix_.type = ToWeightType(storage);
   out.matrix_.n = static_cast<int>(n);
   out.matrix_.k = static_cast<int>(k);
-  out.storage_ = AllocateAligned(out.bytes());
+  // Every byte is written below (the packed rows, then the padding lanes of the last panel):
+  // no zero-filling pass over fresh memory first.
+  out.storage_ = AllocateAligned(out.bytes(), /*zeroed=*/false);
   out.matrix_.data = out.storage_.get();
   int row0 = 0;
+  std::vector<uint8_t> buf;
+  constexpr int64_t kRowsPerPass = 256;  // converted rows held at once (a dtype change only)
   for (const Tensor* t : parts) {
-    const std::vector<uint8_t> rows = ConvertRows(*t, storage);
-    kernels::PackRows(rows.data(), out.matrix_.type, static_cast<int>(t->dim(0)),
-                      static_cast<int>(k), row0, out.storage_.get());
+    for (int64_t r = 0; r < t->dim(0); r += kRowsPerPass) {
+      const int64_t rows = std::min(kRowsPerPass, t->dim(0) - r);
+      kernels::PackRows(RowsAs(*t, storage, r, rows, buf), out.matrix_.type,
+                        static_cast<int>(rows), static_cast<int>(k), row0 + static_cast<int>(r),
+                        out.storage_.get());
+    }
     row0 += static_cast<int>(t->dim(0));
+  }
+  if (n % kernels::kPanel != 0) {  // zero weights for the columns past n
+    const size_t es = DTypeSize(storage);
+    auto* last = static_cast<uint8_t*>(out.storage_.get()) +
+                 static_cast<size_t>(kernels::NumPanels(out.matrix_.n) - 1) * k * kernels::kPanel * es;
+    const int lane0 = static_cast<int>(n % kernels::kPanel);
+    for (int64_t kk = 0; kk < k; ++kk) {
+      std::memset(last + (static_cast<size_t>(kk) * kernels::kPanel + lane0) * es, 0,
+                  static_cast<size_t>(kernels::kPanel - lane0) * es);
+    }
   }
   return out;
 }

@@ -43,7 +43,7 @@ void ConvertToF32(DType t, const void* src, size_t n, float* dst) {
   }
 }
 
-std::shared_ptr<void> AllocateAligned(size_t bytes) {
+std::shared_ptr<void> AllocateAligned(size_t bytes, bool zeroed) {
   // Large buffers (weights, KV pools) go on transparent huge pages: streaming hundreds of MB of
   // weights per decode step otherwise takes a TLB miss every 4 KiB.
   constexpr size_t kHuge = size_t{2} << 20;
@@ -52,7 +52,7 @@ std::shared_ptr<void> AllocateAligned(size_t bytes) {
   void* p = std::aligned_alloc(align, rounded);
   if (p == nullptr) throw std::bad_alloc();
   if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advisory: failure is harmless
-  std::memset(p, 0, rounded);
+  if (zeroed) std::memset(p, 0, rounded);
   return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
 }
 

@@ -54,7 +54,8 @@ class Tensor {
 // Owned f32 copy of any floating tensor (used for norm weights and calibration).
 Tensor ToF32Tensor(const Tensor& t);
 
-// Aligned owned buffer for packed weights and scratch.
-std::shared_ptr<void> AllocateAligned(size_t bytes);
+// Aligned owned buffer for packed weights and scratch, zero-filled unless `zeroed` is false
+// (for a caller that writes every byte itself: skips a pass over fresh memory).
+std::shared_ptr<void> AllocateAligned(size_t bytes, bool zeroed = true);
 
 }  // namespace blockserve::runtime

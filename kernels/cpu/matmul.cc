@@ -1,5 +1,7 @@
 #include "kernels/cpu/matmul.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "kernels/cpu/cpu_features.h"
@@ -31,19 +33,33 @@ const Impl& Selected() {
 
 }  // namespace
 
-void PackRows(const void* src, WeightType type, int rows, int k, int row0, void* dst) {
-  const size_t es = WeightTypeSize(type);
-  const auto* s = static_cast<const uint8_t*>(src);
-  auto* d = static_cast<uint8_t*>(dst);
-  for (int r = 0; r < rows; ++r) {
+namespace {
+
+// One panel at a time: the panel's `lanes` source rows (from `lane0`) are read as parallel
+// streams and the panel is written front to back, 32 lanes per k.
+template <typename E>
+void PackTyped(const E* src, int rows, int k, int row0, E* dst) {
+  for (int r = 0; r < rows;) {
     const int row = row0 + r;
-    const int panel = row / kPanel;
-    const int lane = row % kPanel;
-    uint8_t* base = d + (static_cast<size_t>(panel) * k * kPanel + lane) * es;
-    const uint8_t* srow = s + static_cast<size_t>(r) * k * es;
+    const int lane0 = row % kPanel;
+    const int lanes = std::min(kPanel - lane0, rows - r);
+    E* panel = dst + static_cast<size_t>(row / kPanel) * k * kPanel;
+    const E* s = src + static_cast<size_t>(r) * k;
     for (int kk = 0; kk < k; ++kk) {
-      std::memcpy(base + static_cast<size_t>(kk) * kPanel * es, srow + kk * es, es);
+      E* out = panel + static_cast<size_t>(kk) * kPanel + lane0;
+      for (int l = 0; l < lanes; ++l) out[l] = s[static_cast<size_t>(l) * k + kk];
     }
+    r += lanes;
+  }
+}
+
+}  // namespace
+
+void PackRows(const void* src, WeightType type, int rows, int k, int row0, void* dst) {
+  if (WeightTypeSize(type) == 4) {
+    PackTyped(static_cast<const uint32_t*>(src), rows, k, row0, static_cast<uint32_t*>(dst));
+  } else {
+    PackTyped(static_cast<const uint16_t*>(src), rows, k, row0, static_cast<uint16_t*>(dst));
   }
 }
 

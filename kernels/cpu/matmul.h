@@ -35,7 +35,8 @@ constexpr size_t PackedBytes(WeightType t, int n, int k) {
 
 // Packs rows [row0, row0 + rows) of `src` ([rows][k] of `type`, row-major) into the packed
 // matrix `dst` (which holds `n_total` rows), so several matrices can be fused into one
-// (for example Q, K and V). `dst` must be zero-initialised.
+// (for example Q, K and V). Writes only these rows' lanes: the lanes past the last row of the
+// last panel are the caller's to zero.
 void PackRows(const void* src, WeightType type, int rows, int k, int row0, void* dst);
 
 // Computes output panels [panel_begin, panel_end) for all m rows:

@@ -4,6 +4,8 @@
 //
 //   build/bin/forward_bench [--threads N] [--quick]
 //   profiling: [--dtype f32|f16] [--mode decode|prefill] [--batch B] [--reps N]
+//              [--context N (tokens each decoding sequence holds first; default 32)]
+//              [--kv-dtype f32|bf16 (the KV cache's element type; default f32)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -94,8 +96,18 @@ int Main(int argc, char** argv) {
   bool quick = false;
   std::string only_dtype, only_mode;
   int only_batch = 0;  // --dtype f32|f16, --mode decode|prefill, --reps N (for profiling)
-  int reps_flag = 0;
+  int reps_flag = 0, context_flag = 0;
+  runtime::BlockOptions block_opt;
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--context") && i + 1 < argc) context_flag = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--kv-dtype") && i + 1 < argc) {
+      const auto kv = runtime::ParseDType(argv[++i], {runtime::DType::kF32, runtime::DType::kBF16});
+      if (!kv.ok()) {
+        std::fprintf(stderr, "--kv-dtype: %s\n", std::string(kv.status().message()).c_str());
+        return 2;
+      }
+      block_opt.kv_dtype = *kv;
+    }
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc) only_dtype = argv[++i];
     if (!std::strcmp(argv[i], "--mode") && i + 1 < argc) only_mode = argv[++i];
@@ -117,12 +129,15 @@ int Main(int argc, char** argv) {
   nlohmann::json out = {{"threads", threads},           {"bandwidth_gbs", bw},
                         {"fma_peak_gflops", peak},      {"matmul_isa", kernels::MatmulIsa()},
                         {"model", "synthetic llama dim768 L12 H12 ffn2048 vocab32000"}};
-  const int steps = quick ? 4 : 16, reps = reps_flag > 0 ? reps_flag : quick ? 1 : 3, context = 32, prefill_tokens = 512;
+  const int steps = quick ? 4 : 16, reps = reps_flag > 0 ? reps_flag : quick ? 1 : 3,
+            context = context_flag > 0 ? context_flag : 32, prefill_tokens = 512;
+  out["context"] = context;
+  out["kv_dtype"] = runtime::DTypeName(block_opt.kv_dtype);
   for (runtime::DType dt : {runtime::DType::kF32, runtime::DType::kF16}) {
     const std::string name = runtime::DTypeName(dt);
     if (!only_dtype.empty() && only_dtype != name) continue;
     std::printf("building synthetic model (%s weights) ...\n", name.c_str());
-    auto chain = runtime::BuildChain(blockzoo::MakeSyntheticWeights(cfg, dt, 42));
+    auto chain = runtime::BuildChain(blockzoo::MakeSyntheticWeights(cfg, dt, 42), block_opt);
     if (!chain.ok()) {
       std::fprintf(stderr, "%s\n", chain.status().ToString().c_str());
       return 1;

@@ -9,7 +9,7 @@
 // Prints throughput, p50/p95 time to first token and end-to-end latency and peak memory for
 // both, and ends with one JSON line. Random weights: timing only, never correctness.
 //   multitenant [--n 8,32] [--requests 160] [--rate R] [--shape medium|llama110m|small]
-//               [--threads T] [--max-running M] [--dtype f32|f16] [--quick]
+//               [--threads T] [--max-running M] [--dtype f32|f16] [--kv-dtype f32|bf16] [--quick]
 //               [--repeat K (default 2: each configuration K times, interleaved; best reported)]
 //               [--only shared|dedicated|all_copies|quarter]  (profiling: one configuration)
 //               [--verbose]  (per block instance: calls, mean batch, busy time)
@@ -83,6 +83,7 @@ int g_max_running = 64;
 std::string g_only;
 int g_repeat = 2;  // --repeat: runs of each configuration (the best is reported)
 bool g_verbose = false;  // --verbose: per block instance calls, mean batch and busy time
+runtime::DType g_kv_dtype = runtime::DType::kF32;  // --kv-dtype: the KV cache's element type
 
 // Where a run's time went: every block instance that ran, its calls, mean batch and busy time
 // (calls run side by side each count their own time), and the share of the instances that ran in
@@ -110,6 +111,7 @@ void PrintInstances(const scheduler::EngineStats& st) {
 Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, bool share,
               uint64_t budget, const std::vector<Arrival>& arrivals, int threads, int vocab) {
   runtime::BlockOptions bo;
+  bo.kv_dtype = g_kv_dtype;
   auto models = scheduler::LoadEngineModels(zoo, names, bo, /*lazy=*/true, share);
   if (!models.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(models.status().message()).c_str());
@@ -118,6 +120,7 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   EngineOptions opt;
   opt.threads = threads;
   opt.memory_budget = budget;
+  opt.kv_dtype = g_kv_dtype;
   opt.scheduler.max_running = g_max_running;
   opt.scheduler.max_step_tokens = 512;
   opt.scheduler.prefill_chunk = 256;
@@ -236,13 +239,15 @@ int Main(int argc, char** argv) {
       g_only = next();
     } else if (a == "--repeat") {
       g_repeat = std::max(1, std::stoi(next()));
-    } else if (a == "--dtype") {
-      const std::string d = next();
-      if (d != "f32" && d != "f16") {
-        std::fprintf(stderr, "--dtype: f32 or f16, got '%s'\n", d.c_str());
+    } else if (a == "--dtype" || a == "--kv-dtype") {
+      const bool kv = a == "--kv-dtype";
+      const auto d = runtime::ParseDType(next(), {runtime::DType::kF32, kv ? runtime::DType::kBF16
+                                                                            : runtime::DType::kF16});
+      if (!d.ok()) {
+        std::fprintf(stderr, "%s: %s\n", a.c_str(), std::string(d.status().message()).c_str());
         return 2;
       }
-      dtype = d == "f16" ? runtime::DType::kF16 : runtime::DType::kF32;
+      (kv ? g_kv_dtype : dtype) = *d;
     } else if (a == "--verbose") {
       g_verbose = true;
     } else if (a == "--quick") {
@@ -252,7 +257,7 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: multitenant [--n 8,32] [--requests N] [--rate R] "
                            "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--repeat K] "
-                           "[--only WHAT] [--dtype f32|f16] [--verbose] [--quick]\n");
+                           "[--only WHAT] [--dtype f32|f16] [--kv-dtype f32|bf16] [--verbose] [--quick]\n");
       return 2;
     }
   }
@@ -267,12 +272,14 @@ int Main(int argc, char** argv) {
   // the capacity ratio: use a higher --rate, e.g. 200, to saturate both).
   if (rate <= 0) rate = shape == "medium" ? 20.0 : shape == "small" ? 60.0 : 5.0;
   std::printf("multitenant: synthetic llama dim %d, %d layers, ffn %d, vocab %d (%s, random "
-              "weights); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d threads\n",
-              c.dim, c.n_layers, c.hidden_dim, c.vocab_size, runtime::DTypeName(dtype), requests,
-              rate, threads);
+              "weights, %s KV); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d "
+              "threads\n",
+              c.dim, c.n_layers, c.hidden_dim, c.vocab_size, runtime::DTypeName(dtype),
+              runtime::DTypeName(g_kv_dtype), requests, rate, threads);
   nlohmann::json all = {{"shape", shape}, {"requests", requests}, {"rate", rate}, {"repeat", g_repeat},
                         {"threads", threads}, {"max_running", g_max_running},
-                        {"dtype", runtime::DTypeName(dtype)}};
+                        {"dtype", runtime::DTypeName(dtype)},
+                        {"kv_dtype", runtime::DTypeName(g_kv_dtype)}};
   for (int n : ns) {
     ScratchDir tmp;
     auto zoo = blockzoo::Zoo::Open(tmp.path(), true);

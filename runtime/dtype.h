@@ -4,7 +4,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 #include <string_view>
+
+#include "absl/status/statusor.h"
 
 #include "kernels/half.h"
 
@@ -23,6 +27,10 @@ constexpr size_t DTypeSize(DType t) {
 }
 
 const char* DTypeName(DType t);
+
+// The dtype DTypeName gives `name` ("f32", "f16", "bf16"), if it is one of `allowed`; otherwise
+// InvalidArgument listing them ("must be f32 or bf16, got 'f8'").
+absl::StatusOr<DType> ParseDType(std::string_view name, std::initializer_list<DType> allowed);
 
 using kernels::BF16ToFloat;
 using kernels::FloatToBF16;

@@ -8,15 +8,15 @@
 
 namespace blockserve::runtime {
 
-KvCache::KvCache(int kv_dim, int page_size, int max_pages)
-    : kv_dim_(kv_dim), page_size_(page_size), max_pages_(max_pages) {}
+KvCache::KvCache(int kv_dim, int page_size, int max_pages, int elem_bytes)
+    : kv_dim_(kv_dim), page_size_(page_size), max_pages_(max_pages), elem_bytes_(elem_bytes) {}
 
 absl::Status KvCache::Reserve(SeqId seq, int len) {
   Seq& s = seqs_[seq];
-  const size_t page_floats = static_cast<size_t>(page_size_) * kv_dim_;
+  const size_t half = page_bytes() / 2;  // the K part, then the V part
   const size_t need = (static_cast<size_t>(len) + page_size_ - 1) / page_size_;
   while (s.k.size() < need) {
-    float* page;
+    uint8_t* page;
     if (!free_.empty()) {
       page = free_.back();
       free_.pop_back();
@@ -29,15 +29,15 @@ absl::Status KvCache::Reserve(SeqId seq, int len) {
       // page faults per slab, not per page.
       const int slab_pages = max_pages_ > 0 ? std::min(kSlabPages, max_pages_ - num_pages_)
                                             : kSlabPages;
-      slabs_.push_back(AllocateAligned(slab_pages * 2 * page_floats * sizeof(float)));
-      auto* base = static_cast<float*>(slabs_.back().get());
-      for (int i = slab_pages - 1; i >= 0; --i) free_.push_back(base + i * 2 * page_floats);
+      slabs_.push_back(AllocateAligned(slab_pages * page_bytes()));
+      auto* base = static_cast<uint8_t*>(slabs_.back().get());
+      for (int i = slab_pages - 1; i >= 0; --i) free_.push_back(base + i * page_bytes());
       num_pages_ += slab_pages;
       page = free_.back();
       free_.pop_back();
     }
     s.k.push_back(page);
-    s.v.push_back(page + page_floats);
+    s.v.push_back(page + half);
     ++pages_used_;
   }
   return absl::OkStatus();
@@ -57,27 +57,27 @@ void KvCache::SetLength(SeqId seq, int len) {
   s.length = len;
 }
 
-float* KvCache::KeyPage(SeqId seq, int pos) {
-  return const_cast<float*>(seqs_.at(seq).k[pos / page_size_]);
+void* KvCache::KeyPage(SeqId seq, int pos) {
+  return const_cast<void*>(seqs_.at(seq).k[pos / page_size_]);
 }
 
-float* KvCache::ValuePage(SeqId seq, int pos) {
-  return const_cast<float*>(seqs_.at(seq).v[pos / page_size_]);
+void* KvCache::ValuePage(SeqId seq, int pos) {
+  return const_cast<void*>(seqs_.at(seq).v[pos / page_size_]);
 }
 
-const std::vector<const float*>& KvCache::KeyPages(SeqId seq) const { return Get(seq).k; }
-const std::vector<const float*>& KvCache::ValuePages(SeqId seq) const { return Get(seq).v; }
+const std::vector<const void*>& KvCache::KeyPages(SeqId seq) const { return Get(seq).k; }
+const std::vector<const void*>& KvCache::ValuePages(SeqId seq) const { return Get(seq).v; }
 
 void KvCache::Release(SeqId seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  for (const float* p : it->second.k) {
+  for (const void* p : it->second.k) {
     auto sh = shared_.find(p);
     if (sh != shared_.end()) {
       if (--sh->second == 0) shared_.erase(sh);
       continue;
     }
-    free_.push_back(const_cast<float*>(p));
+    free_.push_back(static_cast<uint8_t*>(const_cast<void*>(p)));
     --pages_used_;
   }
   seqs_.erase(it);
@@ -98,7 +98,7 @@ absl::Status KvCache::Fork(SeqId src, SeqId dst, int len) {
   copy.k.assign(s.k.begin(), s.k.begin() + pages);
   copy.v.assign(s.v.begin(), s.v.begin() + pages);
   copy.length = len;
-  for (const float* p : copy.k) ++shared_[p];
+  for (const void* p : copy.k) ++shared_[p];
   seqs_[dst] = std::move(copy);
   return absl::OkStatus();
 }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/cpu/convert.h"
 
@@ -22,6 +23,20 @@ const char* DTypeName(DType t) {
       return "i32";
   }
   return "?";
+}
+
+absl::StatusOr<DType> ParseDType(std::string_view name, std::initializer_list<DType> allowed) {
+  std::vector<std::string> names;
+  for (DType t : allowed) {
+    if (name == DTypeName(t)) return t;
+    names.push_back(DTypeName(t));
+  }
+  std::string list = names.empty() ? "" : names.back();
+  if (names.size() > 1) {
+    list = absl::StrCat(absl::StrJoin(names.begin(), names.end() - 1, ", "), " or ", list);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("must be ", list, ", got '", std::string(name), "'"));
 }
 
 void ConvertToF32(DType t, const void* src, size_t n, float* dst) {

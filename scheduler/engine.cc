@@ -84,7 +84,8 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
       for (InstanceId i : minfo[mi].chain) {
         if (infos[i].kind != BlockKind::kAttn || !seen.insert(i).second) continue;
         ++users[i];
-        page_bytes[i] = uint64_t{2} * opt_.kv_page_size * models_[mi].config.kv_dim() * sizeof(float);
+        page_bytes[i] = uint64_t{2} * opt_.kv_page_size * models_[mi].config.kv_dim() *
+                        runtime::DTypeSize(opt_.kv_dtype);
       }
     }
     double total = 0;

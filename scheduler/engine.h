@@ -68,6 +68,7 @@ struct EngineOptions {
   bool profile_max_batch = false;
   int kv_max_pages = 0;          // per attn instance (0: unbounded); must match the blocks'
   int kv_page_size = 16;
+  runtime::DType kv_dtype = runtime::DType::kF32;  // KV element type; must match the blocks'
   // One KV memory budget (bytes) split across the attn instances in proportion to how many
   // models use each (a block shared by 8 models serves ~8x the sequences); overrides
   // kv_max_pages. The blocks' own caches must be unbounded or at least this large.

@@ -151,7 +151,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
     if (!e.is_object()) return f.Error("engine", "must be an object");
     Fields ef(e, source, "engine.");
     RETURN_IF_ERROR(ef.Known({"threads", "memory_budget_mib", "kv_budget_mib", "kv_page_size",
-                              "max_running", "max_step_tokens", "max_batch_tokens",
+                              "kv_dtype", "max_running", "max_step_tokens", "max_batch_tokens",
                               "prefix_cache"}));
     RETURN_IF_ERROR(ef.Number("threads", &c.threads, 0, 1024));
     double mem = 0, kv = 0;
@@ -160,6 +160,11 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
     c.memory_budget = static_cast<uint64_t>(mem * kMiB);
     c.kv_budget = static_cast<uint64_t>(kv * kMiB);
     RETURN_IF_ERROR(ef.Number("kv_page_size", &c.kv_page_size, 1, 4096));
+    std::string kv_dtype = "f32";
+    RETURN_IF_ERROR(ef.String("kv_dtype", &kv_dtype));
+    auto kv_type = runtime::ParseDType(kv_dtype, {runtime::DType::kF32, runtime::DType::kBF16});
+    if (!kv_type.ok()) return ef.Error("kv_dtype", std::string(kv_type.status().message()));
+    c.kv_dtype = *kv_type;
     RETURN_IF_ERROR(ef.Number("max_running", &c.max_running, 1, 1 << 20));
     RETURN_IF_ERROR(ef.Number("max_step_tokens", &c.max_step_tokens, 1, 1 << 20));
     RETURN_IF_ERROR(ef.Number("max_batch_tokens", &c.max_batch_tokens, 1, 1 << 20));

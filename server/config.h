@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "blockzoo/equiv.h"
+#include "runtime/dtype.h"
 
 namespace blockserve::server {
 
@@ -41,6 +42,7 @@ struct ServerConfig {
   uint64_t memory_budget = 0;       // weight bytes resident at most (0: unbounded)
   uint64_t kv_budget = 0;           // KV bytes across attn instances (0: per-instance pages)
   int kv_page_size = 16;
+  runtime::DType kv_dtype = runtime::DType::kF32;  // "f32" (exact) or "bf16" (half the KV memory)
   int max_running = 256;
   int max_step_tokens = 512;
   int max_batch_tokens = 512;

@@ -133,12 +133,14 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   }
   runtime::BlockOptions bo;
   bo.kv_page_size = c.kv_page_size;
+  bo.kv_dtype = c.kv_dtype;
   ASSIGN_OR_RETURN(auto engine_models,
                    scheduler::LoadEngineModels(*core->zoo_, refs, bo, /*lazy=*/true));
   scheduler::EngineOptions eo;
   eo.threads = c.threads;
   eo.max_batch_tokens = c.max_batch_tokens;
   eo.kv_page_size = c.kv_page_size;
+  eo.kv_dtype = c.kv_dtype;
   eo.kv_budget_bytes = c.kv_budget;
   eo.memory_budget = c.memory_budget;
   eo.scheduler.max_step_tokens = c.max_step_tokens;

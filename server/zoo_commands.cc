@@ -375,10 +375,13 @@ int Synth() {
     return 2;
   }
   const std::string dt = absl::GetFlag(FLAGS_dtype);
-  const runtime::DType dtype = dt == "f16"    ? runtime::DType::kF16
-                               : dt == "bf16" ? runtime::DType::kBF16
-                                              : runtime::DType::kF32;
-  auto r = blockzoo::ImportSynthetic(**zoo, name, c, dtype, absl::GetFlag(FLAGS_seed),
+  const auto dtype =
+      runtime::ParseDType(dt, {runtime::DType::kF32, runtime::DType::kF16, runtime::DType::kBF16});
+  if (!dtype.ok()) {
+    std::fprintf(stderr, "error: --dtype %s\n", std::string(dtype.status().message()).c_str());
+    return 2;
+  }
+  auto r = blockzoo::ImportSynthetic(**zoo, name, c, *dtype, absl::GetFlag(FLAGS_seed),
                                      Progress("synth " + name));
   if (!r.ok()) return Fail(r.status());
   std::printf("stored synthetic %s (%s, %s, random weights): %zu blocks, %s\n", name.c_str(),

@@ -2,16 +2,25 @@
 //
 // Page layout (chosen for the kernel): a K page is [n_kv_heads][head_dim][page_size] —
 // transposed, so 16 keys' scores come out of one vector FMA per head dimension without
-// horizontal sums — and a V page is [page_size][n_kv_heads * head_dim].
+// horizontal sums — and a V page is [page_size][n_kv_heads * head_dim]. Elements are f32 or
+// bf16 (AttentionShape::kv): bf16 halves the cache's memory and the bytes attention reads per
+// token; K and V are rounded to nearest-even on store and every sum stays f32.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+
 namespace blockserve::kernels {
+
+enum class KvType : uint8_t { kF32, kBF16 };
+constexpr size_t KvTypeSize(KvType t) { return t == KvType::kF32 ? 4 : 2; }
 
 struct AttentionShape {
   int n_heads = 0;
   int n_kv_heads = 0;  // n_heads % n_kv_heads == 0; query head h reads kv head h / group
   int head_dim = 0;    // at most kMaxHeadDim (multiples of 16 take the vector path)
   int page_size = 0;   // tokens per KV page, a multiple of kPageAlign
+  KvType kv = KvType::kF32;  // element type of the pages
 };
 
 constexpr int kPageAlign = 16;
@@ -21,14 +30,14 @@ constexpr int kMaxHeadDim = 256;
 // apart) into slots [slot, slot + rows) of one page (slot + rows <= page_size). K goes in one
 // pass per dimension, so each of its cache lines is written once per call, not once per token.
 void StoreKvRows(const float* k, int ldk, const float* v, int ldv, int rows,
-                 const AttentionShape& shape, int slot, float* k_page, float* v_page);
+                 const AttentionShape& shape, int slot, void* k_page, void* v_page);
 
 // For query heads [head_begin, head_end):
 //   out[h] = softmax(q[h] . K[0..n_ctx) / sqrt(head_dim)) . V[0..n_ctx)
 // q, out: [n_heads][head_dim]; k_pages/v_pages: the sequence's pages in order;
 // scores: scratch of n_ctx rounded up to kPageAlign floats. The result for a query depends only
 // on its own inputs (never on other queries computed alongside).
-void AttendOne(const float* q, const float* const* k_pages, const float* const* v_pages,
+void AttendOne(const float* q, const void* const* k_pages, const void* const* v_pages,
                int n_ctx, const AttentionShape& shape, int head_begin, int head_end,
                float* scores, float* out);
 
@@ -38,8 +47,8 @@ constexpr int kMaxAttendRows = 8;
 // context n_ctx0 + r — sharing the K loads; each row's result is bit-identical to AttendOne's.
 // q, out: rows ldq / ldo floats apart; scores: rows lds floats apart (lds >= the last row's
 // context rounded up to kPageAlign).
-void AttendRows(const float* q, int ldq, int rows, const float* const* k_pages,
-                const float* const* v_pages, int n_ctx0, const AttentionShape& shape,
+void AttendRows(const float* q, int ldq, int rows, const void* const* k_pages,
+                const void* const* v_pages, int n_ctx0, const AttentionShape& shape,
                 int head_begin, int head_end, float* scores, int lds, float* out, int ldo);
 
 }  // namespace blockserve::kernels

@@ -17,13 +17,18 @@
 namespace blockserve::runtime {
 namespace {
 
+kernels::KvType KvTypeOf(DType t) {
+  return t == DType::kBF16 ? kernels::KvType::kBF16 : kernels::KvType::kF32;
+}
+
 class AttnBlock final : public Block {
  public:
   AttnBlock(const ModelConfig& c, Tensor norm, PackedLinear qkv, PackedLinear wo,
             const BlockOptions& opt)
       : cfg_(c), norm_(std::move(norm)), qkv_(std::move(qkv)), wo_(std::move(wo)),
-        shape_{c.n_heads, c.n_kv_heads, c.head_dim(), opt.kv_page_size},
-        kv_(c.kv_dim(), opt.kv_page_size, opt.kv_max_pages) {}
+        shape_{c.n_heads, c.n_kv_heads, c.head_dim(), opt.kv_page_size, KvTypeOf(opt.kv_dtype)},
+        kv_(c.kv_dim(), opt.kv_page_size, opt.kv_max_pages,
+            static_cast<int>(kernels::KvTypeSize(KvTypeOf(opt.kv_dtype)))) {}
   BlockKind kind() const override { return BlockKind::kAttn; }
   size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
   void ReleaseSequence(SeqId seq) override { kv_.Release(seq); }
@@ -173,16 +178,16 @@ class AttnBlock final : public Block {
   }
 
   struct Row {
-    const float* const* k;
-    const float* const* v;
+    const void* const* k;
+    const void* const* v;
     int pos;  // position of the first row
     int n;    // consecutive rows
     int row;  // index of the first row in the batch
   };
   std::vector<Row> rows_;
   struct KvRun {
-    float* k_page;
-    float* v_page;
+    void* k_page;
+    void* v_page;
     int pos;  // position of the first token
     int n;    // consecutive tokens, all in this page
     int row;  // index of the first token in the batch
@@ -208,6 +213,10 @@ absl::StatusOr<std::shared_ptr<Block>> MakeAttnBlock(const ModelWeights& w, int 
   if (opt.kv_page_size <= 0 || opt.kv_page_size % kernels::kPageAlign != 0) {
     return absl::InvalidArgumentError(absl::StrCat("kv_page_size must be a positive multiple of ",
                                                    kernels::kPageAlign, ", got ", opt.kv_page_size));
+  }
+  if (opt.kv_dtype != DType::kF32 && opt.kv_dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_dtype must be f32 or bf16, got ",
+                                                   DTypeName(opt.kv_dtype)));
   }
   if (c.head_dim() > kernels::kMaxHeadDim) {
     return absl::UnimplementedError(absl::StrCat("head_dim ", c.head_dim(), " exceeds ",

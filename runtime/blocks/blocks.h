@@ -16,6 +16,9 @@ struct BlockOptions {
   std::optional<DType> weight_dtype;
   int kv_page_size = 16;  // tokens per KV page
   int kv_max_pages = 0;   // per attn block; 0 = unbounded
+  // Element type of the KV cache: f32 (exact: what the reference implementations compute) or
+  // bf16 (half the memory and the bytes attention reads; K and V rounded on store).
+  DType kv_dtype = DType::kF32;
 };
 
 absl::StatusOr<std::shared_ptr<Block>> MakeEmbedBlock(const ModelWeights& w,

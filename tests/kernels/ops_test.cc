@@ -73,27 +73,56 @@ TEST(Softmax, MatchesReferenceAndIsStableForLargeInputs) {
   for (int i = 0; i < 40; ++i) EXPECT_NEAR(y[i], std::exp(x[i] - mx) / sum, 1e-6);
 }
 
+// Pages of one sequence's K and V in either element type, placed in memory in the order given.
+struct PagedKv {
+  PagedKv(const AttentionShape& s, int n_ctx, bool reversed) {
+    const int kv_dim = s.n_kv_heads * s.head_dim;
+    const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
+    const size_t page = static_cast<size_t>(s.page_size) * kv_dim * KvTypeSize(s.kv);
+    kbuf.resize(n_pages * page);
+    vbuf.resize(n_pages * page);
+    for (int p = 0; p < n_pages; ++p) {
+      const int at = reversed ? n_pages - 1 - p : p;
+      kp.push_back(kbuf.data() + at * page);
+      vp.push_back(vbuf.data() + at * page);
+    }
+  }
+  // Stores logical rows k, v ([n][kv_dim]) one token at a time.
+  void Store(const AttentionShape& s, const std::vector<float>& k, const std::vector<float>& v,
+             int n) {
+    const int kv_dim = s.n_kv_heads * s.head_dim;
+    for (int t = 0; t < n; ++t) {
+      StoreKvRows(k.data() + t * kv_dim, 0, v.data() + t * kv_dim, 0, 1, s, t % s.page_size,
+                  const_cast<void*>(kp[t / s.page_size]), const_cast<void*>(vp[t / s.page_size]));
+    }
+  }
+  std::vector<uint8_t> kbuf, vbuf;
+  std::vector<const void*> kp, vp;
+};
+
+// What a value reads back as from a KV cache of type t.
+float KvRounded(KvType t, float x) {
+  return t == KvType::kF32 ? x : BF16ToFloat(FloatToBF16(x));
+}
+
 TEST(Attention, PagedGqaMatchesReference) {
+  for (KvType kv : {KvType::kF32, KvType::kBF16}) {
   for (int head_dim : {8, 32}) {
-  AttentionShape s{8, 2, head_dim, 16};  // 8 query heads share 2 kv heads; pages of 16 tokens
+  AttentionShape s{8, 2, head_dim, 16, kv};  // 8 query heads share 2 kv heads; pages of 16 tokens
   const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 37;
   const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
-  // Logical K/V rows, stored one token at a time through StoreKvRows into pages placed out of order in memory.
+  // Logical K/V rows, stored one token at a time into pages placed out of order in memory.
   auto krows = RandomVector(n_ctx * kv_dim, 7);
   auto vrows = RandomVector(n_ctx * kv_dim, 8);
-  std::vector<float> kbuf(n_pages * s.page_size * kv_dim), vbuf(kbuf.size());
-  std::vector<const float*> kp(n_pages), vp(n_pages);
-  for (int p = 0; p < n_pages; ++p) {
-    kp[p] = kbuf.data() + (n_pages - 1 - p) * s.page_size * kv_dim;
-    vp[p] = vbuf.data() + (n_pages - 1 - p) * s.page_size * kv_dim;
-  }
-  for (int t = 0; t < n_ctx; ++t) {
-    StoreKvRows(krows.data() + t * kv_dim, 0, vrows.data() + t * kv_dim, 0, 1, s, t % s.page_size,
-                const_cast<float*>(kp[t / s.page_size]), const_cast<float*>(vp[t / s.page_size]));
-  }
+  PagedKv paged(s, n_ctx, /*reversed=*/true);
+  paged.Store(s, krows, vrows, n_ctx);
+  // The reference reads what the cache holds (bf16: K and V rounded to nearest-even).
+  for (float& x : krows) x = KvRounded(kv, x);
+  for (float& x : vrows) x = KvRounded(kv, x);
   auto q = RandomVector(s.n_heads * s.head_dim, 9);
   std::vector<float> out(s.n_heads * s.head_dim), scores(n_pages * s.page_size);
-  AttendOne(q.data(), kp.data(), vp.data(), n_ctx, s, 0, s.n_heads, scores.data(), out.data());
+  AttendOne(q.data(), paged.kp.data(), paged.vp.data(), n_ctx, s, 0, s.n_heads, scores.data(),
+            out.data());
   for (int h = 0; h < s.n_heads; ++h) {
     const int kvh = h / (s.n_heads / s.n_kv_heads);
     std::vector<double> sc(n_ctx);
@@ -111,8 +140,10 @@ TEST(Attention, PagedGqaMatchesReference) {
       for (int t = 0; t < n_ctx; ++t) {
         ref += sc[t] / sum * vrows[t * kv_dim + kvh * s.head_dim + i];
       }
-      EXPECT_NEAR(out[h * s.head_dim + i], ref, 1e-5) << "head " << h << " dim " << i;
+      EXPECT_NEAR(out[h * s.head_dim + i], ref, 1e-5)
+          << "kv " << static_cast<int>(kv) << " head " << h << " dim " << i;
     }
+  }
   }
   }
 }
@@ -140,23 +171,15 @@ TEST(Attention, StoreKvRowsEqualsOneTokenAtATime) {
 // Prefill rows attended together give bit-identical results to one query at a time (batch and
 // chunking invariance rest on it).
 TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
+  for (KvType kv : {KvType::kF32, KvType::kBF16}) {
   for (int head_dim : {8, 32, 64, 80, 128}) {
-    AttentionShape s{4, 2, head_dim, head_dim == 80 ? 32 : 16};
+    AttentionShape s{4, 2, head_dim, head_dim == 80 ? 32 : 16, kv};
     const int kv_dim = s.n_kv_heads * s.head_dim, max_ctx = 70;
     const int n_pages = (max_ctx + s.page_size - 1) / s.page_size;
-    std::vector<float> kbuf(n_pages * s.page_size * kv_dim), vbuf(kbuf.size());
-    std::vector<const float*> kp(n_pages), vp(n_pages);
-    for (int p = 0; p < n_pages; ++p) {
-      kp[p] = kbuf.data() + p * s.page_size * kv_dim;
-      vp[p] = vbuf.data() + p * s.page_size * kv_dim;
-    }
-    auto krows = RandomVector(max_ctx * kv_dim, 21);
-    auto vrows = RandomVector(max_ctx * kv_dim, 22);
-    for (int t = 0; t < max_ctx; ++t) {
-      StoreKvRows(krows.data() + t * kv_dim, 0, vrows.data() + t * kv_dim, 0, 1, s,
-                  t % s.page_size, const_cast<float*>(kp[t / s.page_size]),
-                  const_cast<float*>(vp[t / s.page_size]));
-    }
+    PagedKv paged(s, max_ctx, /*reversed=*/false);
+    paged.Store(s, RandomVector(max_ctx * kv_dim, 21), RandomVector(max_ctx * kv_dim, 22), max_ctx);
+    const auto& kp = paged.kp;
+    const auto& vp = paged.vp;
     const int qd = s.n_heads * s.head_dim;
     auto q = RandomVector(kMaxAttendRows * qd, 23);
     const int lds = n_pages * s.page_size;
@@ -170,12 +193,14 @@ TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
           AttendOne(q.data() + r * qd, kp.data(), vp.data(), n0 + r, s, 0, s.n_heads, sc.data(),
                     one.data());
           for (int i = 0; i < qd; ++i) {
-            ASSERT_EQ(together[r * qd + i], one[i])
-                << "hd " << head_dim << " n0 " << n0 << " rows " << rows << " r " << r;
+            ASSERT_EQ(together[r * qd + i], one[i]) << "kv " << static_cast<int>(kv) << " hd "
+                                                    << head_dim << " n0 " << n0 << " rows "
+                                                    << rows << " r " << r;
           }
         }
       }
     }
+  }
   }
 }
 

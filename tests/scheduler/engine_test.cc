@@ -79,6 +79,7 @@ class EngineTest : public ::testing::Test {
     runtime::BlockOptions bo;
     bo.kv_page_size = opt.kv_page_size;
     bo.kv_max_pages = opt.kv_max_pages;
+    bo.kv_dtype = opt.kv_dtype;
     auto models = LoadEngineModels(*zoo_, AllModels(), bo);
     EXPECT_THAT(models, IsOk());
     if (opt.threads == 0) opt.threads = 2;
@@ -310,6 +311,40 @@ TEST_F(EngineTest, KvBudgetIsSplitByHowManyModelsUseABlock) {
     auto fresh = MakeEngine();
     EXPECT_EQ(got[i].tokens, Run(*fresh, {specs[i]})[0].tokens) << i;
   }
+}
+
+// A bf16 KV cache: half the bytes per page (the budget holds twice the pages), still batch
+// invariant (a request with strangers gives what it gives alone), and close to f32 KV.
+TEST_F(EngineTest, Bf16KvHalvesPagesKeepsBatchInvarianceAndTracksF32) {
+  EngineOptions opt;
+  opt.kv_dtype = runtime::DType::kBF16;
+  opt.kv_budget_bytes = 2 << 20;
+  auto e = MakeEngine(opt);
+  int shared_cap = 0;
+  for (const auto& i : e->stats().instances) {
+    if (i.kind == runtime::BlockKind::kAttn) shared_cap = std::max(shared_cap, i.kv_pages_free);
+  }
+  EXPECT_EQ(shared_cap, 10 * 2 * 1024 * 1024 / (50 * 2048));  // pages of 2 KiB, not 4
+  const std::vector<RequestSpec> specs = {Spec(*e, "base", 6, 40), Spec(*e, "ft3", 4, 30),
+                                          Spec(*e, "lora16", 5, 30), Spec(*e, "base", 9, 30, 5)};
+  EngineOptions bf16;
+  bf16.kv_dtype = runtime::DType::kBF16;
+  std::vector<Result> alone;
+  for (const auto& s : specs) {
+    auto fresh = MakeEngine(bf16);
+    alone.push_back(Run(*fresh, {s})[0]);
+  }
+  const auto together = Run(*e, specs);
+  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
+  // Against the exact (f32 KV) run of the same greedy request: K and V rounded to 8 bits of
+  // mantissa move the logits a little; the greedy tokens agree at least at the start.
+  auto f32 = MakeEngine();
+  const auto exact = Run(*f32, {specs[0]})[0].tokens;
+  ASSERT_EQ(exact.size(), alone[0].tokens.size());
+  size_t same = 0;
+  while (same < exact.size() && exact[same] == alone[0].tokens[same]) ++same;
+  std::printf("bf16 KV: greedy tokens agree with f32 KV for %zu of %zu\n", same, exact.size());
+  EXPECT_GE(same, 8u);
 }
 
 TEST_F(EngineTest, DedicatedCopiesShareNothing) {

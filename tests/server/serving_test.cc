@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "blockserve/v1/blockserve.grpc.pb.h"
 #include "blockzoo/derive.h"
 #include "blockzoo/formats/gguf.h"
@@ -634,6 +635,42 @@ TEST_F(ServingTest, DrainAbortsWhatOutlivesTheDeadlineAndRefusesNewWork) {
   EXPECT_LT(all.completion_tokens, 500);
   EXPECT_THAT((*core)->Generate(t, p).status(),
               testing::StatusIs(absl::StatusCode::kUnavailable, "shutting down"));
+}
+
+// engine.kv_dtype reaches the blocks: a bf16-KV server holds twice the pages in the same KV
+// budget and answers like the f32 one.
+TEST_F(ServingTest, Bf16KvConfigHalvesPagesAndServes) {
+  std::vector<std::string> tokens;
+  std::vector<int> free_pages;
+  for (const char* kv : {"f32", "bf16"}) {
+    auto config = ParseServerConfig(
+        absl::StrCat(R"({"engine": {"threads": 2, "kv_budget_mib": 1, "kv_dtype": ")", kv, R"("}})"),
+        "kv-config");
+    ASSERT_THAT(config, IsOk());
+    auto core = ServingCore::Create(tmp_->path(), *config);
+    ASSERT_THAT(core, IsOk());
+    GenerateParams p;
+    p.model = "stories260K";
+    p.text = "Once upon a time";
+    p.max_tokens = 24;
+    auto gen = (*core)->Generate((*core)->tenants().all()[0], p);
+    ASSERT_THAT(gen, IsOk());
+    Delta d, all;
+    while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) {
+      all.finish_reason = d.finish_reason;
+      all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
+    }
+    EXPECT_EQ(all.finish_reason, "length") << kv;
+    tokens.push_back(absl::StrJoin(all.tokens, " "));
+    int pages = 0;
+    for (const auto& i : (*core)->engine().stats().instances) {
+      if (i.kind == runtime::BlockKind::kAttn) pages += i.kv_pages_used + i.kv_pages_free;
+    }
+    free_pages.push_back(pages);
+    (*core)->Drain(std::chrono::seconds(1));
+  }
+  EXPECT_EQ(tokens[1], tokens[0]);
+  EXPECT_NEAR(free_pages[1], 2 * free_pages[0], 2 * 5);  // rounding per instance
 }
 
 TEST_F(ServingTest, TenantPoliciesGetTheirOwnChainVariants) {

@@ -25,10 +25,15 @@ absl::Status KvCache::Reserve(SeqId seq, int len) {
         return absl::ResourceExhaustedError(
             absl::StrCat("KV cache full: ", pages_used_, " of ", max_pages_, " pages in use"));
       }
-      // Pages come from slabs (huge-page backed when large): one allocation and one round of
-      // page faults per slab, not per page.
-      const int slab_pages = max_pages_ > 0 ? std::min(kSlabPages, max_pages_ - num_pages_)
-                                            : kSlabPages;
+      // Pages come from slabs: one allocation and one round of page faults per slab, not per
+      // page. A slab is kSlabPages, or 4 MiB when that is most of the way there: AllocateAligned
+      // puts 4 MiB and up on huge pages, and decode reading K/V through 4 KiB pages takes a TLB
+      // miss per page (bf16 pages are half the size of f32 ones: 64 of them fell short).
+      const size_t slab_bytes = kSlabPages * page_bytes();
+      const int want = slab_bytes >= (size_t{2} << 20) && slab_bytes < (size_t{4} << 20)
+                           ? static_cast<int>(((size_t{4} << 20) + page_bytes() - 1) / page_bytes())
+                           : kSlabPages;
+      const int slab_pages = max_pages_ > 0 ? std::min(want, max_pages_ - num_pages_) : want;
       slabs_.push_back(AllocateAligned(slab_pages * page_bytes()));
       auto* base = static_cast<uint8_t*>(slabs_.back().get());
       for (int i = slab_pages - 1; i >= 0; --i) free_.push_back(base + i * page_bytes());

@@ -4,7 +4,9 @@
 // transposed, so 16 keys' scores come out of one vector FMA per head dimension without
 // horizontal sums — and a V page is [page_size][n_kv_heads * head_dim]. Elements are f32 or
 // bf16 (AttentionShape::kv): bf16 halves the cache's memory and the bytes attention reads per
-// token; K and V are rounded to nearest-even on store and every sum stays f32.
+// token; K and V are rounded to nearest-even on store and every sum stays f32. A bf16 page keeps
+// pairs in 32-bit words (K: dims 2i, 2i+1 of a key; V: slots 2t, 2t+1 of a dimension), so
+// head_dim must be even (RoPE needs that anyway).
 #pragma once
 
 #include <cstddef>

@@ -4,6 +4,8 @@
 
 #include "kernels/cpu/activations.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_internal.h"
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/convert.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -201,6 +203,50 @@ TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
       }
     }
   }
+  }
+}
+
+// Every ISA build this CPU can run (the dispatcher picks one): the same results as the picked
+// one within rounding, and rows together bit-identical to one at a time within each build.
+TEST(Attention, EveryIsaBuildAgreesAndKeepsRowsBitIdentical) {
+  struct Impl {
+    const char* name;
+    bool runs;
+    decltype(&internal::AttendOneGeneric) one;
+    decltype(&internal::AttendRowsGeneric) rows;
+  };
+  const CpuFeatures& f = GetCpuFeatures();
+  const Impl impls[] = {
+      {"avx512", f.avx512f && f.fma, internal::AttendOneAvx512, internal::AttendRowsAvx512},
+      {"avx2", f.avx2 && f.fma, internal::AttendOneAvx2, internal::AttendRowsAvx2},
+      {"generic", true, internal::AttendOneGeneric, internal::AttendRowsGeneric}};
+  for (KvType kv : {KvType::kF32, KvType::kBF16}) {
+    AttentionShape s{4, 2, 64, 16, kv};
+    const int kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 45, qd = s.n_heads * s.head_dim;
+    PagedKv paged(s, n_ctx, /*reversed=*/true);
+    paged.Store(s, RandomVector(n_ctx * kv_dim, 41), RandomVector(n_ctx * kv_dim, 42), n_ctx);
+    auto q = RandomVector(kMaxAttendRows * qd, 43);
+    const int lds = 48, n0 = n_ctx - kMaxAttendRows + 1;
+    std::vector<float> picked(qd), sc(lds);
+    AttendOne(q.data(), paged.kp.data(), paged.vp.data(), n0, s, 0, s.n_heads, sc.data(),
+              picked.data());
+    for (const Impl& impl : impls) {
+      if (!impl.runs) continue;
+      std::vector<float> together(kMaxAttendRows * qd), scores(kMaxAttendRows * lds);
+      impl.rows(q.data(), qd, kMaxAttendRows, paged.kp.data(), paged.vp.data(), n0, s, 0,
+                s.n_heads, scores.data(), lds, together.data(), qd);
+      for (int r = 0; r < kMaxAttendRows; ++r) {
+        std::vector<float> one(qd);
+        impl.one(q.data() + r * qd, paged.kp.data(), paged.vp.data(), n0 + r, s, 0, s.n_heads,
+                 sc.data(), one.data());
+        for (int i = 0; i < qd; ++i) {
+          ASSERT_EQ(together[r * qd + i], one[i]) << impl.name << " row " << r;
+          if (r == 0) {
+            EXPECT_NEAR(one[i], picked[i], 1e-5) << impl.name;
+          }
+        }
+      }
+    }
   }
 }
 

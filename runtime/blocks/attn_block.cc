@@ -218,6 +218,10 @@ absl::StatusOr<std::shared_ptr<Block>> MakeAttnBlock(const ModelWeights& w, int 
     return absl::InvalidArgumentError(absl::StrCat("kv_dtype must be f32 or bf16, got ",
                                                    DTypeName(opt.kv_dtype)));
   }
+  if (opt.kv_dtype == DType::kBF16 && c.head_dim() % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a bf16 KV cache needs an even head_dim (its pages pair dimensions), got ", c.head_dim()));
+  }
   if (c.head_dim() > kernels::kMaxHeadDim) {
     return absl::UnimplementedError(absl::StrCat("head_dim ", c.head_dim(), " exceeds ",
                                                  kernels::kMaxHeadDim));

@@ -25,17 +25,15 @@ const void* RowsAs(const Tensor& t, DType storage, int64_t r0, int64_t rows,
                    std::vector<uint8_t>& buf) {
   const int64_t k = t.dim(1);
   const size_t n = static_cast<size_t>(rows * k);
-  if (t.dtype() == storage) {
-    return static_cast<const uint8_t*>(t.raw()) + static_cast<size_t>(r0 * k) * DTypeSize(storage);
-  }
-  std::vector<float> f(n);
-  ConvertToF32(t.dtype(),
-               static_cast<const uint8_t*>(t.raw()) + static_cast<size_t>(r0 * k) * DTypeSize(t.dtype()),
-               n, f.data());
+  const auto* src =
+      static_cast<const uint8_t*>(t.raw()) + static_cast<size_t>(r0 * k) * DTypeSize(t.dtype());
+  if (t.dtype() == storage) return src;
   buf.resize(n * DTypeSize(storage));
   if (storage == DType::kF32) {
-    std::memcpy(buf.data(), f.data(), buf.size());
+    ConvertToF32(t.dtype(), src, n, reinterpret_cast<float*>(buf.data()));
   } else {
+    std::vector<float> f(n);
+    ConvertToF32(t.dtype(), src, n, f.data());
     auto* h = reinterpret_cast<uint16_t*>(buf.data());
     for (size_t i = 0; i < n; ++i) {
       h[i] = storage == DType::kF16 ? FloatToHalf(f[i]) : FloatToBF16(f[i]);

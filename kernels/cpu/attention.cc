@@ -1,7 +1,5 @@
 #include "kernels/cpu/attention.h"
 
-#include <cstring>
-
 #include "kernels/cpu/attention_internal.h"
 #include "kernels/cpu/attention_layout.h"
 #include "kernels/cpu/cpu_features.h"

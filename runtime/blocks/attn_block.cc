@@ -28,7 +28,7 @@ class AttnBlock final : public Block {
       : cfg_(c), norm_(std::move(norm)), qkv_(std::move(qkv)), wo_(std::move(wo)),
         shape_{c.n_heads, c.n_kv_heads, c.head_dim(), opt.kv_page_size, KvTypeOf(opt.kv_dtype)},
         kv_(c.kv_dim(), opt.kv_page_size, opt.kv_max_pages,
-            static_cast<int>(kernels::KvTypeSize(KvTypeOf(opt.kv_dtype)))) {}
+            static_cast<int>(DTypeSize(opt.kv_dtype))) {}
   BlockKind kind() const override { return BlockKind::kAttn; }
   size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
   void ReleaseSequence(SeqId seq) override { kv_.Release(seq); }

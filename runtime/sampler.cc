@@ -33,11 +33,24 @@ uint32_t Sampler::NextU32() {  // xorshift64*, as llama2.c random_u32
 float Sampler::NextF32() { return static_cast<float>(NextU32() >> 8) / 16777216.0f; }
 
 int Argmax(const float* x, int n) {
-  int best = 0;
-  for (int i = 1; i < n; ++i) {
-    if (x[i] > x[best]) best = i;
+  // The first index of the largest value (NaNs never win; a NaN at 0 is returned as is), in
+  // two passes the compiler vectorises — the largest value, then where it first occurs — instead
+  // of one loop carrying `best` from element to element (greedy decoding scans the whole
+  // vocabulary for every token).
+  if (n <= 0 || std::isnan(x[0])) return 0;
+  constexpr int kLanes = 16;
+  float lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = x[0];
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
   }
-  return best;
+  float best = x[0];
+  for (int j = 0; j < kLanes; ++j) best = lane[j] > best ? lane[j] : best;
+  for (; i < n; ++i) best = x[i] > best ? x[i] : best;
+  for (i = 0; i < n && !(x[i] == best); ++i) {
+  }
+  return i < n ? i : 0;
 }
 
 int Sampler::SampleTopP(const float* probs, int n, float coin) {

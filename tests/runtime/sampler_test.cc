@@ -1,6 +1,8 @@
 #include "runtime/sampler.h"
 
+#include <cmath>
 #include <map>
+#include <random>
 
 #include "tests/testing/test_util.h"
 
@@ -13,6 +15,34 @@ TEST(Sampler, GreedyPicksFirstMaximum) {
   std::vector<float> logits = {0.1f, 3.0f, -2.0f, 3.0f};
   Sampler s({});
   EXPECT_EQ(s.Sample(logits.data(), 4), 1);
+}
+
+// Argmax must pick what a plain scan keeping the first strictly larger value picks, wherever
+// the maximum and its ties fall relative to the vectorised lanes and the tail.
+TEST(Sampler, ArgmaxMatchesAPlainScan) {
+  auto scan = [](const std::vector<float>& x) {
+    int best = 0;
+    for (int i = 1; i < static_cast<int>(x.size()); ++i) {
+      if (x[i] > x[best]) best = i;
+    }
+    return best;
+  };
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> small(-3, 3);  // few distinct values: many ties
+  for (int n : {1, 2, 15, 16, 17, 31, 32, 33, 100, 512, 8000}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> x(n);
+      for (float& v : x) v = static_cast<float>(small(rng));
+      if (trial % 4 == 1) x[n - 1] = 9.0f;  // the maximum in the tail
+      if (trial % 4 == 2 && n > 3) x[n / 2] = std::nanf("");  // a NaN never wins
+      if (trial % 4 == 3) x[rng() % n] = -0.0f;
+      ASSERT_EQ(Argmax(x.data(), n), scan(x)) << "n " << n << " trial " << trial;
+    }
+  }
+  std::vector<float> nan_first = {std::nanf(""), 1.0f, 2.0f};
+  EXPECT_EQ(Argmax(nan_first.data(), 3), 0);  // as the plain scan: nothing beats a NaN
+  std::vector<float> zeros = {-0.0f, 0.0f};
+  EXPECT_EQ(Argmax(zeros.data(), 2), 0);
 }
 
 TEST(Sampler, SameSeedSameTokensDifferentSeedDiffers) {

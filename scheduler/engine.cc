@@ -321,20 +321,37 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
     if (victim < 0) break;
     EvictInstance(victim);
   }
+  // The missing blocks load side by side, one per pool thread (each load reads and packs its
+  // own files; a cold model is a dozen blocks or more), and are then accounted in order.
+  std::vector<size_t> missing;
   for (size_t i = 0; i < slots_.size(); ++i) {
-    BlockSlot& slot = *slots_[i];
-    if (!needed[i] || slot.block) continue;
-    if (!slot.load) return absl::InternalError("block instance has neither block nor loader");
+    if (!needed[i] || slots_[i]->block) continue;
+    if (!slots_[i]->load) return absl::InternalError("block instance has neither block nor loader");
+    missing.push_back(i);
+  }
+  if (!missing.empty()) {
+    std::vector<absl::StatusOr<std::shared_ptr<runtime::Block>>> loaded(missing.size());
     const auto t0 = std::chrono::steady_clock::now();
-    ASSIGN_OR_RETURN(slot.block, slot.load());
+    ctx_.pool().Run(static_cast<int>(missing.size()),
+                    [&](int j) { loaded[j] = slots_[missing[j]]->load(); });
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::lock_guard<std::mutex> lock(mu_);
     stats_.load_s += secs;
-    ++stats_.block_loads;
-    ++stats_.instances[i].loads;
-    stats_.instances[i].resident = true;
-    stats_.resident_bytes += slot.bytes;
-    stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
+    absl::Status first_error;
+    for (size_t j = 0; j < missing.size(); ++j) {
+      if (!loaded[j].ok()) {
+        if (first_error.ok()) first_error = loaded[j].status();
+        continue;
+      }
+      const size_t i = missing[j];
+      slots_[i]->block = std::move(*loaded[j]);
+      ++stats_.block_loads;
+      ++stats_.instances[i].loads;
+      stats_.instances[i].resident = true;
+      stats_.resident_bytes += slots_[i]->bytes;
+      stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
+    }
+    RETURN_IF_ERROR(first_error);
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
     for (int32_t k : keys[i]) {

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <set>
 #include <cstring>
+#include <set>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/status_macros.h"
 #include "scheduler/profile.h"
+#include "spdlog/spdlog.h"
 
 namespace blockserve::scheduler {
 
@@ -267,7 +269,9 @@ absl::Status Engine::ForkKv(const Fork& f) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::MakeResident(const StepPlan& plan) {
+absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status>* broken) {
+  std::map<InstanceId, absl::Status> failed_blocks;
+  std::map<std::pair<InstanceId, int32_t>, absl::Status> failed_adapters;
   const uint64_t step = stats_.steps + 1;
   std::vector<bool> needed(slots_.size(), false);
   for (InstanceId i : plan.pinned) needed[i] = true;
@@ -337,10 +341,9 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::lock_guard<std::mutex> lock(mu_);
     stats_.load_s += secs;
-    absl::Status first_error;
     for (size_t j = 0; j < missing.size(); ++j) {
       if (!loaded[j].ok()) {
-        if (first_error.ok()) first_error = loaded[j].status();
+        failed_blocks.emplace(static_cast<InstanceId>(missing[j]), loaded[j].status());
         continue;
       }
       const size_t i = missing[j];
@@ -351,18 +354,29 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
       stats_.resident_bytes += slots_[i]->bytes;
       stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
     }
-    RETURN_IF_ERROR(first_error);
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!slots_[i]->block) continue;  // failed to load (above)
     for (int32_t k : keys[i]) {
       AdapterSlot& a = slots_[i]->adapters.at(k);
       if (a.attached) continue;
       const bool loaded = a.adapter == nullptr;
+      absl::Status st;
       if (loaded) {
         if (!a.load) return absl::InternalError("adapter has neither weights nor loader");
-        ASSIGN_OR_RETURN(a.adapter, a.load());
+        auto adapter = a.load();
+        if (adapter.ok()) {
+          a.adapter = std::move(*adapter);
+        } else {
+          st = adapter.status();
+        }
       }
-      RETURN_IF_ERROR(slots_[i]->block->AttachAdapter(k, a.adapter));
+      if (st.ok()) st = slots_[i]->block->AttachAdapter(k, a.adapter);
+      if (!st.ok()) {
+        if (loaded) a.adapter = nullptr;
+        failed_adapters.emplace(std::make_pair(static_cast<InstanceId>(i), k), st);
+        continue;
+      }
       a.attached = true;
       if (loaded) {
         std::lock_guard<std::mutex> lock(mu_);
@@ -371,6 +385,26 @@ absl::Status Engine::MakeResident(const StepPlan& plan) {
         stats_.resident_bytes += a.bytes;
         stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
       }
+    }
+  }
+  if (failed_blocks.empty() && failed_adapters.empty()) return absl::OkStatus();
+  if (broken == nullptr) {
+    return !failed_blocks.empty() ? failed_blocks.begin()->second
+                                  : failed_adapters.begin()->second;
+  }
+  broken->assign(models_.size(), absl::OkStatus());
+  const auto& infos = scheduler_->models();
+  for (size_t m = 0; m < infos.size(); ++m) {
+    for (InstanceId i : infos[m].chain) {
+      auto b = failed_blocks.find(i);
+      auto a = failed_adapters.find({i, models_[m].adapter});
+      const absl::Status* st = b != failed_blocks.end()     ? &b->second
+                               : a != failed_adapters.end() ? &a->second
+                                                            : nullptr;
+      if (st == nullptr) continue;
+      (*broken)[m] = absl::Status(st->code(), absl::StrCat("model ", infos[m].name, ": block ",
+                                                           slots_[i]->name, ": ", st->message()));
+      break;
     }
   }
   return absl::OkStatus();
@@ -432,9 +466,33 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
   return absl::OkStatus();
 }
 
-absl::Status Engine::Execute(const StepPlan& plan, std::vector<StepOutput>* out) {
-  for (const Release& r : plan.release) ReleaseKv(r);
-  RETURN_IF_ERROR(MakeResident(plan));
+absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
+                             std::set<RequestId>* failed) {
+  for (const Release& r : full.release) ReleaseKv(r);
+  std::vector<absl::Status> broken;
+  RETURN_IF_ERROR(MakeResident(full, &broken));
+  // Requests of models with a block that failed to load leave every call (the calls at that
+  // block had only them) and fail; the other tenants' requests run as planned.
+  StepPlan filtered;
+  if (!broken.empty()) {
+    filtered = full;
+    filtered.forks.clear();
+    for (const Fork& f : full.forks) {
+      if (broken[f.model].ok()) filtered.forks.push_back(f);
+    }
+    for (const PlannedSeq& s : full.seqs) {
+      if (!broken[s.model].ok() && failed->insert(s.id).second) {
+        spdlog::error("request {} fails: {}", s.id, std::string(broken[s.model].message()));
+      }
+    }
+    for (auto& calls : filtered.rounds) {
+      for (BlockCall& c : calls) {
+        std::erase_if(c.members, [&](int m) { return !broken[full.seqs[m].model].ok(); });
+      }
+      std::erase_if(calls, [](const BlockCall& c) { return c.members.empty(); });
+    }
+  }
+  const StepPlan& plan = broken.empty() ? full : filtered;
   for (const Fork& f : plan.forks) RETURN_IF_ERROR(ForkKv(f));
   // Per planned sequence: its tokens (the embed reads them; every batch carries them) and its
   // hidden rows between blocks. Gathered once per step, not per block call.
@@ -536,8 +594,9 @@ absl::StatusOr<bool> Engine::Step() {
   StepPlan plan = scheduler_->Plan();
   if (plan.empty() && plan.aborted.empty() && plan.unservable.empty()) return false;
   std::vector<StepOutput> out;
-  const absl::Status status = Execute(plan, &out);
-  const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok());
+  std::set<RequestId> failed;
+  const absl::Status status = Execute(plan, &out, &failed);
+  const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok(), failed);
   // Finished requests' full pages become prefix-cache entries (shared, not copied), then the
   // requests let go of their own.
   for (const Fork& f : scheduler_->TakeDonations()) {

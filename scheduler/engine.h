@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <set>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -142,7 +143,10 @@ class Engine {
   size_t num_instances() const { return slots_.size(); }
 
  private:
-  absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out);
+  // Runs the plan. Requests whose model has a block or adapter that fails to load are left
+  // out of every call and put in `*failed`; the rest of the plan runs.
+  absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out,
+                       std::set<RequestId>* failed);
   struct CallStats {
     InstanceId instance;
     int tokens;
@@ -155,7 +159,10 @@ class Engine {
   absl::Status RunCall(const StepPlan& plan, const BlockCall& call, runtime::ExecContext& ctx,
                        const std::vector<std::vector<int32_t>>& tokens,
                        std::vector<std::vector<float>>& hidden, CallResult& result);
-  absl::Status MakeResident(const StepPlan& plan);
+  // Loads what `plan` needs (evicting LRU instances over the budget). A block or adapter that
+  // fails to load breaks only the models that use it: with `broken` (indexed by model) their
+  // errors go there and the rest is still loaded; without it the first error is returned.
+  absl::Status MakeResident(const StepPlan& plan, std::vector<absl::Status>* broken = nullptr);
   void ReleaseKv(const Release& r);
   absl::Status ForkKv(const Fork& f);
   void Loop();

@@ -479,8 +479,7 @@ StepPlan Scheduler::Plan() {
   return plan;
 }
 
-std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<StepOutput>& outputs,
-                                     bool failed) {
+std::vector<Event> Scheduler::CommitDecided(const StepPlan& plan) {
   std::vector<Event> events;
   for (RequestId id : plan.aborted) {
     events.push_back({id, -1, Finish::kAbort});
@@ -490,15 +489,27 @@ std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<Ste
     events.push_back({id, -1, Finish::kContextFull});
     requests_.erase(id);
   }
+  return events;
+}
+
+void Scheduler::FailPlanned(const PlannedSeq& s, std::vector<Event>& events) {
+  Request* r = Get(s.id);
+  if (r == nullptr || r->state != RequestState::kRunning) return;
+  Finish(*r, Finish::kError);
+  events.push_back({r->id, -1, Finish::kError});
+  requests_.erase(s.id);
+}
+
+std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<StepOutput>& outputs,
+                                     bool failed, const std::set<RequestId>& errored) {
+  std::vector<Event> events = CommitDecided(plan);
   for (const PlannedSeq& s : plan.seqs) {
-    Request* r = Get(s.id);
-    if (r == nullptr || r->state != RequestState::kRunning) continue;
-    if (failed) {
-      Finish(*r, Finish::kError);
-      events.push_back({r->id, -1, Finish::kError});
-      requests_.erase(s.id);
+    if (failed || errored.count(s.id)) {
+      FailPlanned(s, events);
       continue;
     }
+    Request* r = Get(s.id);
+    if (r == nullptr || r->state != RequestState::kRunning) continue;
     r->computed = s.pos + s.len;
   }
   if (failed) return events;

@@ -130,8 +130,10 @@ class Scheduler {
   StepPlan Plan();
   // Applies the executor's sampled tokens; returns the events (tokens, finishes) to deliver.
   // `failed`: the step failed — every request in the plan finishes with kError.
+  // `errored`: requests of the plan that did not run (a block or adapter they need failed to
+  // load) — they finish with kError, the rest of the step stands.
   std::vector<Event> Commit(const StepPlan& plan, const std::vector<StepOutput>& outputs,
-                            bool failed = false);
+                            bool failed = false, const std::set<RequestId>& errored = {});
 
   // Sequences finished by Commit whose KV the executor should free now (otherwise they come
   // with the next plan's `release`).
@@ -175,6 +177,10 @@ class Scheduler {
   void Account(const Request& r, int from_len, int to_len);
   void Preempt(Request& r, StepPlan& plan);
   void Finish(Request& r, ::blockserve::scheduler::Finish f);
+  // Commit's parts: the plan's own decisions (aborted, unservable) as events, and one planned
+  // request finished with kError.
+  std::vector<Event> CommitDecided(const StepPlan& plan);
+  void FailPlanned(const PlannedSeq& s, std::vector<Event>& events);
   Request* Get(RequestId id);
   double Weight(const std::string& tenant) const;
 

@@ -5,6 +5,9 @@
 // real caches after every step.
 #include "scheduler/engine.h"
 
+#include <filesystem>
+#include <set>
+
 #include "blockzoo/derive.h"
 #include "blockzoo/equiv.h"
 #include "blockzoo/importer.h"
@@ -404,6 +407,58 @@ TEST_F(EngineTest, EquivalentPolicyRunsOnTheSubstitutesInstances) {
   int same = 0;
   for (size_t i = 0; i < 20; ++i) same += got[1].tokens[i] == got[2].tokens[i];
   EXPECT_GE(same, 18);  // and stays close to tiny itself
+}
+
+// A block file that cannot be loaded (damaged on disk after the engine started) fails the
+// requests of the model that needs it — not the other tenants' requests planned in the same
+// step, which then give exactly their tokens — and the engine keeps serving.
+TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
+  testing::TempDir tmp;
+  auto z = blockzoo::Zoo::Open(tmp.path(), true);
+  ASSERT_THAT(z, IsOk());
+  blockzoo::Zoo& zoo = **z;
+  blockzoo::ImportOptions io;
+  io.name = "base";
+  ASSERT_THAT(blockzoo::ImportModel(zoo, *models_dir_ + "/stories260K/stories260K.bin", io), IsOk());
+  blockzoo::DeriveOptions d;
+  d.base = "base";
+  d.name = "ft";
+  d.top_layers = 1;
+  d.rel_norm = 0.1;
+  ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
+  auto models = LoadEngineModels(zoo, std::vector<std::string>{"base", "ft"},
+                                 runtime::BlockOptions{}, /*lazy=*/true);
+  ASSERT_THAT(models, IsOk());
+  EngineOptions opt;
+  opt.threads = 2;
+  Engine e(opt, std::move(*models));
+  // Truncate the fine-tune's own blocks (the ones the base does not use).
+  auto base = zoo.GetManifest("base");
+  auto ft = zoo.GetManifest("ft");
+  ASSERT_THAT(base, IsOk());
+  ASSERT_THAT(ft, IsOk());
+  std::set<std::string> base_blocks;
+  for (const auto& entry : base->chain) base_blocks.insert(entry.block);
+  int damaged = 0;
+  for (const auto& entry : ft->chain) {
+    if (base_blocks.count(entry.block)) continue;
+    std::filesystem::resize_file(zoo.BlockPath(entry.block), 16);
+    ++damaged;
+  }
+  ASSERT_GT(damaged, 0);
+  const auto got = Run(e, {Spec(e, "ft", 4, 12), Spec(e, "base", 4, 12), Spec(e, "ft", 9, 12)});
+  EXPECT_EQ(got[0].finish, Finish::kError);
+  EXPECT_TRUE(got[0].tokens.empty());
+  EXPECT_EQ(got[2].finish, Finish::kError);
+  auto plain = MakeEngine();
+  const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
+  EXPECT_EQ(got[1].finish, Finish::kLength);
+  EXPECT_EQ(got[1].tokens, alone[0].tokens);
+  // Still serving: the base again, and the fine-tune fails again (its files are still bad).
+  const auto again = Run(e, {Spec(e, "base", 4, 12), Spec(e, "ft", 4, 12)});
+  EXPECT_EQ(again[0].tokens, alone[0].tokens);
+  EXPECT_EQ(again[1].finish, Finish::kError);
+  for (const auto& st : e.stats().instances) EXPECT_EQ(st.kv_pages_used, 0) << st.name;
 }
 
 TEST_F(EngineTest, PrefixCacheGivesTheSameTokensAndFreesCleanly) {

@@ -467,7 +467,7 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
 }
 
 absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
-                             std::set<RequestId>* failed) {
+                             std::map<RequestId, std::string>* failed) {
   for (const Release& r : full.release) ReleaseKv(r);
   std::vector<absl::Status> broken;
   RETURN_IF_ERROR(MakeResident(full, &broken));
@@ -481,9 +481,11 @@ absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
       if (broken[f.model].ok()) filtered.forks.push_back(f);
     }
     for (const PlannedSeq& s : full.seqs) {
-      if (!broken[s.model].ok() && failed->insert(s.id).second) {
-        spdlog::error("request {} fails: {}", s.id, std::string(broken[s.model].message()));
-      }
+      if (broken[s.model].ok() || failed->count(s.id)) continue;
+      // The log gets the file and the reason; the client a message without server paths.
+      spdlog::error("request {} fails: {}", s.id, std::string(broken[s.model].message()));
+      (*failed)[s.id] = absl::StrCat("model ", scheduler_->models()[s.model].name,
+                                     " is unavailable: one of its blocks failed to load");
     }
     for (auto& calls : filtered.rounds) {
       for (BlockCall& c : calls) {
@@ -594,9 +596,15 @@ absl::StatusOr<bool> Engine::Step() {
   StepPlan plan = scheduler_->Plan();
   if (plan.empty() && plan.aborted.empty() && plan.unservable.empty()) return false;
   std::vector<StepOutput> out;
-  std::set<RequestId> failed;
+  std::map<RequestId, std::string> failed;  // requests whose model failed to load, and why
   const absl::Status status = Execute(plan, &out, &failed);
-  const std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok(), failed);
+  std::set<RequestId> failed_ids;
+  for (const auto& [id, why] : failed) failed_ids.insert(id);
+  std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok(), failed_ids);
+  for (Event& e : events) {
+    auto f = failed.find(e.id);
+    if (f != failed.end() && e.finish == Finish::kError) e.error = f->second;
+  }
   // Finished requests' full pages become prefix-cache entries (shared, not copied), then the
   // requests let go of their own.
   for (const Fork& f : scheduler_->TakeDonations()) {

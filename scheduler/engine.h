@@ -144,9 +144,9 @@ class Engine {
 
  private:
   // Runs the plan. Requests whose model has a block or adapter that fails to load are left
-  // out of every call and put in `*failed`; the rest of the plan runs.
+  // out of every call and put in `*failed` with a message for the client; the rest runs.
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out,
-                       std::set<RequestId>* failed);
+                       std::map<RequestId, std::string>* failed);
   struct CallStats {
     InstanceId instance;
     int tokens;

@@ -112,6 +112,7 @@ struct Event {
   RequestId id = 0;
   int32_t token = -1;           // a new token (or -1)
   Finish finish = Finish::kNone;  // set on the last event of a request
+  std::string error;              // kError: what went wrong, when known (fit for the client)
 };
 
 class Scheduler {

@@ -341,7 +341,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
         case Finish::kAbort: d.finish_reason = "abort"; break;
         default:
           d.finish_reason = "error";
-          d.error = "the engine failed while running this request";
+          d.error = e.error.empty() ? "the engine failed while running this request" : e.error;
           break;
       }
     }

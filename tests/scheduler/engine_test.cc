@@ -24,6 +24,7 @@ using testing::IsOk;
 struct Result {
   std::vector<int32_t> tokens;
   Finish finish = Finish::kNone;
+  std::string error;
 };
 
 class EngineTest : public ::testing::Test {
@@ -110,7 +111,10 @@ class EngineTest : public ::testing::Test {
     for (size_t i = 0; i < specs.size(); ++i) {
       auto id = e.Submit(specs[i], [&out, i](const Event& ev) {
         if (ev.token >= 0) out[i].tokens.push_back(ev.token);
-        if (ev.finish != Finish::kNone) out[i].finish = ev.finish;
+        if (ev.finish != Finish::kNone) {
+          out[i].finish = ev.finish;
+          out[i].error = ev.error;
+        }
       });
       EXPECT_THAT(id, IsOk());
     }
@@ -450,6 +454,7 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
   EXPECT_EQ(got[0].finish, Finish::kError);
   EXPECT_TRUE(got[0].tokens.empty());
   EXPECT_EQ(got[2].finish, Finish::kError);
+  EXPECT_EQ(got[0].error, "model ft is unavailable: one of its blocks failed to load");
   auto plain = MakeEngine();
   const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
   EXPECT_EQ(got[1].finish, Finish::kLength);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <future>
 #include <thread>
 
@@ -671,6 +672,61 @@ TEST_F(ServingTest, Bf16KvConfigHalvesPagesAndServes) {
   }
   EXPECT_EQ(tokens[1], tokens[0]);
   EXPECT_NEAR(free_pages[1], 2 * free_pages[0], 2 * 5);  // rounding per instance
+}
+
+// A fine-tune whose own block files are damaged after the server started: its completion
+// answers with an OpenAI-style error naming the model, the base model keeps answering.
+TEST_F(ServingTest, AModelWithADamagedBlockFailsAloneWithAClearError) {
+  testing::TempDir tmp;
+  std::string damaged_id;
+  {
+    auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
+    ASSERT_THAT(zoo, IsOk());
+    blockzoo::ImportOptions io;
+    io.name = "stories260K";
+    ASSERT_THAT(blockzoo::ImportModel(**zoo, *testing::ModelsDir() + "/stories260K/stories260K.bin", io),
+                IsOk());
+    blockzoo::DeriveOptions d;
+    d.base = "stories260K";
+    d.name = "ft";
+    d.top_layers = 1;
+    d.rel_norm = 0.1;
+    ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
+  }
+  auto config = ParseServerConfig(R"({"engine": {"threads": 2},
+      "tenants": [{"name": "acme", "api_keys": ["sk-acme-0123456789"]}]})", "damage-config");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp.path(), *config);
+  ASSERT_THAT(core, IsOk());
+  HttpGateway http(core->get());
+  ASSERT_THAT(http.Start("127.0.0.1", 0), IsOk());
+  {
+    auto zoo = blockzoo::Zoo::Open(tmp.path(), false);
+    ASSERT_THAT(zoo, IsOk());
+    auto base = (*zoo)->GetManifest("stories260K");
+    auto ft = (*zoo)->GetManifest("ft");
+    ASSERT_THAT(ft, IsOk());
+    for (const auto& e : ft->chain) {
+      bool own = true;
+      for (const auto& b : base->chain) own &= b.block != e.block;
+      if (own) std::filesystem::resize_file((*zoo)->BlockPath(e.block), 16);
+    }
+  }
+  auto complete = [&](const std::string& model) {
+    const json body = {{"model", model}, {"prompt", "Once upon a time"}, {"max_tokens", 8}};
+    return Http(http.port(), "POST", "/v1/completions", body.dump(), kAcme);
+  };
+  const HttpReply bad = complete("ft");
+  const json err = Body(bad);
+  ASSERT_TRUE(err.contains("error")) << bad.body;
+  EXPECT_NE(err["error"]["message"].get<std::string>().find("model ft is unavailable"),
+            std::string::npos)
+      << bad.body;
+  const HttpReply good = complete("stories260K");
+  EXPECT_EQ(good.status, 200);
+  EXPECT_EQ(Body(good)["choices"][0]["finish_reason"], "length") << good.body;
+  http.Stop();
+  (*core)->Drain(std::chrono::seconds(1));
 }
 
 TEST_F(ServingTest, TenantPoliciesGetTheirOwnChainVariants) {

@@ -398,12 +398,12 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
     for (InstanceId i : infos[m].chain) {
       auto b = failed_blocks.find(i);
       auto a = failed_adapters.find({i, models_[m].adapter});
-      const absl::Status* st = b != failed_blocks.end()     ? &b->second
-                               : a != failed_adapters.end() ? &a->second
-                                                            : nullptr;
-      if (st == nullptr) continue;
-      (*broken)[m] = absl::Status(st->code(), absl::StrCat("model ", infos[m].name, ": block ",
-                                                           slots_[i]->name, ": ", st->message()));
+      const bool block = b != failed_blocks.end();
+      if (!block && a == failed_adapters.end()) continue;
+      const absl::Status& st = block ? b->second : a->second;
+      (*broken)[m] = absl::Status(
+          st.code(), absl::StrCat("model ", infos[m].name, block ? ": block " : ": adapter on block ",
+                                  slots_[i]->name, ": ", st.message()));
       break;
     }
   }

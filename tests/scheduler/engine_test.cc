@@ -466,6 +466,48 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
   for (const auto& st : e.stats().instances) EXPECT_EQ(st.kv_pages_used, 0) << st.name;
 }
 
+// The same for a LoRA adapter: the LoRA model's requests fail, the base's — in the same calls
+// of the shared blocks the adapter would attach to — give exactly their tokens.
+TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
+  testing::TempDir tmp;
+  auto z = blockzoo::Zoo::Open(tmp.path(), true);
+  ASSERT_THAT(z, IsOk());
+  blockzoo::Zoo& zoo = **z;
+  blockzoo::ImportOptions io;
+  io.name = "base";
+  ASSERT_THAT(blockzoo::ImportModel(zoo, *models_dir_ + "/stories260K/stories260K.bin", io), IsOk());
+  blockzoo::DeriveOptions d;
+  d.base = "base";
+  d.name = "lora";
+  d.recipe = blockzoo::DeriveOptions::Recipe::kLora;
+  d.lora_rank = 4;
+  d.lora_targets = {"wq", "wv"};
+  d.rel_norm = 0.2;
+  ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
+  auto models = LoadEngineModels(zoo, std::vector<std::string>{"base", "lora"},
+                                 runtime::BlockOptions{}, /*lazy=*/true);
+  ASSERT_THAT(models, IsOk());
+  EngineOptions opt;
+  opt.threads = 2;
+  Engine e(opt, std::move(*models));
+  auto lora = zoo.GetManifest("lora");
+  ASSERT_THAT(lora, IsOk());
+  int damaged = 0;
+  for (const auto& entry : lora->chain) {
+    if (entry.lora.empty()) continue;
+    std::filesystem::resize_file(zoo.BlockPath(entry.lora), 16);
+    ++damaged;
+  }
+  ASSERT_GT(damaged, 0);
+  const auto got = Run(e, {Spec(e, "lora", 4, 12), Spec(e, "base", 4, 12)});
+  EXPECT_EQ(got[0].finish, Finish::kError);
+  EXPECT_EQ(got[0].error, "model lora is unavailable: one of its blocks failed to load");
+  auto plain = MakeEngine();
+  EXPECT_EQ(got[1].tokens, Run(*plain, {Spec(*plain, "base", 4, 12)})[0].tokens);
+  EXPECT_EQ(got[1].finish, Finish::kLength);
+  EXPECT_EQ(e.stats().adapters_resident, 0);
+}
+
 TEST_F(EngineTest, PrefixCacheGivesTheSameTokensAndFreesCleanly) {
   EngineOptions opt;
   opt.scheduler.prefix_cache = true;

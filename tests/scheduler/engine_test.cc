@@ -90,6 +90,30 @@ class EngineTest : public ::testing::Test {
     return std::make_unique<Engine>(opt, std::move(*models));
   }
 
+  // A zoo of its own in `tmp` holding stories260K as "base" (for tests that damage its files);
+  // null (with the failure reported) if it cannot be made.
+  std::unique_ptr<blockzoo::Zoo> ZooWithBase(const testing::TempDir& tmp) {
+    auto z = blockzoo::Zoo::Open(tmp.path(), true);
+    EXPECT_THAT(z, IsOk());
+    if (!z.ok()) return nullptr;
+    blockzoo::ImportOptions io;
+    io.name = "base";
+    auto m = blockzoo::ImportModel(**z, *models_dir_ + "/stories260K/stories260K.bin", io);
+    EXPECT_THAT(m, IsOk());
+    return m.ok() ? std::move(*z) : nullptr;
+  }
+
+  // An engine over `names` of `zoo` whose blocks load on first use.
+  static std::unique_ptr<Engine> LazyEngine(const blockzoo::Zoo& zoo,
+                                            const std::vector<std::string>& names) {
+    auto models = LoadEngineModels(zoo, names, runtime::BlockOptions{}, /*lazy=*/true);
+    EXPECT_THAT(models, IsOk());
+    if (!models.ok()) return nullptr;
+    EngineOptions opt;
+    opt.threads = 2;
+    return std::make_unique<Engine>(opt, std::move(*models));
+  }
+
   static RequestSpec Spec(const Engine& e, const std::string& model, int n, int max_tokens,
                           uint64_t seed = 0) {
     RequestSpec s;
@@ -418,24 +442,18 @@ TEST_F(EngineTest, EquivalentPolicyRunsOnTheSubstitutesInstances) {
 // step, which then give exactly their tokens — and the engine keeps serving.
 TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
   testing::TempDir tmp;
-  auto z = blockzoo::Zoo::Open(tmp.path(), true);
-  ASSERT_THAT(z, IsOk());
-  blockzoo::Zoo& zoo = **z;
-  blockzoo::ImportOptions io;
-  io.name = "base";
-  ASSERT_THAT(blockzoo::ImportModel(zoo, *models_dir_ + "/stories260K/stories260K.bin", io), IsOk());
+  auto z = ZooWithBase(tmp);
+  ASSERT_NE(z, nullptr);
+  blockzoo::Zoo& zoo = *z;
   blockzoo::DeriveOptions d;
   d.base = "base";
   d.name = "ft";
   d.top_layers = 1;
   d.rel_norm = 0.1;
   ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
-  auto models = LoadEngineModels(zoo, std::vector<std::string>{"base", "ft"},
-                                 runtime::BlockOptions{}, /*lazy=*/true);
-  ASSERT_THAT(models, IsOk());
-  EngineOptions opt;
-  opt.threads = 2;
-  Engine e(opt, std::move(*models));
+  auto engine = LazyEngine(zoo, {"base", "ft"});
+  ASSERT_NE(engine, nullptr);
+  Engine& e = *engine;
   // Truncate the fine-tune's own blocks (the ones the base does not use).
   auto base = zoo.GetManifest("base");
   auto ft = zoo.GetManifest("ft");
@@ -470,12 +488,9 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
 // of the shared blocks the adapter would attach to — give exactly their tokens.
 TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
   testing::TempDir tmp;
-  auto z = blockzoo::Zoo::Open(tmp.path(), true);
-  ASSERT_THAT(z, IsOk());
-  blockzoo::Zoo& zoo = **z;
-  blockzoo::ImportOptions io;
-  io.name = "base";
-  ASSERT_THAT(blockzoo::ImportModel(zoo, *models_dir_ + "/stories260K/stories260K.bin", io), IsOk());
+  auto z = ZooWithBase(tmp);
+  ASSERT_NE(z, nullptr);
+  blockzoo::Zoo& zoo = *z;
   blockzoo::DeriveOptions d;
   d.base = "base";
   d.name = "lora";
@@ -484,12 +499,9 @@ TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
   d.lora_targets = {"wq", "wv"};
   d.rel_norm = 0.2;
   ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
-  auto models = LoadEngineModels(zoo, std::vector<std::string>{"base", "lora"},
-                                 runtime::BlockOptions{}, /*lazy=*/true);
-  ASSERT_THAT(models, IsOk());
-  EngineOptions opt;
-  opt.threads = 2;
-  Engine e(opt, std::move(*models));
+  auto engine = LazyEngine(zoo, {"base", "lora"});
+  ASSERT_NE(engine, nullptr);
+  Engine& e = *engine;
   auto lora = zoo.GetManifest("lora");
   ASSERT_THAT(lora, IsOk());
   int damaged = 0;

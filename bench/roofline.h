@@ -6,7 +6,8 @@
 
 namespace blockserve::bench {
 
-// Best of `reps` passes of every pool thread reading its share of a `bytes` buffer; GB/s.
+// Best of `reps` passes of every pool thread reading its share of a `bytes` buffer (each pass
+// once plainly and, with AVX-512, once with software prefetch ahead, as the kernels read); GB/s.
 double MeasureReadBandwidth(runtime::ThreadPool& pool, size_t bytes, int reps);
 // Best of `reps` runs of independent FMA chains on every pool thread; GFLOP/s (2 per FMA).
 double MeasureFmaPeak(runtime::ThreadPool& pool, int reps);

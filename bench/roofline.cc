@@ -33,7 +33,9 @@ __attribute__((target("avx512f"))) float SumAvx512Prefetch(const float* p, size_
   constexpr size_t kAhead = 3072 / sizeof(float);
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   for (size_t i = 0; i + 64 <= n; i += 64) {
-    for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + i + kAhead + 16 * l), _MM_HINT_T0);
+    for (int l = 0; l < 4; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + i + kAhead + 16 * l), _MM_HINT_T0);
+    }
     a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
     a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
     a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));

@@ -1,5 +1,6 @@
 // Paged KV storage of one attn block instance: fixed-size pages of page_size * kv_dim elements
-// (f32 or bf16: elem_bytes 4 or 2) for K and for V, a page list per sequence. Owned by the engine thread (no locks).
+// (f32 or bf16: elem_bytes 4 or 2) for K and for V, a page list per sequence. Owned by the
+// engine thread (no locks).
 #pragma once
 
 #include <memory>

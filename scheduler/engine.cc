@@ -401,9 +401,9 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
       const bool block = b != failed_blocks.end();
       if (!block && a == failed_adapters.end()) continue;
       const absl::Status& st = block ? b->second : a->second;
-      (*broken)[m] = absl::Status(
-          st.code(), absl::StrCat("model ", infos[m].name, block ? ": block " : ": adapter on block ",
-                                  slots_[i]->name, ": ", st.message()));
+      const char* what = block ? ": block " : ": adapter on block ";
+      (*broken)[m] = absl::Status(st.code(), absl::StrCat("model ", infos[m].name, what,
+                                                          slots_[i]->name, ": ", st.message()));
       break;
     }
   }
@@ -584,7 +584,7 @@ absl::StatusOr<bool> Engine::Step() {
       const runtime::SamplingParams sampling = spec.sampling;
       auto s = scheduler_->Submit(std::move(spec), id);
       if (!s.ok()) {
-        sink({id, -1, Finish::kError});
+        sink({id, -1, Finish::kError, {}});
         continue;
       }
       sinks_[id] = std::move(sink);
@@ -601,9 +601,11 @@ absl::StatusOr<bool> Engine::Step() {
   std::set<RequestId> failed_ids;
   for (const auto& [id, why] : failed) failed_ids.insert(id);
   std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok(), failed_ids);
-  for (Event& e : events) {
-    auto f = failed.find(e.id);
-    if (f != failed.end() && e.finish == Finish::kError) e.error = f->second;
+  if (!failed.empty()) {
+    for (Event& e : events) {
+      auto f = failed.find(e.id);
+      if (f != failed.end() && e.finish == Finish::kError) e.error = f->second;
+    }
   }
   // Finished requests' full pages become prefix-cache entries (shared, not copied), then the
   // requests let go of their own.

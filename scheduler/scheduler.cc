@@ -482,11 +482,11 @@ StepPlan Scheduler::Plan() {
 std::vector<Event> Scheduler::CommitDecided(const StepPlan& plan) {
   std::vector<Event> events;
   for (RequestId id : plan.aborted) {
-    events.push_back({id, -1, Finish::kAbort});
+    events.push_back({id, -1, Finish::kAbort, {}});
     requests_.erase(id);
   }
   for (RequestId id : plan.unservable) {
-    events.push_back({id, -1, Finish::kContextFull});
+    events.push_back({id, -1, Finish::kContextFull, {}});
     requests_.erase(id);
   }
   return events;
@@ -496,7 +496,7 @@ void Scheduler::FailPlanned(const PlannedSeq& s, std::vector<Event>& events) {
   Request* r = Get(s.id);
   if (r == nullptr || r->state != RequestState::kRunning) return;
   Finish(*r, Finish::kError);
-  events.push_back({r->id, -1, Finish::kError});
+  events.push_back({r->id, -1, Finish::kError, {}});
   requests_.erase(s.id);
 }
 
@@ -520,7 +520,7 @@ std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<Ste
     ::blockserve::scheduler::Finish f = Finish::kNone;
     if (std::find(stops.begin(), stops.end(), o.token) != stops.end()) {
       f = Finish::kStop;
-      events.push_back({r->id, -1, f});
+      events.push_back({r->id, -1, f, {}});
     } else {
       r->generated.push_back(o.token);
       if (static_cast<int>(r->generated.size()) >= r->spec.max_tokens) {
@@ -528,7 +528,7 @@ std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<Ste
       } else if (r->context_len() >= models_[r->spec.model].max_seq_len) {
         f = Finish::kContextFull;
       }
-      events.push_back({r->id, o.token, f});
+      events.push_back({r->id, o.token, f, {}});
     }
     if (f != Finish::kNone) {
       Finish(*r, f);

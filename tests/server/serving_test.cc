@@ -684,8 +684,8 @@ TEST_F(ServingTest, AModelWithADamagedBlockFailsAloneWithAClearError) {
     ASSERT_THAT(zoo, IsOk());
     blockzoo::ImportOptions io;
     io.name = "stories260K";
-    ASSERT_THAT(blockzoo::ImportModel(**zoo, *testing::ModelsDir() + "/stories260K/stories260K.bin", io),
-                IsOk());
+    const std::string bin = *testing::ModelsDir() + "/stories260K/stories260K.bin";
+    ASSERT_THAT(blockzoo::ImportModel(**zoo, bin, io), IsOk());
     blockzoo::DeriveOptions d;
     d.base = "stories260K";
     d.name = "ft";

@@ -88,6 +88,9 @@ int g_max_running = 64;
 std::string g_only;
 int g_repeat = 2;  // --repeat: runs of each configuration (the best is reported)
 bool g_verbose = false;  // --verbose: per block instance calls, mean batch and busy time
+// --loads: blocks that are not resident load on loader threads while the engine serves what
+// is (background, the server's default) or inside the step that needs them (step).
+bool g_background_loads = true;
 bool g_cold = false;  // --cold: with room for every copy, still load blocks on first use
 runtime::DType g_kv_dtype = runtime::DType::kF32;  // --kv-dtype: the KV cache's element type
 
@@ -103,9 +106,9 @@ void PrintInstances(const scheduler::EngineStats& st) {
     if (i.calls > 0 && i.calls < most_calls) partial += i.busy_s;
   }
   std::printf("    %llu steps, block busy %.2f s (instances in fewer steps than the busiest: "
-              "%.2f s, %.0f%%), loading %.2f s\n",
+              "%.2f s, %.0f%%), loading in steps %.2f s, in the background %.2f s\n",
               static_cast<unsigned long long>(st.steps), busy, partial,
-              busy > 0 ? 100 * partial / busy : 0, st.load_s);
+              busy > 0 ? 100 * partial / busy : 0, st.load_s, st.background_load_s);
   for (const auto& i : st.instances) {
     if (i.calls == 0) continue;
     std::printf("    %-24s calls %6llu  mean batch %6.1f  busy %6.2f s\n", i.name.c_str(),
@@ -129,6 +132,7 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   EngineOptions opt;
   opt.threads = threads;
   opt.memory_budget = budget;
+  opt.background_loads = g_background_loads;
   opt.kv_dtype = g_kv_dtype;
   opt.scheduler.max_running = g_max_running;
   opt.scheduler.max_step_tokens = 512;
@@ -259,6 +263,13 @@ int Main(int argc, char** argv) {
       (kv ? g_kv_dtype : dtype) = *d;
     } else if (a == "--verbose") {
       g_verbose = true;
+    } else if (a == "--loads") {
+      const std::string v = next();
+      if (v != "step" && v != "background") {
+        std::fprintf(stderr, "--loads: step or background, not '%s'\n", v.c_str());
+        return 2;
+      }
+      g_background_loads = v == "background";
     } else if (a == "--cold") {
       g_cold = true;
     } else if (a == "--quick") {
@@ -269,6 +280,7 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "usage: multitenant [--n 8,32] [--requests N] [--rate R] "
                            "[--shape medium|llama110m|small] [--threads T] [--max-running M] [--repeat K] "
                            "[--only WHAT] [--dtype f32|f16] [--kv-dtype f32|bf16] [--verbose] [--cold] "
+                           "[--loads background|step] "
                            "[--quick]\n");
       return 2;
     }
@@ -285,11 +297,13 @@ int Main(int argc, char** argv) {
   if (rate <= 0) rate = shape == "medium" ? 20.0 : shape == "small" ? 60.0 : 5.0;
   std::printf("multitenant: synthetic llama dim %d, %d layers, ffn %d, vocab %d (%s, random "
               "weights, %s KV); %d requests, Poisson %.1f req/s, Zipf(1.1) over models; %d "
-              "threads\n",
+              "threads; loads %s\n",
               c.dim, c.n_layers, c.hidden_dim, c.vocab_size, runtime::DTypeName(dtype),
-              runtime::DTypeName(g_kv_dtype), requests, rate, threads);
+              runtime::DTypeName(g_kv_dtype), requests, rate, threads,
+              g_background_loads ? "in the background" : "in the step");
   nlohmann::json all = {{"shape", shape}, {"requests", requests}, {"rate", rate}, {"repeat", g_repeat},
                         {"threads", threads}, {"max_running", g_max_running}, {"cold", g_cold},
+                        {"loads", g_background_loads ? "background" : "step"},
                         {"dtype", runtime::DTypeName(dtype)},
                         {"kv_dtype", runtime::DTypeName(g_kv_dtype)}};
   for (int n : ns) {

@@ -109,9 +109,23 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     }
   }
   scheduler_ = std::make_unique<Scheduler>(opt_.scheduler, std::move(infos), std::move(minfo));
+  load_failed_.assign(slots_.size(), false);
+  if (opt_.background_loads) {
+    for (int t = 0; t < std::max(1, opt_.load_threads); ++t) {
+      loaders_.emplace_back([this] { LoaderLoop(); });
+    }
+  }
 }
 
-Engine::~Engine() { Stop(); }
+Engine::~Engine() {
+  Stop();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loaders_stop_ = true;  // loads not started are dropped; running ones finish first
+    loader_cv_.notify_all();
+  }
+  for (std::thread& t : loaders_) t.join();
+}
 
 int Engine::FindModel(const std::string& name) const {
   for (size_t i = 0; i < models_.size(); ++i) {
@@ -269,15 +283,224 @@ absl::Status Engine::ForkKv(const Fork& f) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status>* broken) {
-  std::map<InstanceId, absl::Status> failed_blocks;
-  std::map<std::pair<InstanceId, int32_t>, absl::Status> failed_adapters;
-  const uint64_t step = stats_.steps + 1;
+std::vector<bool> Engine::Needed(const StepPlan& plan) const {
   std::vector<bool> needed(slots_.size(), false);
   for (InstanceId i : plan.pinned) needed[i] = true;
   for (const auto& calls : plan.rounds) {
     for (const BlockCall& c : calls) needed[c.instance] = true;
   }
+  return needed;
+}
+
+bool Engine::MakeRoom(uint64_t need, const std::vector<bool>& protect,
+                      const std::vector<std::set<int32_t>>& keys) {
+  auto over = [&] {
+    return opt_.memory_budget > 0 &&
+           stats_.resident_bytes + loading_bytes_ + need > opt_.memory_budget;
+  };
+  // Adapters first: the resident ones not protected, least recently used first.
+  while (over()) {
+    AdapterSlot* victim = nullptr;
+    BlockSlot* owner = nullptr;
+    int32_t vkey = 0;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      for (auto& [k, a] : slots_[i]->adapters) {
+        if (!a.adapter || !a.load || keys[i].count(k)) continue;
+        if (victim == nullptr || a.last_used < victim->last_used) {
+          victim = &a;
+          owner = slots_[i].get();
+          vkey = k;
+        }
+      }
+    }
+    if (victim == nullptr) break;
+    EvictAdapter(*owner, vkey);
+  }
+  // Then blocks: the least recently used instances not in use (not protected, no KV held), so
+  // that resident memory never exceeds the budget.
+  while (over()) {
+    int victim = -1;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const BlockSlot& slot = *slots_[i];
+      if (!slot.block || !slot.load || protect[i] || slot.block->kv_pages_used() > 0) continue;
+      if (victim < 0 || last_used_[i] < last_used_[victim]) victim = static_cast<int>(i);
+    }
+    if (victim < 0) break;
+    EvictInstance(victim);
+  }
+  return !over();
+}
+
+absl::Status Engine::InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runtime::Block>> b) {
+  if (!b.ok()) {
+    load_failed_[i] = true;
+    return b.status();
+  }
+  load_failed_[i] = false;
+  BlockSlot& slot = *slots_[i];
+  if (slot.block) return absl::OkStatus();  // loaded meanwhile (LoadModel): keep that one
+  slot.block = std::move(*b);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.block_loads;
+  ++stats_.instances[i].loads;
+  stats_.instances[i].resident = true;
+  stats_.resident_bytes += slot.bytes;
+  stats_.peak_resident_bytes =
+      std::max(stats_.peak_resident_bytes, stats_.resident_bytes + loading_bytes_);
+  return absl::OkStatus();
+}
+
+absl::Status Engine::InstallAdapter(size_t i, int32_t key,
+                                    absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> a) {
+  AdapterSlot& slot = slots_[i]->adapters.at(key);
+  if (!a.ok()) {
+    slot.failed = true;
+    return a.status();
+  }
+  slot.failed = false;
+  if (slot.adapter) return absl::OkStatus();
+  slot.adapter = std::move(*a);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.adapter_loads;
+  ++stats_.adapters_resident;
+  stats_.resident_bytes += slot.bytes;
+  stats_.peak_resident_bytes =
+      std::max(stats_.peak_resident_bytes, stats_.resident_bytes + loading_bytes_);
+  return absl::OkStatus();
+}
+
+void Engine::UpdateReady() {
+  const auto& infos = scheduler_->models();
+  for (size_t m = 0; m < infos.size(); ++m) {
+    bool ready = true;
+    const int32_t key = models_[m].adapter;
+    for (InstanceId i : infos[m].chain) {
+      const BlockSlot& slot = *slots_[i];
+      // A failed load counts as ready: the step that runs the request retries it and fails the
+      // request with the reason if it fails again.
+      ready &= slot.block != nullptr || load_failed_[i];
+      if (key == 0) continue;
+      auto a = slot.adapters.find(key);
+      if (a != slot.adapters.end()) ready &= a->second.adapter != nullptr || a->second.failed;
+    }
+    scheduler_->SetReady(static_cast<int>(m), ready);
+  }
+}
+
+void Engine::StartLoads(const StepPlan& plan) {
+  if (plan.load.empty()) return;
+  const uint64_t step = stats_.steps + 1;
+  // What this step runs and the chains of every model to load stay: loading one model must
+  // not evict another that is loading or about to run.
+  std::vector<bool> protect = Needed(plan);
+  for (InstanceId i : plan.reserved) protect[i] = true;
+  std::vector<std::set<int32_t>> keys(slots_.size());
+  for (const PlannedSeq& s : plan.seqs) {
+    if (models_[s.model].adapter == 0) continue;
+    for (InstanceId i : scheduler_->models()[s.model].chain) {
+      keys[i].insert(models_[s.model].adapter);
+    }
+  }
+  for (int m : plan.load) {
+    for (InstanceId i : scheduler_->models()[m].chain) {
+      protect[i] = true;
+      last_used_[i] = step;
+      if (models_[m].adapter == 0) continue;
+      keys[i].insert(models_[m].adapter);
+      auto a = slots_[i]->adapters.find(models_[m].adapter);
+      if (a != slots_[i]->adapters.end()) a->second.last_used = step;
+    }
+  }
+  for (int m : plan.load) {
+    std::vector<LoadJob> jobs;
+    uint64_t need = 0;
+    const int32_t key = models_[m].adapter;
+    for (InstanceId i : scheduler_->models()[m].chain) {
+      BlockSlot& slot = *slots_[i];
+      const bool dup = std::any_of(jobs.begin(), jobs.end(),
+                                   [&](const LoadJob& j) { return j.instance == size_t(i); });
+      if (dup) continue;
+      if (!slot.block && slot.load && !load_failed_[i] && !loading_.count({i, 0})) {
+        jobs.push_back({static_cast<size_t>(i), 0, slot.bytes, slot.load, nullptr});
+        need += slot.bytes;
+      }
+      auto a = key == 0 ? slot.adapters.end() : slot.adapters.find(key);
+      if (a != slot.adapters.end() && !a->second.adapter && a->second.load && !a->second.failed &&
+          !loading_.count({i, key})) {
+        jobs.push_back({static_cast<size_t>(i), key, a->second.bytes, nullptr, a->second.load});
+        need += a->second.bytes;
+      }
+    }
+    if (jobs.empty()) continue;
+    // Over the budget with loads still landing: wait for them (they may be what makes the
+    // room). With none landing the loads start anyway, as a load inside a step would.
+    if (!MakeRoom(need, protect, keys) && loading_bytes_ > 0) break;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (LoadJob& j : jobs) {
+      loading_.insert({static_cast<InstanceId>(j.instance), j.adapter});
+      loading_bytes_ += j.bytes;
+      load_jobs_.push_back(std::move(j));
+    }
+    stats_.loading = static_cast<int>(loading_.size());
+    stats_.peak_resident_bytes =
+        std::max(stats_.peak_resident_bytes, stats_.resident_bytes + loading_bytes_);
+    loader_cv_.notify_all();
+  }
+}
+
+void Engine::InstallLoads() {
+  std::vector<LoadDone> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done.swap(load_done_);
+  }
+  for (LoadDone& d : done) {
+    loading_.erase({static_cast<InstanceId>(d.job.instance), d.job.adapter});
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      loading_bytes_ -= d.job.bytes;
+      stats_.loading = static_cast<int>(loading_.size());
+      stats_.background_load_s += d.secs;
+    }
+    const BlockSlot& slot = *slots_[d.job.instance];
+    const absl::Status st =
+        d.job.adapter == 0 ? InstallBlock(d.job.instance, std::move(d.block))
+                           : InstallAdapter(d.job.instance, d.job.adapter, std::move(d.adapter));
+    if (!st.ok()) {
+      spdlog::error("loading {}{} failed: {}", slot.name,
+                    d.job.adapter == 0 ? "" : absl::StrCat(" adapter ", d.job.adapter),
+                    std::string(st.message()));
+    }
+  }
+}
+
+void Engine::LoaderLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    loader_cv_.wait(lock, [&] { return loaders_stop_ || !load_jobs_.empty(); });
+    if (loaders_stop_) return;
+    LoadDone d;
+    d.job = std::move(load_jobs_.front());
+    load_jobs_.pop_front();
+    lock.unlock();
+    const auto t0 = std::chrono::steady_clock::now();
+    if (d.job.adapter == 0) {
+      d.block = d.job.load_block();
+    } else {
+      d.adapter = d.job.load_adapter();
+    }
+    d.secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    lock.lock();
+    load_done_.push_back(std::move(d));
+    cv_.notify_all();
+  }
+}
+
+absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status>* broken) {
+  std::map<InstanceId, absl::Status> failed_blocks;
+  std::map<std::pair<InstanceId, int32_t>, absl::Status> failed_adapters;
+  const uint64_t step = stats_.steps + 1;
+  const std::vector<bool> needed = Needed(plan);
   uint64_t to_load = 0;
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (!needed[i]) continue;
@@ -296,35 +519,7 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
       if (!a->second.adapter) to_load += a->second.bytes;
     }
   }
-  while (opt_.memory_budget > 0 && stats_.resident_bytes + to_load > opt_.memory_budget) {
-    AdapterSlot* victim = nullptr;
-    BlockSlot* owner = nullptr;
-    int32_t vkey = 0;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      for (auto& [k, a] : slots_[i]->adapters) {
-        if (!a.adapter || !a.load || keys[i].count(k)) continue;
-        if (victim == nullptr || a.last_used < victim->last_used) {
-          victim = &a;
-          owner = slots_[i].get();
-          vkey = k;
-        }
-      }
-    }
-    if (victim == nullptr) break;
-    EvictAdapter(*owner, vkey);
-  }
-  // Then make room for blocks: evict the least recently used instances that are not in use
-  // (not needed this step, no KV held), so that resident memory never exceeds the budget.
-  while (opt_.memory_budget > 0 && stats_.resident_bytes + to_load > opt_.memory_budget) {
-    int victim = -1;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const BlockSlot& slot = *slots_[i];
-      if (!slot.block || !slot.load || needed[i] || slot.block->kv_pages_used() > 0) continue;
-      if (victim < 0 || last_used_[i] < last_used_[victim]) victim = static_cast<int>(i);
-    }
-    if (victim < 0) break;
-    EvictInstance(victim);
-  }
+  MakeRoom(to_load, needed, keys);
   // The missing blocks load side by side, one per pool thread (each load reads and packs its
   // own files; a cold model is a dozen blocks or more), and are then accounted in order.
   std::vector<size_t> missing;
@@ -339,20 +534,14 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
     ctx_.pool().Run(static_cast<int>(missing.size()),
                     [&](int j) { loaded[j] = slots_[missing[j]]->load(); });
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.load_s += secs;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.load_s += secs;
+    }
     for (size_t j = 0; j < missing.size(); ++j) {
-      if (!loaded[j].ok()) {
-        failed_blocks.emplace(static_cast<InstanceId>(missing[j]), loaded[j].status());
-        continue;
+      if (absl::Status st = InstallBlock(missing[j], std::move(loaded[j])); !st.ok()) {
+        failed_blocks.emplace(static_cast<InstanceId>(missing[j]), std::move(st));
       }
-      const size_t i = missing[j];
-      slots_[i]->block = std::move(*loaded[j]);
-      ++stats_.block_loads;
-      ++stats_.instances[i].loads;
-      stats_.instances[i].resident = true;
-      stats_.resident_bytes += slots_[i]->bytes;
-      stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
     }
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -360,31 +549,31 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
     for (int32_t k : keys[i]) {
       AdapterSlot& a = slots_[i]->adapters.at(k);
       if (a.attached) continue;
-      const bool loaded = a.adapter == nullptr;
       absl::Status st;
-      if (loaded) {
+      if (a.adapter == nullptr) {
         if (!a.load) return absl::InternalError("adapter has neither weights nor loader");
+        const auto t0 = std::chrono::steady_clock::now();
         auto adapter = a.load();
-        if (adapter.ok()) {
-          a.adapter = std::move(*adapter);
-        } else {
-          st = adapter.status();
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          stats_.load_s += secs;
+        }
+        st = InstallAdapter(i, k, std::move(adapter));
+      }
+      if (st.ok()) {
+        st = slots_[i]->block->AttachAdapter(k, a.adapter);
+        if (!st.ok()) {  // it does not fit this block: not worth its memory
+          EvictAdapter(*slots_[i], k);
+          a.failed = true;
         }
       }
-      if (st.ok()) st = slots_[i]->block->AttachAdapter(k, a.adapter);
       if (!st.ok()) {
-        if (loaded) a.adapter = nullptr;
         failed_adapters.emplace(std::make_pair(static_cast<InstanceId>(i), k), st);
         continue;
       }
       a.attached = true;
-      if (loaded) {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.adapter_loads;
-        ++stats_.adapters_resident;
-        stats_.resident_bytes += a.bytes;
-        stats_.peak_resident_bytes = std::max(stats_.peak_resident_bytes, stats_.resident_bytes);
-      }
     }
   }
   if (failed_blocks.empty() && failed_adapters.empty()) return absl::OkStatus();
@@ -471,6 +660,8 @@ absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
   for (const Release& r : full.release) ReleaseKv(r);
   std::vector<absl::Status> broken;
   RETURN_IF_ERROR(MakeResident(full, &broken));
+  // Loads for requests still waiting land while this step computes.
+  StartLoads(full);
   // Requests of models with a block that failed to load leave every call (the calls at that
   // block had only them) and fail; the other tenants' requests run as planned.
   StepPlan filtered;
@@ -593,8 +784,22 @@ absl::StatusOr<bool> Engine::Step() {
     for (RequestId id : abort_inbox_) scheduler_->Abort(id);
     abort_inbox_.clear();
   }
+  if (opt_.background_loads) {
+    InstallLoads();
+    UpdateReady();
+  }
   StepPlan plan = scheduler_->Plan();
-  if (plan.empty() && plan.aborted.empty() && plan.unservable.empty()) return false;
+  if (plan.empty() && plan.aborted.empty() && plan.unservable.empty()) {
+    StartLoads(plan);
+    if (loading_.empty()) return false;
+    // Nothing runs until a load lands (or a request, abort or control arrives).
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      return stop_ || !load_done_.empty() || !inbox_.empty() || !abort_inbox_.empty() ||
+             !control_.empty();
+    });
+    return true;
+  }
   std::vector<StepOutput> out;
   std::map<RequestId, std::string> failed;  // requests whose model failed to load, and why
   const absl::Status status = Execute(plan, &out, &failed);
@@ -660,7 +865,8 @@ void Engine::Loop() {
         scheduler_->num_running() == 0 &&
         scheduler_->num_waiting() == 0) {
       cv_.wait(lock, [&] {
-        return stop_ || !inbox_.empty() || !abort_inbox_.empty() || !control_.empty();
+        return stop_ || !inbox_.empty() || !abort_inbox_.empty() || !control_.empty() ||
+               !load_done_.empty();
       });
     }
     if (stop_) return;

@@ -32,6 +32,7 @@ struct AdapterSlot {
   std::function<absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>>()> load;
   std::shared_ptr<const runtime::LoraAdapter> adapter;  // set while resident
   bool attached = false;
+  bool failed = false;  // its last load (or attach) failed
   uint64_t bytes = 0;
   uint64_t last_used = 0;
 };
@@ -77,6 +78,12 @@ struct EngineOptions {
   // Weight memory for resident instances (0: unbounded): instances load on first use and the
   // least recently used ones not in use (no KV, not needed this step) are evicted beyond it.
   uint64_t memory_budget = 0;
+  // Load blocks and adapters on loader threads instead of inside the step that needs them: a
+  // request whose model is not resident waits (its memory reserved) while the engine keeps
+  // running the others, and is admitted once its chain has landed. Off: a step loads what it
+  // needs before computing, and every request of that step waits for it.
+  bool background_loads = false;
+  int load_threads = 2;  // loader threads (background_loads)
 };
 
 using Sink = std::function<void(const Event&)>;
@@ -104,7 +111,10 @@ struct EngineStats {
   int prefix_entries = 0;
   int waiting = 0, running = 0;
   uint64_t resident_bytes = 0, peak_resident_bytes = 0;
-  double busy_s = 0, load_s = 0;
+  double busy_s = 0;
+  double load_s = 0;             // time steps spent loading (every request waited)
+  double background_load_s = 0;  // time loader threads spent loading (background_loads)
+  int loading = 0;               // blocks and adapters being loaded in the background
   std::vector<InstanceStats> instances;
 };
 
@@ -163,6 +173,24 @@ class Engine {
   // fails to load breaks only the models that use it: with `broken` (indexed by model) their
   // errors go there and the rest is still loaded; without it the first error is returned.
   absl::Status MakeResident(const StepPlan& plan, std::vector<absl::Status>* broken = nullptr);
+  // Instances `plan` runs or pins.
+  std::vector<bool> Needed(const StepPlan& plan) const;
+  // Evicts least recently used adapters, then instances, neither protected nor holding KV (nor
+  // adapters in `keys` per instance), until `need` more bytes fit the budget next to what is
+  // resident and loading. False when they still do not.
+  bool MakeRoom(uint64_t need, const std::vector<bool>& protect,
+                const std::vector<std::set<int32_t>>& keys);
+  // Accounts a loaded block or adapter (the load's error is returned, and remembered).
+  absl::Status InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runtime::Block>> b);
+  absl::Status InstallAdapter(size_t i, int32_t key,
+                              absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> a);
+  // Background loading: queues the loads of the plan's `load` models (room made first, in
+  // order, while it can be), installs the loads that landed, tells the scheduler which models
+  // are ready.
+  void StartLoads(const StepPlan& plan);
+  void InstallLoads();
+  void UpdateReady();
+  void LoaderLoop();
   void ReleaseKv(const Release& r);
   absl::Status ForkKv(const Fork& f);
   void Loop();
@@ -202,6 +230,29 @@ class Engine {
   std::vector<bool> loaded_;  // per model, under mu_
   bool stop_ = false;
   std::thread thread_;
+  // Background loading. Jobs and results under mu_; `loading_` (what is queued or being
+  // loaded, with adapter key 0 for the block) and the failures are the engine thread's.
+  struct LoadJob {
+    size_t instance = 0;
+    int32_t adapter = 0;  // 0: the block
+    uint64_t bytes = 0;
+    std::function<absl::StatusOr<std::shared_ptr<runtime::Block>>()> load_block;
+    std::function<absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>>()> load_adapter;
+  };
+  struct LoadDone {
+    LoadJob job;
+    absl::StatusOr<std::shared_ptr<runtime::Block>> block;
+    absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> adapter;
+    double secs = 0;
+  };
+  std::deque<LoadJob> load_jobs_;
+  std::vector<LoadDone> load_done_;
+  std::condition_variable loader_cv_;
+  bool loaders_stop_ = false;
+  std::vector<std::thread> loaders_;
+  std::set<std::pair<InstanceId, int32_t>> loading_;
+  uint64_t loading_bytes_ = 0;  // under mu_ (stats read it)
+  std::vector<bool> load_failed_;  // per instance: its last load failed
   EngineStats stats_;
   RequestId next_id_ = 1;
 };

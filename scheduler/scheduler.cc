@@ -13,7 +13,7 @@ using runtime::BlockKind;
 Scheduler::Scheduler(SchedulerConfig config, std::vector<InstanceInfo> instances,
                      std::vector<ModelInfo> models)
     : config_(std::move(config)), instances_(std::move(instances)), models_(std::move(models)),
-      pages_used_(instances_.size(), 0) {}
+      pages_used_(instances_.size(), 0), ready_(models_.size(), true) {}
 
 absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec, RequestId id) {
   RETURN_IF_ERROR(Validate(spec));
@@ -244,6 +244,26 @@ void Scheduler::Preempt(Request& r, StepPlan& plan) {
   plan.preempted.push_back(r.id);
 }
 
+bool Scheduler::Servable(const Request& r) const {
+  bool servable = true;
+  if (config_.memory_budget > 0) {
+    uint64_t alone = 0;
+    std::set<InstanceId> seen;
+    for (InstanceId i : models_[r.spec.model].chain) {
+      if (seen.insert(i).second) alone += instances_[i].bytes;
+    }
+    servable &= alone <= config_.memory_budget;
+  }
+  for (InstanceId i : models_[r.spec.model].chain) {
+    const InstanceInfo& info = instances_[i];
+    servable &= info.kind != BlockKind::kAttn || info.kv_max_pages == 0 ||
+                Pages(i, r.context_len() + 1) <= info.kv_max_pages;
+  }
+  return servable;
+}
+
+void Scheduler::SetReady(int model, bool ready) { ready_.at(model) = ready; }
+
 void Scheduler::Finish(Request& r, ::blockserve::scheduler::Finish f) {
   if (f == Finish::kStop || f == Finish::kLength || f == Finish::kContextFull) Donate(r);
   auto it = reserved_.find(r.id);
@@ -325,9 +345,14 @@ StepPlan Scheduler::Plan() {
   // 2. Admission: least-served tenant first (weighted), then priority, then age.
   std::map<std::string, std::vector<Request*>> waiting;
   for (auto& [id, r] : requests_) {
-    if (r->state == RequestState::kQueued || r->state == RequestState::kPreempted) {
-      waiting[r->spec.tenant].push_back(r.get());
+    if (r->state != RequestState::kQueued && r->state != RequestState::kPreempted) continue;
+    // A request that could not fit even alone would wait forever: finish it instead.
+    if (!Servable(*r)) {
+      Finish(*r, Finish::kContextFull);
+      plan.unservable.push_back(r->id);
+      continue;
     }
+    waiting[r->spec.tenant].push_back(r.get());
   }
   for (auto& [t, list] : waiting) std::sort(list.begin(), list.end(), by_priority);
   int in_flight = num_running();
@@ -351,6 +376,14 @@ StepPlan Scheduler::Plan() {
   for (auto& [id, r] : requests_) {
     if (r->state == RequestState::kRunning) pin(*r);
   }
+  // Models still loading: their requests wait, and the memory their chains need is reserved
+  // (counted as pinned for the requests considered after them) while the engine loads them.
+  auto want = [&](const Request& r) {
+    if (std::find(plan.load.begin(), plan.load.end(), r.spec.model) == plan.load.end()) {
+      plan.load.push_back(r.spec.model);
+    }
+    pin(r);
+  };
   while (budget > 0 && in_flight < config_.max_running) {
     const std::string* tenant = nullptr;
     for (auto& [t, list] : waiting) {
@@ -359,35 +392,23 @@ StepPlan Scheduler::Plan() {
     }
     if (tenant == nullptr) break;
     auto& list = waiting[*tenant];
-    // The tenant's most important request, skipping (not waiting behind) requests whose blocks
-    // cannot be made resident now: another model's request may run meanwhile.
+    // The tenant's most important request that can run now, skipping (not waiting behind)
+    // requests whose blocks cannot be made resident now or are still loading: another model's
+    // request may run meanwhile. A loading model's request that fits reserves its memory.
     size_t pick = 0;
-    while (pick + 1 < list.size() && config_.memory_budget > 0 &&
-           pinned_bytes + extra_bytes(*list[pick]) > config_.memory_budget) {
-      ++pick;
-    }
-    Request* r = list[pick];
-    // A request that could not fit even alone would wait forever: finish it instead.
-    bool servable = true;
-    if (config_.memory_budget > 0) {
-      uint64_t alone = 0;
-      std::set<InstanceId> seen;
-      for (InstanceId i : models_[r->spec.model].chain) {
-        if (seen.insert(i).second) alone += instances_[i].bytes;
+    for (; pick < list.size(); ++pick) {
+      const Request& c = *list[pick];
+      if (config_.memory_budget > 0 && pinned_bytes + extra_bytes(c) > config_.memory_budget) {
+        continue;
       }
-      servable &= alone <= config_.memory_budget;
+      if (ready_[c.spec.model]) break;
+      want(c);
     }
-    for (InstanceId i : models_[r->spec.model].chain) {
-      const InstanceInfo& info = instances_[i];
-      servable &= info.kind != BlockKind::kAttn || info.kv_max_pages == 0 ||
-                  Pages(i, r->context_len() + 1) <= info.kv_max_pages;
-    }
-    if (!servable) {
-      list.erase(list.begin() + pick);
-      Finish(*r, Finish::kContextFull);
-      plan.unservable.push_back(r->id);
+    if (pick == list.size()) {
+      blocked.insert(*tenant);
       continue;
     }
+    Request* r = list[pick];
     // The longest cached prefix of its tokens on its chain (at least one token left to run).
     const int ps = KvPageSize(r->spec.model);
     if (config_.prefix_cache && ps > 0 && r->computed == 0) {
@@ -444,8 +465,37 @@ StepPlan Scheduler::Plan() {
     ++in_flight;
   }
 
+  // The requests still waiting, least-served tenant first, then priority: while their chains
+  // fit next to what is pinned and reserved, their memory is reserved too — the models they
+  // need that are not ready load ahead, and the ones that are stay resident for them.
+  std::vector<const std::string*> tenants;
+  for (auto& [t, list] : waiting) tenants.push_back(&t);
+  std::stable_sort(tenants.begin(), tenants.end(),
+                   [&](const std::string* a, const std::string* b) {
+                     return service(*a) < service(*b);
+                   });
+  for (const std::string* t : tenants) {
+    for (const Request* r : waiting[*t]) {
+      if (config_.memory_budget > 0 && pinned_bytes + extra_bytes(*r) > config_.memory_budget) {
+        continue;
+      }
+      if (ready_[r->spec.model]) {
+        pin(*r);
+      } else {
+        want(*r);
+      }
+    }
+  }
+
   plan.release.insert(plan.release.end(), pending_release_.begin(), pending_release_.end());
   pending_release_.clear();
+  plan.reserved.assign(pinned.begin(), pinned.end());
+  // Only the running requests' instances must be resident (reservations are not).
+  pinned.clear();
+  for (auto& [id, r] : requests_) {
+    if (r->state != RequestState::kRunning) continue;
+    pinned.insert(models_[r->spec.model].chain.begin(), models_[r->spec.model].chain.end());
+  }
   plan.pinned.assign(pinned.begin(), pinned.end());
 
   // 3. Per chain position, one call per block instance (split at its maximum batch).

@@ -97,6 +97,12 @@ struct StepPlan {
   std::vector<RequestId> admitted, preempted, aborted;
   std::vector<RequestId> unservable;  // can never fit the KV budget: finished (context_full)
   std::vector<InstanceId> pinned;     // instances the running requests need (must be resident)
+  // Models not ready (SetReady) that waiting requests need, most deserving first: the executor
+  // loads them in the background; the memory their chains need is reserved in this plan.
+  std::vector<int> load;
+  // Instances the running requests pin and the waiting ones were given room for (ready or
+  // loading): loading a model ahead must not evict them.
+  std::vector<InstanceId> reserved;
   std::vector<PlannedSeq> seqs;
   std::vector<std::vector<BlockCall>> rounds;  // rounds[r]: the calls at chain position r
   bool empty() const { return seqs.empty() && release.empty(); }
@@ -119,6 +125,13 @@ class Scheduler {
  public:
   Scheduler(SchedulerConfig config, std::vector<InstanceInfo> instances,
             std::vector<ModelInfo> models);
+
+  // Whether a model's blocks (and adapter) are resident, as the executor reports. Requests of
+  // a model that is not ready wait (others are admitted meanwhile) and the model is listed in
+  // the plan's `load`. Models start ready: an executor that loads on demand during the step
+  // never calls this.
+  void SetReady(int model, bool ready);
+  bool ready(int model) const { return ready_.at(model); }
 
   // Checks a request against the (immutable) models; safe from any thread.
   absl::Status Validate(const RequestSpec& spec) const;
@@ -164,6 +177,9 @@ class Scheduler {
 
  private:
   int Pages(InstanceId i, int len) const;
+  // Whether `r` can ever run: its chain fits the memory budget and its context the KV of each
+  // attn instance.
+  bool Servable(const Request& r) const;
   // Pages `r` itself is charged at `i` for `len` positions (its cached prefix is the entry's).
   int Charged(const Request& r, InstanceId i, int len) const;
   // Cache keys of r's first ps, 2 ps, ... positions up to `len` (one pass over the tokens).
@@ -191,6 +207,7 @@ class Scheduler {
   std::map<RequestId, std::unique_ptr<Request>> requests_;  // not yet finished and delivered
   std::map<RequestId, int> reserved_;  // tokens of KV accounted per request (computed + planned)
   std::vector<int> pages_used_;
+  std::vector<bool> ready_;  // per model
   std::set<RequestId> aborts_;
   std::vector<Release> pending_release_;
   std::map<std::string, double> served_;

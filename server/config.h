@@ -47,6 +47,8 @@ struct ServerConfig {
   int max_step_tokens = 512;
   int max_batch_tokens = 512;
   bool prefix_cache = true;
+  // Blocks and adapters load on loader threads while the engine serves what is resident.
+  bool background_loads = true;
   std::vector<std::string> models;  // zoo models to serve (empty: all)
   // Gateway.
   size_t max_body_bytes = 1 << 20;

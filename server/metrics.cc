@@ -83,6 +83,10 @@ Metrics::Metrics()
                            .Name("blockserve_blocks_resident")
                            .Help("Block instances resident")
                            .Register(*registry_)),
+      blocks_loading_(BuildGauge()
+                          .Name("blockserve_blocks_loading")
+                          .Help("Blocks and adapters being loaded in the background")
+                          .Register(*registry_)),
       preemptions_(BuildCounter()
                        .Name("blockserve_preemptions_total")
                        .Help("Sequences preempted for KV room")
@@ -177,6 +181,7 @@ std::string Metrics::Render(const scheduler::EngineStats& st,
     waiting_.Add({}).Set(st.waiting);
     running_.Add({}).Set(st.running);
     resident_bytes_.Add({}).Set(static_cast<double>(st.resident_bytes));
+    blocks_loading_.Add({}).Set(st.loading);
     adapters_resident_.Add({}).Set(st.adapters_resident);
     auto bump = [](prometheus::Counter& c, uint64_t now_v, uint64_t* seen) {
       if (now_v > *seen) c.Increment(static_cast<double>(now_v - *seen));

@@ -59,6 +59,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& kv_usage_;
   prometheus::Family<prometheus::Gauge>& resident_bytes_;
   prometheus::Family<prometheus::Gauge>& blocks_resident_;
+  prometheus::Family<prometheus::Gauge>& blocks_loading_;
   prometheus::Family<prometheus::Counter>& preemptions_;
   prometheus::Family<prometheus::Gauge>& adapters_resident_;
   prometheus::Family<prometheus::Counter>& adapter_loads_;

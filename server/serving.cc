@@ -143,6 +143,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   eo.kv_dtype = c.kv_dtype;
   eo.kv_budget_bytes = c.kv_budget;
   eo.memory_budget = c.memory_budget;
+  eo.background_loads = c.background_loads;
   eo.scheduler.max_step_tokens = c.max_step_tokens;
   eo.scheduler.prefill_chunk = std::min(c.max_step_tokens, 256);
   eo.scheduler.max_running = c.max_running;

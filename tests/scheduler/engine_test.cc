@@ -5,8 +5,11 @@
 // real caches after every step.
 #include "scheduler/engine.h"
 
+#include <atomic>
 #include <filesystem>
+#include <future>
 #include <set>
+#include <thread>
 
 #include "blockzoo/derive.h"
 #include "blockzoo/equiv.h"
@@ -104,13 +107,16 @@ class EngineTest : public ::testing::Test {
   }
 
   // An engine over `names` of `zoo` whose blocks load on first use.
+  // `background`: loads run on loader threads (EngineOptions::background_loads).
   static std::unique_ptr<Engine> LazyEngine(const blockzoo::Zoo& zoo,
-                                            const std::vector<std::string>& names) {
+                                            const std::vector<std::string>& names,
+                                            bool background = false) {
     auto models = LoadEngineModels(zoo, names, runtime::BlockOptions{}, /*lazy=*/true);
     EXPECT_THAT(models, IsOk());
     if (!models.ok()) return nullptr;
     EngineOptions opt;
     opt.threads = 2;
+    opt.background_loads = background;
     return std::make_unique<Engine>(opt, std::move(*models));
   }
 
@@ -258,53 +264,148 @@ TEST_F(EngineTest, PreemptedRequestsFinishWithTheSameTokens) {
   for (size_t i = 0; i < e->num_instances(); ++i) EXPECT_EQ(e->InstancePages(i), 0);
 }
 
+// Loading inside the step that needs a block, or on loader threads while the engine serves
+// what is resident (background_loads): the same tokens, within the same budget.
 TEST_F(EngineTest, BlocksLoadOnFirstUseAndLruEvictionKeepsTheBudget) {
-  runtime::BlockOptions bo;
-  auto models = LoadEngineModels(*zoo_, AllModels(), bo, /*lazy=*/true);
-  ASSERT_THAT(models, IsOk());
-  const uint64_t base_bytes = 1177216;  // stories260K's 12 blocks
-  EngineOptions opt;
-  opt.threads = 2;
-  opt.memory_budget = base_bytes + 4 * 200000;  // the base plus one fine-tune's own blocks
-  Engine e(opt, std::move(*models));
-  EXPECT_EQ(e.stats().resident_bytes, 0u);
-  // One request per fine-tune, one after another in the queue; each needs its own layers 3-4.
-  std::vector<RequestSpec> specs;
-  for (int i = 1; i <= 7; ++i) specs.push_back(Spec(e, "ft" + std::to_string(i), 4, 12));
-  const auto got = Run(e, specs);
-  const EngineStats st = e.stats();
-  EXPECT_GE(st.block_loads, 8u + 7 * 4);  // base layers 0-2, embed, head + each ft's own
-  uint64_t evictions = 0;
-  for (const auto& i : st.instances) evictions += i.evictions;
-  EXPECT_GT(evictions, 0u);
-  EXPECT_LE(st.peak_resident_bytes, opt.memory_budget);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    auto fresh = MakeEngine();
-    EXPECT_EQ(got[i].tokens, Run(*fresh, {specs[i]})[0].tokens) << i;
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    runtime::BlockOptions bo;
+    auto models = LoadEngineModels(*zoo_, AllModels(), bo, /*lazy=*/true);
+    ASSERT_THAT(models, IsOk());
+    const uint64_t base_bytes = 1177216;  // stories260K's 12 blocks
+    EngineOptions opt;
+    opt.threads = 2;
+    opt.memory_budget = base_bytes + 4 * 200000;  // the base plus one fine-tune's own blocks
+    opt.background_loads = background;
+    Engine e(opt, std::move(*models));
+    EXPECT_EQ(e.stats().resident_bytes, 0u);
+    // One request per fine-tune, one after another in the queue; each needs its own layers 3-4.
+    std::vector<RequestSpec> specs;
+    for (int i = 1; i <= 7; ++i) specs.push_back(Spec(e, "ft" + std::to_string(i), 4, 12));
+    const auto got = Run(e, specs);
+    const EngineStats st = e.stats();
+    EXPECT_GE(st.block_loads, 8u + 7 * 4);  // base layers 0-2, embed, head + each ft's own
+    uint64_t evictions = 0;
+    for (const auto& i : st.instances) evictions += i.evictions;
+    EXPECT_GT(evictions, 0u);
+    EXPECT_LE(st.peak_resident_bytes, opt.memory_budget);
+    if (background) {
+      EXPECT_EQ(st.load_s, 0.0);  // no step waited for a load
+      EXPECT_GT(st.background_load_s, 0.0);
+      EXPECT_EQ(st.loading, 0);
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      auto fresh = MakeEngine();
+      EXPECT_EQ(got[i].tokens, Run(*fresh, {specs[i]})[0].tokens) << i;
+      EXPECT_EQ(got[i].finish, Finish::kLength) << i;
+    }
   }
 }
 
-TEST_F(EngineTest, LoraAdaptersLoadAndEvictOnDemand) {
-  runtime::BlockOptions bo;
-  auto models = LoadEngineModels(*zoo_, {"base", "lora2", "lora16"}, bo, /*lazy=*/true);
+// With background loads a cold model's blocks load while the engine keeps generating for the
+// models that are resident: here the fine-tune's own blocks are held back by a gate, and the
+// base's request gets its tokens step after step meanwhile. Once the gate opens the fine-tune's
+// request runs, and both give exactly the tokens they give alone.
+TEST_F(EngineTest, AColdModelLoadsWhileTheOthersKeepGenerating) {
+  auto models = LoadEngineModels(*zoo_, std::vector<std::string>{"base", "ft1"},
+                                 runtime::BlockOptions{}, /*lazy=*/true);
   ASSERT_THAT(models, IsOk());
-  // Room for the base blocks and the adapters of one LoRA model at a time (rank 16's are
-  // ~8 KiB per projection here).
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  std::atomic<int> gated{0};
+  std::set<const BlockSlot*> base_slots;
+  for (const auto& slot : (*models)[0].chain) base_slots.insert(slot.get());
+  for (auto& slot : (*models)[1].chain) {
+    if (base_slots.count(slot.get())) continue;
+    auto inner = slot->load;
+    slot->load = [inner, open, &gated] {
+      ++gated;
+      open.wait();
+      return inner();
+    };
+  }
   EngineOptions opt;
   opt.threads = 2;
-  opt.memory_budget = 1177216 + 160000;
+  opt.background_loads = true;
   Engine e(opt, std::move(*models));
-  const auto a = Run(e, {Spec(e, "lora16", 5, 12)});
-  const auto b = Run(e, {Spec(e, "lora2", 5, 12)});
-  const auto c = Run(e, {Spec(e, "lora16", 5, 12)});
+  std::vector<Result> got(2);
+  auto submit = [&](const RequestSpec& spec, Result& r) {
+    ASSERT_THAT(e.Submit(spec,
+                         [&r](const Event& ev) {
+                           if (ev.token >= 0) r.tokens.push_back(ev.token);
+                           if (ev.finish != Finish::kNone) r.finish = ev.finish;
+                         }),
+                IsOk());
+  };
+  submit(Spec(e, "base", 4, 40), got[0]);
+  while (got[0].tokens.size() < 2) {
+    ASSERT_THAT(e.Step(), IsOk());
+    CheckKv(e);
+  }
+  submit(Spec(e, "ft1", 4, 12), got[1]);
+  // The fine-tune's loads start (the step queues them) and stall at the gate ...
+  ASSERT_THAT(e.Step(), IsOk());
+  for (int ms = 0; ms < 20000 && gated.load() == 0; ++ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_GT(gated.load(), 0);
+  // ... and the base keeps going, a token every step.
+  const size_t before = got[0].tokens.size();
+  for (int step = 0; step < 20; ++step) {
+    ASSERT_THAT(e.Step(), IsOk());
+    CheckKv(e);
+  }
+  EXPECT_EQ(got[0].tokens.size(), before + 20);
+  EXPECT_TRUE(got[1].tokens.empty());
+  EXPECT_GT(e.stats().loading, 0);
+  EXPECT_EQ(e.scheduler().num_waiting(), 1);
+  gate.set_value();
+  auto busy = [&] { return got[0].finish == Finish::kNone || got[1].finish == Finish::kNone; };
+  for (int step = 0; step < 1000 && busy(); ++step) {
+    ASSERT_THAT(e.Step(), IsOk());
+    CheckKv(e);
+  }
+  auto plain = MakeEngine();
+  const auto alone = Run(*plain, {Spec(*plain, "base", 4, 40), Spec(*plain, "ft1", 4, 12)});
+  EXPECT_EQ(got[0].finish, Finish::kLength);
+  EXPECT_EQ(got[1].finish, Finish::kLength);
+  EXPECT_EQ(got[0].tokens, alone[0].tokens);
+  EXPECT_EQ(got[1].tokens, alone[1].tokens);
   const EngineStats st = e.stats();
-  EXPECT_GT(st.adapter_evictions, 0u);
-  EXPECT_GE(st.adapter_loads, 3u * 5);  // lora16, lora2, lora16 again (5 attn/ffn blocks each)
-  EXPECT_LE(st.peak_resident_bytes, opt.memory_budget);
-  EXPECT_EQ(a[0].tokens, c[0].tokens);
+  EXPECT_EQ(st.load_s, 0.0);  // no step waited for a load
+  EXPECT_EQ(st.loading, 0);
+}
+
+TEST_F(EngineTest, LoraAdaptersLoadAndEvictOnDemand) {
   auto eager = MakeEngine();
-  EXPECT_EQ(Run(*eager, {Spec(*eager, "lora16", 5, 12)})[0].tokens, a[0].tokens);
-  EXPECT_EQ(Run(*eager, {Spec(*eager, "lora2", 5, 12)})[0].tokens, b[0].tokens);
+  const auto want16 = Run(*eager, {Spec(*eager, "lora16", 5, 12)});
+  const auto want2 = Run(*eager, {Spec(*eager, "lora2", 5, 12)});
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    runtime::BlockOptions bo;
+    auto models = LoadEngineModels(*zoo_, {"base", "lora2", "lora16"}, bo, /*lazy=*/true);
+    ASSERT_THAT(models, IsOk());
+    // Room for the base blocks and the adapters of one LoRA model at a time (rank 16's are
+    // ~8 KiB per projection here).
+    EngineOptions opt;
+    opt.threads = 2;
+    opt.memory_budget = 1177216 + 160000;
+    opt.background_loads = background;
+    Engine e(opt, std::move(*models));
+    const auto a = Run(e, {Spec(e, "lora16", 5, 12)});
+    const auto b = Run(e, {Spec(e, "lora2", 5, 12)});
+    const auto c = Run(e, {Spec(e, "lora16", 5, 12)});
+    const EngineStats st = e.stats();
+    EXPECT_GT(st.adapter_evictions, 0u);
+    EXPECT_GE(st.adapter_loads, 3u * 5);  // lora16, lora2, lora16 again (5 attn/ffn blocks each)
+    EXPECT_LE(st.peak_resident_bytes, opt.memory_budget);
+    if (background) {
+      EXPECT_EQ(st.load_s, 0.0);
+    }
+    EXPECT_EQ(a[0].tokens, want16[0].tokens);
+    EXPECT_EQ(c[0].tokens, want16[0].tokens);
+    EXPECT_EQ(b[0].tokens, want2[0].tokens);
+  }
 }
 
 TEST_F(EngineTest, MaxBatchFromAMeasuredProfile) {
@@ -451,9 +552,6 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
   d.top_layers = 1;
   d.rel_norm = 0.1;
   ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
-  auto engine = LazyEngine(zoo, {"base", "ft"});
-  ASSERT_NE(engine, nullptr);
-  Engine& e = *engine;
   // Truncate the fine-tune's own blocks (the ones the base does not use).
   auto base = zoo.GetManifest("base");
   auto ft = zoo.GetManifest("ft");
@@ -468,20 +566,27 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
     ++damaged;
   }
   ASSERT_GT(damaged, 0);
-  const auto got = Run(e, {Spec(e, "ft", 4, 12), Spec(e, "base", 4, 12), Spec(e, "ft", 9, 12)});
-  EXPECT_EQ(got[0].finish, Finish::kError);
-  EXPECT_TRUE(got[0].tokens.empty());
-  EXPECT_EQ(got[2].finish, Finish::kError);
-  EXPECT_EQ(got[0].error, "model ft is unavailable: one of its blocks failed to load");
   auto plain = MakeEngine();
   const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
-  EXPECT_EQ(got[1].finish, Finish::kLength);
-  EXPECT_EQ(got[1].tokens, alone[0].tokens);
-  // Still serving: the base again, and the fine-tune fails again (its files are still bad).
-  const auto again = Run(e, {Spec(e, "base", 4, 12), Spec(e, "ft", 4, 12)});
-  EXPECT_EQ(again[0].tokens, alone[0].tokens);
-  EXPECT_EQ(again[1].finish, Finish::kError);
-  for (const auto& st : e.stats().instances) EXPECT_EQ(st.kv_pages_used, 0) << st.name;
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    auto engine = LazyEngine(zoo, {"base", "ft"}, background);
+    ASSERT_NE(engine, nullptr);
+    Engine& e = *engine;
+    const auto got =
+        Run(e, {Spec(e, "ft", 4, 12), Spec(e, "base", 4, 12), Spec(e, "ft", 9, 12)});
+    EXPECT_EQ(got[0].finish, Finish::kError);
+    EXPECT_TRUE(got[0].tokens.empty());
+    EXPECT_EQ(got[2].finish, Finish::kError);
+    EXPECT_EQ(got[0].error, "model ft is unavailable: one of its blocks failed to load");
+    EXPECT_EQ(got[1].finish, Finish::kLength);
+    EXPECT_EQ(got[1].tokens, alone[0].tokens);
+    // Still serving: the base again, and the fine-tune fails again (its files are still bad).
+    const auto again = Run(e, {Spec(e, "base", 4, 12), Spec(e, "ft", 4, 12)});
+    EXPECT_EQ(again[0].tokens, alone[0].tokens);
+    EXPECT_EQ(again[1].finish, Finish::kError);
+    for (const auto& st : e.stats().instances) EXPECT_EQ(st.kv_pages_used, 0) << st.name;
+  }
 }
 
 // The same for a LoRA adapter: the LoRA model's requests fail, the base's — in the same calls
@@ -499,9 +604,6 @@ TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
   d.lora_targets = {"wq", "wv"};
   d.rel_norm = 0.2;
   ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
-  auto engine = LazyEngine(zoo, {"base", "lora"});
-  ASSERT_NE(engine, nullptr);
-  Engine& e = *engine;
   auto lora = zoo.GetManifest("lora");
   ASSERT_THAT(lora, IsOk());
   int damaged = 0;
@@ -511,13 +613,20 @@ TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
     ++damaged;
   }
   ASSERT_GT(damaged, 0);
-  const auto got = Run(e, {Spec(e, "lora", 4, 12), Spec(e, "base", 4, 12)});
-  EXPECT_EQ(got[0].finish, Finish::kError);
-  EXPECT_EQ(got[0].error, "model lora is unavailable: one of its blocks failed to load");
   auto plain = MakeEngine();
-  EXPECT_EQ(got[1].tokens, Run(*plain, {Spec(*plain, "base", 4, 12)})[0].tokens);
-  EXPECT_EQ(got[1].finish, Finish::kLength);
-  EXPECT_EQ(e.stats().adapters_resident, 0);
+  const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    auto engine = LazyEngine(zoo, {"base", "lora"}, background);
+    ASSERT_NE(engine, nullptr);
+    Engine& e = *engine;
+    const auto got = Run(e, {Spec(e, "lora", 4, 12), Spec(e, "base", 4, 12)});
+    EXPECT_EQ(got[0].finish, Finish::kError);
+    EXPECT_EQ(got[0].error, "model lora is unavailable: one of its blocks failed to load");
+    EXPECT_EQ(got[1].tokens, alone[0].tokens);
+    EXPECT_EQ(got[1].finish, Finish::kLength);
+    EXPECT_EQ(e.stats().adapters_resident, 0);
+  }
 }
 
 TEST_F(EngineTest, PrefixCacheGivesTheSameTokensAndFreesCleanly) {

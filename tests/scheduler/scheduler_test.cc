@@ -14,11 +14,15 @@ using testing::IsOk;
 // Instances: 0 embed, 1 attn (shared), 2 ffn (shared), 3 attn (model 1 only), 4 ffn, 5 head.
 // Model 0: 0 1 2 5; model 1: 0 3 4 5 (its own layer); model 2: 0 1 2 5 (shares all with 0).
 struct Fixture {
-  explicit Fixture(SchedulerConfig cfg = {}, int kv_pages = 0, int max_batch = 1 << 20) {
-    std::vector<InstanceInfo> inst = {
-        {BlockKind::kEmbed, max_batch, 16, 0}, {BlockKind::kAttn, max_batch, 16, kv_pages},
-        {BlockKind::kFfn, max_batch, 16, 0},   {BlockKind::kAttn, max_batch, 16, kv_pages},
-        {BlockKind::kFfn, max_batch, 16, 0},   {BlockKind::kHead, max_batch, 16, 0}};
+  // `bytes`: every instance's weight memory (for memory budgets).
+  explicit Fixture(SchedulerConfig cfg = {}, int kv_pages = 0, int max_batch = 1 << 20,
+                   uint64_t bytes = 0) {
+    std::vector<InstanceInfo> inst = {{BlockKind::kEmbed, max_batch, 16, 0, bytes},
+                                      {BlockKind::kAttn, max_batch, 16, kv_pages, bytes},
+                                      {BlockKind::kFfn, max_batch, 16, 0, bytes},
+                                      {BlockKind::kAttn, max_batch, 16, kv_pages, bytes},
+                                      {BlockKind::kFfn, max_batch, 16, 0, bytes},
+                                      {BlockKind::kHead, max_batch, 16, 0, bytes}};
     std::vector<ModelInfo> models = {{"m0", {0, 1, 2, 5}, 0, 1024, 100},
                                      {"m1", {0, 3, 4, 5}, 0, 1024, 100},
                                      {"m2", {0, 1, 2, 5}, 0, 1024, 100}};
@@ -213,6 +217,55 @@ TEST(Scheduler, RequestsThatCanNeverFitFinishInsteadOfWaitingForever) {
   auto ev = f.Run(p);
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].finish, Finish::kContextFull);
+}
+
+// A model whose blocks are still loading (the executor loads them in the background) does not
+// hold up the others: its requests wait, the model is listed in the plan's `load`, and they are
+// admitted once it is ready.
+TEST(Scheduler, RequestsOfAModelStillLoadingWaitWhileOthersRun) {
+  Fixture f;
+  f.s->SetReady(1, false);
+  const RequestId a = f.Submit(1, 3), b = f.Submit(0, 2);
+  StepPlan p = f.s->Plan();
+  EXPECT_EQ(p.admitted, std::vector<RequestId>{b});
+  EXPECT_EQ(p.load, std::vector<int>{1});
+  EXPECT_EQ(p.pinned, (std::vector<InstanceId>{0, 1, 2, 5}));  // reservations are not pinned
+  f.Run(p);
+  p = f.s->Plan();
+  EXPECT_TRUE(p.admitted.empty());
+  EXPECT_EQ(p.load, std::vector<int>{1});
+  f.Run(p);
+  f.s->SetReady(1, true);
+  p = f.s->Plan();
+  EXPECT_EQ(p.admitted, std::vector<RequestId>{a});
+  EXPECT_TRUE(p.load.empty());
+  f.Run(p);
+}
+
+// Under a memory budget the loading model's chain is reserved: a request considered after it
+// that would take that memory waits, so the model that is loading gets the room it loads into.
+TEST(Scheduler, ALoadingModelsMemoryIsReserved) {
+  for (uint64_t budget_units : {6, 5}) {
+    SCOPED_TRACE(budget_units);
+    SchedulerConfig cfg;
+    cfg.memory_budget = budget_units * 100;
+    Fixture f(cfg, 0, 1 << 20, /*bytes=*/100);
+    f.s->SetReady(1, false);
+    // Tenant x (served first) wants model 1: instances 0 3 4 5. Model 0 adds 1 and 2.
+    const RequestId a = f.Submit(1, 3, 4, 0, "x"), b = f.Submit(0, 2, 4, 0, "y");
+    StepPlan p = f.s->Plan();
+    EXPECT_EQ(p.load, std::vector<int>{1});
+    if (budget_units == 6) {
+      EXPECT_EQ(p.admitted, std::vector<RequestId>{b});  // both fit
+    } else {
+      EXPECT_TRUE(p.admitted.empty());  // model 0 would take the room model 1 loads into
+    }
+    f.Run(p);
+    f.s->SetReady(1, true);
+    p = f.s->Plan();
+    EXPECT_EQ(p.admitted, std::vector<RequestId>{a});
+    f.Run(p);
+  }
 }
 
 TEST(Scheduler, BadRequestsAreRejected) {

@@ -60,6 +60,9 @@ struct Arrival {
 struct Figures {
   double throughput = 0;  // generated tokens / s
   double ttft_p50 = 0, ttft_p95 = 0, e2e_p50 = 0, e2e_p95 = 0;
+  // Gaps between a request's consecutive tokens: a step that stalls (e.g. loading blocks)
+  // shows here for every request running through it.
+  double itl_p99 = 0, itl_max = 0;
   double peak_gib = 0, makespan = 0;
   uint64_t loads = 0, evictions = 0, adapter_loads = 0;
   int completed = 0, errors = 0;
@@ -141,7 +144,8 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   std::mutex mu;
   std::condition_variable cv;
   const size_t n = arrivals.size();
-  std::vector<double> ttft(n, -1), e2e(n, -1), submit(n, 0);
+  std::vector<double> ttft(n, -1), e2e(n, -1), submit(n, 0), last(n, -1);
+  std::vector<double> gaps;
   size_t finished = 0;
   uint64_t tokens = 0;
   int errors = 0;
@@ -165,7 +169,10 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
       std::lock_guard<std::mutex> lock(mu);
       if (ev.token >= 0) {
         ++tokens;
-        if (ttft[i] < 0) ttft[i] = now() - submit[i];
+        const double t = now();
+        if (ttft[i] < 0) ttft[i] = t - submit[i];
+        if (last[i] >= 0) gaps.push_back(t - last[i]);
+        last[i] = t;
       }
       if (ev.finish != Finish::kNone) {
         e2e[i] = now() - submit[i];
@@ -198,6 +205,8 @@ Figures Serve(const blockzoo::Zoo& zoo, const std::vector<std::string>& names, b
   f.ttft_p95 = Percentile(t1, 0.95);
   f.e2e_p50 = Percentile(t2, 0.5);
   f.e2e_p95 = Percentile(t2, 0.95);
+  f.itl_p99 = Percentile(gaps, 0.99);
+  f.itl_max = gaps.empty() ? 0 : *std::max_element(gaps.begin(), gaps.end());
   f.peak_gib = st.peak_resident_bytes / 1073741824.0;
   f.loads = st.block_loads;
   for (const auto& i : st.instances) f.evictions += i.evictions;
@@ -213,13 +222,16 @@ nlohmann::json ToJson(const Figures& f) {
           {"e2e_p95_s", f.e2e_p95},           {"peak_weights_gib", f.peak_gib},
           {"block_loads", f.loads},           {"evictions", f.evictions},
           {"adapter_loads", f.adapter_loads},           {"makespan_s", f.makespan},
+          {"itl_p99_s", f.itl_p99},           {"itl_max_s", f.itl_max},
           {"errors", f.errors}};
 }
 
 void Print(const char* label, const Figures& f) {
   std::printf("  %-28s %8.1f tok/s  TTFT p50 %6.2f p95 %6.2f s  E2E p50 %6.2f p95 %6.2f s  "
-              "peak %5.2f GiB  loads %4llu evictions %4llu adapter loads %4llu%s\n",
-              label, f.throughput, f.ttft_p50, f.ttft_p95, f.e2e_p50, f.e2e_p95, f.peak_gib,
+              "ITL p99 %4.0f max %4.0f ms  peak %5.2f GiB  loads %4llu evictions %4llu adapter "
+              "loads %4llu%s\n",
+              label, f.throughput, f.ttft_p50, f.ttft_p95, f.e2e_p50, f.e2e_p95, 1e3 * f.itl_p99,
+              1e3 * f.itl_max, f.peak_gib,
               static_cast<unsigned long long>(f.loads),
               static_cast<unsigned long long>(f.evictions),
               static_cast<unsigned long long>(f.adapter_loads), f.errors ? "  ERRORS" : "");

@@ -798,7 +798,7 @@ absl::StatusOr<bool> Engine::Step() {
       return stop_ || !load_done_.empty() || !inbox_.empty() || !abort_inbox_.empty() ||
              !control_.empty();
     });
-    return true;
+    return !stop_;
   }
   std::vector<StepOutput> out;
   std::map<RequestId, std::string> failed;  // requests whose model failed to load, and why

@@ -141,7 +141,9 @@ class Engine {
   // adapter) that no loaded model uses and that hold no KV. The future gives the instances freed.
   std::future<absl::StatusOr<int>> UnloadModel(int model);
 
-  // Runs one step on the calling thread (tests; not while Start()ed). False when idle.
+  // Runs one step on the calling thread (tests; not while Start()ed). False when idle. When
+  // nothing can run until a background load lands, waits for one (or for a request, abort or
+  // control call) instead.
   absl::StatusOr<bool> Step();
   void Start();
   void Stop();

@@ -137,6 +137,7 @@ TEST(Serve, BadConfigurationIsAClearError) {
       {R"({"tenants": [{"name": "a", "api_keys": ["k1"], "equivalence": "maybe"}]})", "tenants[0].equivalence"},
       {R"({"engine": {"threadz": 2}})", "engine.threadz: unknown field"},
       {R"({"engine": {"kv_dtype": "f8"}})", R"(engine.kv_dtype: must be f32 or bf16, got 'f8')"},
+      {R"({"engine": {"background_loads": 1}})", "engine.background_loads: must be true or false"},
       {"{not json", "not valid JSON"},
   };
   for (const Case& c : cases) {

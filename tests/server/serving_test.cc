@@ -871,7 +871,8 @@ TEST_F(ServingTest, MetricsMoveAsRequestsFlowAndPassPromtool) {
         "blockserve_e2e_request_latency_seconds_sum", "blockserve_num_requests_waiting",
         "blockserve_num_requests_running", "blockserve_kv_cache_usage_perc",
         "blockserve_block_batch_tokens", "blockserve_block_queue_depth", "blockserve_block_busy_ratio",
-        "blockserve_blocks_resident", "blockserve_resident_bytes", "blockserve_preemptions_total",
+        "blockserve_blocks_resident", "blockserve_blocks_loading", "blockserve_resident_bytes",
+        "blockserve_preemptions_total",
         "blockserve_adapters_resident", "blockserve_adapter_loads_total",
         "blockserve_generation_tokens_total", "blockserve_prompt_tokens_total",
         "blockserve_lora_requests_info"}) {

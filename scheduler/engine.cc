@@ -376,12 +376,13 @@ void Engine::UpdateReady() {
     const int32_t key = models_[m].adapter;
     for (InstanceId i : infos[m].chain) {
       const BlockSlot& slot = *slots_[i];
-      // A failed load counts as ready: the step that runs the request retries it and fails the
-      // request with the reason if it fails again.
-      ready &= slot.block != nullptr || load_failed_[i];
+      // A failed load counts as ready (and so does a missing loader): the step that runs the
+      // request retries it and fails the request with the reason if it fails again.
+      ready &= slot.block != nullptr || load_failed_[i] || !slot.load;
       if (key == 0) continue;
       auto a = slot.adapters.find(key);
-      if (a != slot.adapters.end()) ready &= a->second.adapter != nullptr || a->second.failed;
+      if (a == slot.adapters.end()) continue;
+      ready &= a->second.adapter != nullptr || a->second.failed || !a->second.load;
     }
     scheduler_->SetReady(static_cast<int>(m), ready);
   }

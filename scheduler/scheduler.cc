@@ -468,8 +468,11 @@ StepPlan Scheduler::Plan() {
   // The requests still waiting, least-served tenant first, then priority: while their chains
   // fit next to what is pinned and reserved, their memory is reserved too — the models they
   // need that are not ready load ahead, and the ones that are stay resident for them.
+  // (Only while some model is not ready: reservations matter to loads alone.)
   std::vector<const std::string*> tenants;
-  for (auto& [t, list] : waiting) tenants.push_back(&t);
+  if (std::find(ready_.begin(), ready_.end(), false) != ready_.end()) {
+    for (auto& [t, list] : waiting) tenants.push_back(&t);
+  }
   std::stable_sort(tenants.begin(), tenants.end(),
                    [&](const std::string* a, const std::string* b) {
                      return service(*a) < service(*b);

@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "blockzoo/derive.h"
 #include "blockzoo/equiv.h"
 #include "blockzoo/importer.h"
@@ -328,6 +329,13 @@ TEST_F(EngineTest, AColdModelLoadsWhileTheOthersKeepGenerating) {
   opt.threads = 2;
   opt.background_loads = true;
   Engine e(opt, std::move(*models));
+  // Opens the gate on every way out: the engine's destructor waits for its loader threads.
+  bool opened = false;
+  auto open_gate = [&] {
+    if (!opened) gate.set_value();
+    opened = true;
+  };
+  absl::Cleanup release_loaders = open_gate;
   std::vector<Result> got(2);
   auto submit = [&](const RequestSpec& spec, Result& r) {
     ASSERT_THAT(e.Submit(spec,
@@ -359,7 +367,21 @@ TEST_F(EngineTest, AColdModelLoadsWhileTheOthersKeepGenerating) {
   EXPECT_TRUE(got[1].tokens.empty());
   EXPECT_GT(e.stats().loading, 0);
   EXPECT_EQ(e.scheduler().num_waiting(), 1);
-  gate.set_value();
+  // A request waiting for the load can be aborted meanwhile.
+  Result aborted;
+  auto id = e.Submit(Spec(e, "ft1", 6, 12), [&aborted](const Event& ev) {
+    if (ev.token >= 0) aborted.tokens.push_back(ev.token);
+    if (ev.finish != Finish::kNone) aborted.finish = ev.finish;
+  });
+  ASSERT_THAT(id, IsOk());
+  ASSERT_THAT(e.Step(), IsOk());
+  e.Abort(*id);
+  ASSERT_THAT(e.Step(), IsOk());
+  CheckKv(e);
+  EXPECT_EQ(aborted.finish, Finish::kAbort);
+  EXPECT_TRUE(aborted.tokens.empty());
+  EXPECT_EQ(e.scheduler().num_waiting(), 1);
+  open_gate();
   auto busy = [&] { return got[0].finish == Finish::kNone || got[1].finish == Finish::kNone; };
   for (int step = 0; step < 1000 && busy(); ++step) {
     ASSERT_THAT(e.Step(), IsOk());

@@ -60,6 +60,8 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
         if (opt_.profile_max_batch && slot->block) {
           info.max_batch_tokens = MeasureMaxBatch(*slot->block, m.config.dim, ctx_);
         }
+        dims_.push_back(m.config.dim);
+        profiled_.push_back(slot->block != nullptr && opt_.profile_max_batch);
         InstanceStats st;
         st.name = slot->name;
         st.kind = info.kind;
@@ -340,6 +342,17 @@ absl::Status Engine::InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runti
   BlockSlot& slot = *slots_[i];
   if (slot.block) return absl::OkStatus();  // loaded meanwhile (LoadModel): keep that one
   slot.block = std::move(*b);
+  if (opt_.profile_max_batch && !profiled_[i]) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int max_batch = MeasureMaxBatch(*slot.block, dims_[i], ctx_);
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    profiled_[i] = true;
+    scheduler_->SetMaxBatch(static_cast<InstanceId>(i), max_batch);
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.instances[i].max_batch = max_batch;
+    stats_.profile_s += secs;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.block_loads;
   ++stats_.instances[i].loads;

@@ -65,8 +65,9 @@ struct EngineOptions {
   // Block calls of one chain position with at most this many tokens per instance run side by
   // side, one thread each (0: never); bigger ones use every thread, one after another.
   int concurrent_call_tokens = 48;
-  // Derive each resident instance's maximum batch from a measured profile (MeasureMaxBatch)
-  // instead of max_batch_tokens.
+  // Derive each instance's maximum batch from a measured profile (MeasureMaxBatch) instead of
+  // max_batch_tokens: resident instances at construction, the others when they first load
+  // (on the engine thread, once per instance; `EngineStats::profile_s`).
   bool profile_max_batch = false;
   int kv_max_pages = 0;          // per attn instance (0: unbounded); must match the blocks'
   int kv_page_size = 16;
@@ -115,6 +116,7 @@ struct EngineStats {
   double load_s = 0;             // time steps spent loading (every request waited)
   double background_load_s = 0;  // time loader threads spent loading (background_loads)
   int loading = 0;               // blocks and adapters being loaded in the background
+  double profile_s = 0;          // time spent measuring batch limits of loaded instances
   std::vector<InstanceStats> instances;
 };
 
@@ -255,6 +257,8 @@ class Engine {
   std::set<std::pair<InstanceId, int32_t>> loading_;
   uint64_t loading_bytes_ = 0;  // under mu_ (stats read it)
   std::vector<bool> load_failed_;  // per instance: its last load failed
+  std::vector<int> dims_;          // per instance: its model's hidden size (profiling)
+  std::vector<bool> profiled_;     // per instance: batch limit measured
   EngineStats stats_;
   RequestId next_id_ = 1;
 };

@@ -131,6 +131,10 @@ class Scheduler {
   // the plan's `load`. Models start ready: an executor that loads on demand during the step
   // never calls this.
   void SetReady(int model, bool ready);
+  // An instance's batch limit, measured once it is loaded (EngineOptions::profile_max_batch).
+  void SetMaxBatch(InstanceId instance, int tokens) {
+    instances_.at(instance).max_batch_tokens = tokens;
+  }
   bool ready(int model) const { return ready_.at(model); }
 
   // Checks a request against the (immutable) models; safe from any thread.

@@ -152,7 +152,8 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
     Fields ef(e, source, "engine.");
     RETURN_IF_ERROR(ef.Known({"threads", "memory_budget_mib", "kv_budget_mib", "kv_page_size",
                               "kv_dtype", "max_running", "max_step_tokens", "max_batch_tokens",
-                              "prefix_cache", "background_loads"}));
+                              "prefix_cache", "background_loads",
+                              "profile_max_batch"}));
     RETURN_IF_ERROR(ef.Number("threads", &c.threads, 0, 1024));
     double mem = 0, kv = 0;
     RETURN_IF_ERROR(ef.Number("memory_budget_mib", &mem, 0, 1e9));
@@ -170,6 +171,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
     RETURN_IF_ERROR(ef.Number("max_batch_tokens", &c.max_batch_tokens, 1, 1 << 20));
     RETURN_IF_ERROR(ef.Bool("prefix_cache", &c.prefix_cache));
     RETURN_IF_ERROR(ef.Bool("background_loads", &c.background_loads));
+    RETURN_IF_ERROR(ef.Bool("profile_max_batch", &c.profile_max_batch));
   }
   if (j.contains("gateway")) {
     const json& g = j.at("gateway");

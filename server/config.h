@@ -49,6 +49,8 @@ struct ServerConfig {
   bool prefix_cache = true;
   // Blocks and adapters load on loader threads while the engine serves what is resident.
   bool background_loads = true;
+  // Each block instance's batch limit is measured when it first loads (else max_batch_tokens).
+  bool profile_max_batch = false;
   std::vector<std::string> models;  // zoo models to serve (empty: all)
   // Gateway.
   size_t max_body_bytes = 1 << 20;

@@ -144,6 +144,7 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   eo.kv_budget_bytes = c.kv_budget;
   eo.memory_budget = c.memory_budget;
   eo.background_loads = c.background_loads;
+  eo.profile_max_batch = c.profile_max_batch;
   eo.scheduler.max_step_tokens = c.max_step_tokens;
   eo.scheduler.prefill_chunk = std::min(c.max_step_tokens, 256);
   eo.scheduler.max_running = c.max_running;

@@ -444,6 +444,41 @@ TEST_F(EngineTest, MaxBatchFromAMeasuredProfile) {
   EXPECT_EQ(Run(*e, {s, Spec(*e, "base", 30, 10)})[0].tokens, Run(*plain, {s})[0].tokens);
 }
 
+// In a lazy engine (the server's) each instance's limit is measured when it first loads.
+TEST_F(EngineTest, MaxBatchIsMeasuredWhenALazyInstanceLoads) {
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    auto models = LoadEngineModels(*zoo_, AllModels(), runtime::BlockOptions{}, /*lazy=*/true);
+    ASSERT_THAT(models, IsOk());
+    EngineOptions opt;
+    opt.threads = 2;
+    opt.max_batch_tokens = 100000;  // the configured limit, until measured
+    opt.profile_max_batch = true;
+    opt.background_loads = background;
+    Engine e(opt, std::move(*models));
+    EXPECT_EQ(e.stats().profile_s, 0.0);
+    const RequestSpec s = Spec(e, "ft1", 30, 10);
+    const auto got = Run(e, {s, Spec(e, "base", 30, 10)});
+    const EngineStats st = e.stats();
+    EXPECT_GT(st.profile_s, 0.0);
+    int measured = 0;
+    for (size_t i = 0; i < st.instances.size(); ++i) {
+      const int limit = e.scheduler().instances()[i].max_batch_tokens;
+      EXPECT_EQ(st.instances[i].max_batch, limit) << st.instances[i].name;
+      if (st.instances[i].loads == 0) {
+        EXPECT_EQ(limit, 100000) << st.instances[i].name;  // never loaded: not measured
+        continue;
+      }
+      EXPECT_GE(limit, 1);
+      EXPECT_LE(limit, 512);
+      ++measured;
+    }
+    EXPECT_EQ(measured, 12 + 4);  // the base's blocks and ft1's own
+    auto plain = MakeEngine();
+    EXPECT_EQ(got[0].tokens, Run(*plain, {s})[0].tokens);
+  }
+}
+
 TEST_F(EngineTest, KvBudgetIsSplitByHowManyModelsUseABlock) {
   EngineOptions opt;
   opt.kv_budget_bytes = 2 << 20;

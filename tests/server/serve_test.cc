@@ -138,6 +138,8 @@ TEST(Serve, BadConfigurationIsAClearError) {
       {R"({"engine": {"threadz": 2}})", "engine.threadz: unknown field"},
       {R"({"engine": {"kv_dtype": "f8"}})", R"(engine.kv_dtype: must be f32 or bf16, got 'f8')"},
       {R"({"engine": {"background_loads": 1}})", "engine.background_loads: must be true or false"},
+      {R"({"engine": {"profile_max_batch": "yes"}})",
+       "engine.profile_max_batch: must be true or false"},
       {"{not json", "not valid JSON"},
   };
   for (const Case& c : cases) {

@@ -674,6 +674,50 @@ TEST_F(ServingTest, Bf16KvConfigHalvesPagesAndServes) {
   EXPECT_NEAR(free_pages[1], 2 * free_pages[0], 2 * 5);  // rounding per instance
 }
 
+// engine.profile_max_batch: the blocks a request loads get measured limits (at most 512,
+// against the configured 100000) and the answer is the same.
+TEST_F(ServingTest, ProfileMaxBatchConfigMeasuresLoadedBlocks) {
+  std::vector<std::string> tokens;
+  for (bool profile : {false, true}) {
+    auto config = ParseServerConfig(
+        absl::StrCat(R"({"engine": {"threads": 2, "max_batch_tokens": 100000,
+                                    "profile_max_batch": )",
+                     profile ? "true" : "false", "}}"),
+        "profile-config");
+    ASSERT_THAT(config, IsOk());
+    auto core = ServingCore::Create(tmp_->path(), *config);
+    ASSERT_THAT(core, IsOk());
+    GenerateParams p;
+    p.model = "stories260K";
+    p.text = "Once upon a time";
+    p.max_tokens = 16;
+    auto gen = (*core)->Generate((*core)->tenants().all()[0], p);
+    ASSERT_THAT(gen, IsOk());
+    Delta d, all;
+    while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) {
+      all.finish_reason = d.finish_reason;
+      all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
+    }
+    EXPECT_EQ(all.finish_reason, "length") << profile;
+    tokens.push_back(absl::StrJoin(all.tokens, " "));
+    int measured = 0;
+    for (const auto& i : (*core)->engine().stats().instances) {
+      if (i.loads == 0) continue;
+      if (profile) {
+        EXPECT_LE(i.max_batch, 512) << i.name;
+        ++measured;
+      } else {
+        EXPECT_EQ(i.max_batch, 100000) << i.name;
+      }
+    }
+    if (profile) {
+      EXPECT_GE(measured, 12);  // stories260K's chain
+    }
+    (*core)->Drain(std::chrono::seconds(1));
+  }
+  EXPECT_EQ(tokens[1], tokens[0]);
+}
+
 // A fine-tune whose own block files are damaged after the server started: its completion
 // answers with an OpenAI-style error naming the model, the base model keeps answering.
 TEST_F(ServingTest, AModelWithADamagedBlockFailsAloneWithAClearError) {

@@ -46,6 +46,15 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     ModelInfo mi;
     mi.name = m.name;
     mi.adapter = m.adapter;
+    if (m.adapter != 0) {
+      std::set<const BlockSlot*> seen;
+      for (const auto& slot : m.chain) {
+        auto a = slot->adapters.find(m.adapter);
+        if (a != slot->adapters.end() && seen.insert(slot.get()).second) {
+          mi.adapter_bytes += a->second.bytes;
+        }
+      }
+    }
     mi.max_seq_len = m.config.max_seq_len;
     mi.vocab_size = m.config.vocab_size;
     for (size_t pos = 0; pos < m.chain.size(); ++pos) {

@@ -247,7 +247,7 @@ void Scheduler::Preempt(Request& r, StepPlan& plan) {
 bool Scheduler::Servable(const Request& r) const {
   bool servable = true;
   if (config_.memory_budget > 0) {
-    uint64_t alone = 0;
+    uint64_t alone = models_[r.spec.model].adapter_bytes;
     std::set<InstanceId> seen;
     for (InstanceId i : models_[r.spec.model].chain) {
       if (seen.insert(i).second) alone += instances_[i].bytes;
@@ -360,15 +360,22 @@ StepPlan Scheduler::Plan() {
   // Instances the running requests pin, and their bytes.
   std::set<InstanceId> pinned;
   uint64_t pinned_bytes = 0;
+  // Adapter keys pinned (a LoRA model's adapters on its chain are charged once).
+  std::set<int32_t> pinned_adapters;
   auto pin = [&](const Request& r) {
-    for (InstanceId i : models_[r.spec.model].chain) {
+    const ModelInfo& m = models_[r.spec.model];
+    for (InstanceId i : m.chain) {
       if (pinned.insert(i).second) pinned_bytes += instances_[i].bytes;
+    }
+    if (m.adapter != 0 && pinned_adapters.insert(m.adapter).second) {
+      pinned_bytes += m.adapter_bytes;
     }
   };
   auto extra_bytes = [&](const Request& r) {
-    uint64_t b = 0;
+    const ModelInfo& m = models_[r.spec.model];
+    uint64_t b = m.adapter != 0 && !pinned_adapters.count(m.adapter) ? m.adapter_bytes : 0;
     std::set<InstanceId> seen;
-    for (InstanceId i : models_[r.spec.model].chain) {
+    for (InstanceId i : m.chain) {
       if (!pinned.count(i) && seen.insert(i).second) b += instances_[i].bytes;
     }
     return b;

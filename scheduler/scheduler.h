@@ -43,6 +43,7 @@ struct ModelInfo {
   int32_t adapter = 0;            // LoRA key its spans carry (0: none)
   int max_seq_len = 0;
   int vocab_size = 0;
+  uint64_t adapter_bytes = 0;     // its adapters' weight memory over the chain (memory budget)
 };
 
 struct SchedulerConfig {

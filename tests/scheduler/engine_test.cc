@@ -8,6 +8,7 @@
 #include <atomic>
 #include <filesystem>
 #include <future>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -157,6 +158,9 @@ class EngineTest : public ::testing::Test {
     }
     return out;
   }
+
+  // LoadingUnderMemoryPressureStaysExactAndInBudget, with or without background loads.
+  void PressureRun(bool background);
 
   static void CheckKv(const Engine& e) {
     ASSERT_THAT(e.scheduler().CheckInvariants(), IsOk());
@@ -732,6 +736,84 @@ TEST_F(EngineTest, AbortFreesEveryPage) {
   for (const auto& r : out) EXPECT_EQ(r.finish, Finish::kAbort);
   EXPECT_TRUE(out[2].tokens.empty());
   EXPECT_FALSE(out[0].tokens.empty());
+}
+
+// Background loading under pressure: ten models (fine-tunes and LoRA) behind a budget that
+// holds the base and one fine-tune's own blocks, requests arriving over many steps in a fixed
+// pseudo-random order, some aborted while they wait or run. Every step: KV accounting equals the
+// blocks' caches and resident weights (with what is loading) stay within the budget. At the end:
+// every request finished, the ones not aborted with exactly their tokens alone, no page held.
+TEST_F(EngineTest, LoadingUnderMemoryPressureStaysExactAndInBudget) {
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    PressureRun(background);
+  }
+}
+
+void EngineTest::PressureRun(bool background) {
+  auto models = LoadEngineModels(*zoo_, AllModels(), runtime::BlockOptions{}, /*lazy=*/true);
+  ASSERT_THAT(models, IsOk());
+  EngineOptions opt;
+  opt.threads = 2;
+  opt.memory_budget = 1177216 + 4 * 200000;  // the base plus one fine-tune's own blocks
+  opt.background_loads = background;
+  Engine e(opt, std::move(*models));
+  const std::vector<std::string> names = AllModels();
+  std::mt19937 rng(7);
+  constexpr int kRequests = 24;
+  std::vector<RequestSpec> specs;
+  for (int i = 0; i < kRequests; ++i) {
+    specs.push_back(Spec(e, names[rng() % names.size()], 3 + static_cast<int>(rng() % 12),
+                         4 + static_cast<int>(rng() % 10)));
+  }
+  std::vector<Result> got(kRequests);
+  std::vector<RequestId> ids(kRequests, 0);
+  std::set<int> aborted;
+  int submitted = 0;
+  for (int step = 0; step < 5000; ++step) {
+    if (submitted < kRequests && step % 3 == 0) {  // one arrival every third step
+      const int i = submitted++;
+      auto id = e.Submit(specs[i], [&got, i](const Event& ev) {
+        if (ev.token >= 0) got[i].tokens.push_back(ev.token);
+        if (ev.finish != Finish::kNone) got[i].finish = ev.finish;
+      });
+      ASSERT_THAT(id, IsOk());
+      ids[i] = *id;
+    }
+    if (step % 7 == 5 && submitted > 0) {  // now and then abort a recent one
+      const int i = submitted - 1;
+      if (got[i].finish == Finish::kNone && aborted.size() < 5) {
+        e.Abort(ids[i]);
+        aborted.insert(i);
+      }
+    }
+    ASSERT_THAT(e.Step(), IsOk());
+    CheckKv(e);
+    const EngineStats st = e.stats();
+    ASSERT_LE(st.peak_resident_bytes, opt.memory_budget) << "step " << step;
+    bool all_done = submitted == kRequests;
+    for (const Result& r : got) all_done &= r.finish != Finish::kNone;
+    if (all_done) break;
+  }
+  const EngineStats st = e.stats();
+  if (background) {
+    EXPECT_EQ(st.load_s, 0.0);  // every load ran on the loader threads
+  }
+  EXPECT_GT(st.block_loads, 12u);
+  EXPECT_EQ(st.loading, 0);
+  for (size_t i = 0; i < e.num_instances(); ++i) EXPECT_EQ(e.InstancePages(i), 0) << i;
+  auto plain = MakeEngine();
+  int exact = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    if (aborted.count(i)) {
+      EXPECT_EQ(got[i].finish, Finish::kAbort) << i;
+      continue;
+    }
+    EXPECT_EQ(got[i].finish, Finish::kLength) << i;
+    EXPECT_EQ(got[i].tokens, Run(*plain, {specs[i]})[0].tokens) << i;
+    ++exact;
+  }
+  EXPECT_GE(exact, kRequests - 5);
 }
 
 TEST_F(EngineTest, EngineThreadServesConcurrentSubmitters) {

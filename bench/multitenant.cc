@@ -10,14 +10,15 @@
 // a deployment that holds every model does not reload them per request burst; --cold makes them
 // load on first use instead, inside the measured time); with a quarter both start empty and load
 // on demand, evicting the least recently used blocks.
-// Prints throughput, p50/p95 time to first token and end-to-end latency and peak memory for
-// both, and ends with one JSON line. Random weights: timing only, never correctness.
+// Prints throughput, p50/p95 time to first token and end-to-end latency, p99/max inter-token
+// gap and peak memory for both, and ends with one JSON line. Random weights: timing only, never correctness.
 //   multitenant [--n 8,32] [--requests 160] [--rate R] [--shape medium|llama110m|small]
 //               [--threads T] [--max-running M] [--dtype f32|f16] [--kv-dtype f32|bf16] [--quick]
 //               [--repeat K (default 2: each configuration K times, interleaved; best reported)]
 //               [--only shared|dedicated|all_copies|quarter]  (profiling: one configuration)
 //               [--verbose]  (per block instance: calls, mean batch, busy time)
 //               [--cold]  (room for every copy too: load on first use, inside the measured time)
+//               [--loads background|step]  (loader threads, the server's default; or in the step)
 #include <algorithm>
 #include <chrono>
 #include <cmath>

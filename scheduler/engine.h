@@ -255,7 +255,7 @@ class Engine {
   bool loaders_stop_ = false;
   std::vector<std::thread> loaders_;
   std::set<std::pair<InstanceId, int32_t>> loading_;
-  uint64_t loading_bytes_ = 0;  // under mu_ (stats read it)
+  uint64_t loading_bytes_ = 0;  // engine thread (written under mu_ next to the stats)
   std::vector<bool> load_failed_;  // per instance: its last load failed
   std::vector<int> dims_;          // per instance: its model's hidden size (profiling)
   std::vector<bool> profiled_;     // per instance: batch limit measured

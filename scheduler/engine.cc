@@ -249,6 +249,7 @@ absl::StatusOr<int> Engine::DoUnload(int model) {
 }
 
 void Engine::EvictAdapter(BlockSlot& slot, int32_t key) {
+  residency_changed_ = true;
   AdapterSlot& a = slot.adapters.at(key);
   if (slot.block && a.attached) slot.block->DetachAdapter(key);
   a.adapter.reset();
@@ -260,6 +261,7 @@ void Engine::EvictAdapter(BlockSlot& slot, int32_t key) {
 }
 
 void Engine::EvictInstance(size_t i) {
+  residency_changed_ = true;
   BlockSlot& slot = *slots_[i];
   for (auto& [key, a] : slot.adapters) {
     if (a.adapter) EvictAdapter(slot, key);
@@ -343,6 +345,7 @@ bool Engine::MakeRoom(uint64_t need, const std::vector<bool>& protect,
 }
 
 absl::Status Engine::InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runtime::Block>> b) {
+  residency_changed_ = true;
   if (!b.ok()) {
     load_failed_[i] = true;
     return b.status();
@@ -374,6 +377,7 @@ absl::Status Engine::InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runti
 
 absl::Status Engine::InstallAdapter(size_t i, int32_t key,
                                     absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> a) {
+  residency_changed_ = true;
   AdapterSlot& slot = slots_[i]->adapters.at(key);
   if (!a.ok()) {
     slot.failed = true;
@@ -392,6 +396,8 @@ absl::Status Engine::InstallAdapter(size_t i, int32_t key,
 }
 
 void Engine::UpdateReady() {
+  if (!residency_changed_) return;  // nothing loaded, failed or was evicted since last time
+  residency_changed_ = false;
   const auto& infos = scheduler_->models();
   for (size_t m = 0; m < infos.size(); ++m) {
     bool ready = true;

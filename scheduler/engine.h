@@ -257,6 +257,7 @@ class Engine {
   std::set<std::pair<InstanceId, int32_t>> loading_;
   uint64_t loading_bytes_ = 0;  // engine thread (written under mu_ next to the stats)
   std::vector<bool> load_failed_;  // per instance: its last load failed
+  bool residency_changed_ = true;  // since the last UpdateReady (engine thread)
   std::vector<int> dims_;          // per instance: its model's hidden size (profiling)
   std::vector<bool> profiled_;     // per instance: batch limit measured
   EngineStats stats_;

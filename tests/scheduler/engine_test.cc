@@ -26,6 +26,11 @@ namespace {
 
 using testing::IsOk;
 
+// The two ways an engine loads blocks, for test traces (EngineOptions::background_loads).
+const char* LoadMode(bool background) {
+  return background ? "background loads" : "loads in the step";
+}
+
 struct Result {
   std::vector<int32_t> tokens;
   Finish finish = Finish::kNone;
@@ -273,7 +278,7 @@ TEST_F(EngineTest, PreemptedRequestsFinishWithTheSameTokens) {
 // what is resident (background_loads): the same tokens, within the same budget.
 TEST_F(EngineTest, BlocksLoadOnFirstUseAndLruEvictionKeepsTheBudget) {
   for (bool background : {false, true}) {
-    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    SCOPED_TRACE(LoadMode(background));
     runtime::BlockOptions bo;
     auto models = LoadEngineModels(*zoo_, AllModels(), bo, /*lazy=*/true);
     ASSERT_THAT(models, IsOk());
@@ -407,7 +412,7 @@ TEST_F(EngineTest, LoraAdaptersLoadAndEvictOnDemand) {
   const auto want16 = Run(*eager, {Spec(*eager, "lora16", 5, 12)});
   const auto want2 = Run(*eager, {Spec(*eager, "lora2", 5, 12)});
   for (bool background : {false, true}) {
-    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    SCOPED_TRACE(LoadMode(background));
     runtime::BlockOptions bo;
     auto models = LoadEngineModels(*zoo_, {"base", "lora2", "lora16"}, bo, /*lazy=*/true);
     ASSERT_THAT(models, IsOk());
@@ -451,7 +456,7 @@ TEST_F(EngineTest, MaxBatchFromAMeasuredProfile) {
 // In a lazy engine (the server's) each instance's limit is measured when it first loads.
 TEST_F(EngineTest, MaxBatchIsMeasuredWhenALazyInstanceLoads) {
   for (bool background : {false, true}) {
-    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    SCOPED_TRACE(LoadMode(background));
     auto models = LoadEngineModels(*zoo_, AllModels(), runtime::BlockOptions{}, /*lazy=*/true);
     ASSERT_THAT(models, IsOk());
     EngineOptions opt;
@@ -630,7 +635,7 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
   auto plain = MakeEngine();
   const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
   for (bool background : {false, true}) {
-    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    SCOPED_TRACE(LoadMode(background));
     auto engine = LazyEngine(zoo, {"base", "ft"}, background);
     ASSERT_NE(engine, nullptr);
     Engine& e = *engine;
@@ -677,7 +682,7 @@ TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
   auto plain = MakeEngine();
   const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
   for (bool background : {false, true}) {
-    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    SCOPED_TRACE(LoadMode(background));
     auto engine = LazyEngine(zoo, {"base", "lora"}, background);
     ASSERT_NE(engine, nullptr);
     Engine& e = *engine;
@@ -745,7 +750,7 @@ TEST_F(EngineTest, AbortFreesEveryPage) {
 // every request finished, the ones not aborted with exactly their tokens alone, no page held.
 TEST_F(EngineTest, LoadingUnderMemoryPressureStaysExactAndInBudget) {
   for (bool background : {false, true}) {
-    SCOPED_TRACE(background ? "background loads" : "loads in the step");
+    SCOPED_TRACE(LoadMode(background));
     PressureRun(background);
   }
 }

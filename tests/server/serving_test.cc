@@ -55,6 +55,26 @@ const char* kConfig = R"({
   ]
 })";
 
+// Generates `max_tokens` of `model` on `text` through the core for `tenant` and returns the
+// whole answer merged (tokens, text, finish reason); an empty finish reason when it stalled.
+absl::StatusOr<Delta> GenerateAll(ServingCore& core, const TenantConfig& tenant,
+                                  const std::string& model, const std::string& text,
+                                  int max_tokens) {
+  GenerateParams p;
+  p.model = model;
+  p.text = text;
+  p.max_tokens = max_tokens;
+  auto gen = core.Generate(tenant, p);
+  if (!gen.ok()) return gen.status();
+  Delta d, all;
+  while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) {
+    all.finish_reason = d.finish_reason;
+    all.text += d.text;
+    all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
+  }
+  return all;
+}
+
 struct Case {
   std::string prompt;
   std::vector<int32_t> prompt_ids, generated;
@@ -650,19 +670,11 @@ TEST_F(ServingTest, Bf16KvConfigHalvesPagesAndServes) {
     ASSERT_THAT(config, IsOk());
     auto core = ServingCore::Create(tmp_->path(), *config);
     ASSERT_THAT(core, IsOk());
-    GenerateParams p;
-    p.model = "stories260K";
-    p.text = "Once upon a time";
-    p.max_tokens = 24;
-    auto gen = (*core)->Generate((*core)->tenants().all()[0], p);
-    ASSERT_THAT(gen, IsOk());
-    Delta d, all;
-    while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) {
-      all.finish_reason = d.finish_reason;
-      all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
-    }
-    EXPECT_EQ(all.finish_reason, "length") << kv;
-    tokens.push_back(absl::StrJoin(all.tokens, " "));
+    auto all = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K",
+                           "Once upon a time", 24);
+    ASSERT_THAT(all, IsOk());
+    EXPECT_EQ(all->finish_reason, "length") << kv;
+    tokens.push_back(absl::StrJoin(all->tokens, " "));
     int pages = 0;
     for (const auto& i : (*core)->engine().stats().instances) {
       if (i.kind == runtime::BlockKind::kAttn) pages += i.kv_pages_used + i.kv_pages_free;
@@ -687,19 +699,11 @@ TEST_F(ServingTest, ProfileMaxBatchConfigMeasuresLoadedBlocks) {
     ASSERT_THAT(config, IsOk());
     auto core = ServingCore::Create(tmp_->path(), *config);
     ASSERT_THAT(core, IsOk());
-    GenerateParams p;
-    p.model = "stories260K";
-    p.text = "Once upon a time";
-    p.max_tokens = 16;
-    auto gen = (*core)->Generate((*core)->tenants().all()[0], p);
-    ASSERT_THAT(gen, IsOk());
-    Delta d, all;
-    while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) {
-      all.finish_reason = d.finish_reason;
-      all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
-    }
-    EXPECT_EQ(all.finish_reason, "length") << profile;
-    tokens.push_back(absl::StrJoin(all.tokens, " "));
+    auto all = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K",
+                           "Once upon a time", 16);
+    ASSERT_THAT(all, IsOk());
+    EXPECT_EQ(all->finish_reason, "length") << profile;
+    tokens.push_back(absl::StrJoin(all->tokens, " "));
     int measured = 0;
     for (const auto& i : (*core)->engine().stats().instances) {
       if (i.loads == 0) continue;
@@ -789,19 +793,9 @@ TEST_F(ServingTest, TenantPoliciesGetTheirOwnChainVariants) {
   // No equivalence records in this zoo: the variant runs the exact chain, same tokens.
   std::vector<std::string> texts;
   for (const TenantConfig& t : (*core)->tenants().all()) {
-    GenerateParams p;
-    p.model = "ft1";
-    p.text = "Tom and his dog";
-    p.max_tokens = 20;
-    auto gen = (*core)->Generate(t, p);
-    ASSERT_THAT(gen, IsOk());
-    std::string text;
-    Delta d;
-    while ((*gen)->Pop(&d, std::chrono::seconds(10))) {
-      text += d.text;
-      if (d.done()) break;
-    }
-    texts.push_back(text);
+    auto all = GenerateAll(**core, t, "ft1", "Tom and his dog", 20);
+    ASSERT_THAT(all, IsOk());
+    texts.push_back(all->text);
   }
   EXPECT_EQ(texts[0], texts[1]);
 }

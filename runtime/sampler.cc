@@ -17,6 +17,10 @@ absl::Status SamplingParams::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
   }
   if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
+  if (logprobs < -1 || logprobs > kMaxLogprobs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs must be in [0, ", kMaxLogprobs, "], got ", logprobs));
+  }
   return absl::OkStatus();
 }
 
@@ -81,7 +85,39 @@ int Sampler::SampleTopP(const float* probs, int n, float coin) {
   return candidates_[last].second;
 }
 
-int Sampler::Sample(float* logits, int vocab) {
+Logprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int k) {
+  Logprobs out;
+  if (vocab <= 0) return out;
+  float max = logits[0];
+  for (int i = 1; i < vocab; ++i) max = logits[i] > max ? logits[i] : max;
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
+  const double lse = max + std::log(sum);
+  out.logprob = static_cast<float>(logits[token] - lse);
+  k = std::min(k, vocab);
+  if (k <= 0) return out;
+  // The k largest, kept sorted (value descending, id ascending) by insertion: k <= 20, and
+  // after the first few hundred logits almost every one is rejected by one comparison.
+  std::vector<std::pair<float, int32_t>> top;
+  top.reserve(k + 1);
+  for (int i = 0; i < vocab; ++i) {
+    if (static_cast<int>(top.size()) == k && !(logits[i] > top.back().first)) continue;
+    auto at = std::find_if(top.begin(), top.end(), [&](const auto& t) { return logits[i] > t.first; });
+    top.insert(at, {logits[i], i});
+    if (static_cast<int>(top.size()) > k) top.pop_back();
+  }
+  for (const auto& [v, id] : top) out.top.push_back({id, static_cast<float>(v - lse)});
+  return out;
+}
+
+int Sampler::Sample(float* logits, int vocab, Logprobs* logprobs) {
+  if (logprobs != nullptr && params_.logprobs >= 0) {
+    // Sampling below rewrites the logits (temperature, softmax): keep the model's own.
+    raw_.assign(logits, logits + vocab);
+    const int token = Sample(logits, vocab, nullptr);
+    *logprobs = ComputeLogprobs(raw_.data(), vocab, token, params_.logprobs);
+    return token;
+  }
   if (params_.temperature == 0.0f) return Argmax(logits, vocab);
   for (int i = 0; i < vocab; ++i) logits[i] /= params_.temperature;
   if (params_.top_k > 0 && params_.top_k < vocab) {

@@ -9,20 +9,41 @@
 
 namespace blockserve::runtime {
 
+// Most alternatives a sampled token's log-probabilities may list (OpenAI's chat limit).
+inline constexpr int kMaxLogprobs = 20;
+
 struct SamplingParams {
   float temperature = 0.0f;  // 0 = greedy (argmax)
   float top_p = 1.0f;        // (0, 1): nucleus sampling; otherwise off
   int top_k = 0;             // > 0: only the k most likely tokens
   uint64_t seed = 0;         // 0 picks a fixed default seed
+  // -1: none; k in [0, kMaxLogprobs]: report the sampled token's log-probability and the k most
+  // likely tokens' (Logprobs).
+  int logprobs = -1;
 
   absl::Status Validate() const;
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+};
+
+// Log-probabilities under the model's own distribution — the log-softmax of its logits, before
+// temperature and top-k/top-p shape the draw (as vLLM's default) — of a sampled token and of the
+// most likely tokens, most likely first (ties: the lower id first).
+struct Logprobs {
+  float logprob = 0;
+  std::vector<TokenLogprob> top;
 };
 
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // Picks the next token from `logits` ([vocab]); overwrites logits with scratch values.
-  int Sample(float* logits, int vocab);
+  // Picks the next token from `logits` ([vocab]); overwrites logits with scratch values. With
+  // `logprobs` set and SamplingParams::logprobs >= 0, also fills it.
+  int Sample(float* logits, int vocab, Logprobs* logprobs = nullptr);
+  bool wants_logprobs() const { return params_.logprobs >= 0; }
 
  private:
   uint32_t NextU32();
@@ -32,7 +53,11 @@ class Sampler {
   SamplingParams params_;
   uint64_t rng_state_;
   std::vector<std::pair<float, int>> candidates_;
+  std::vector<float> raw_;  // the logits before sampling changes them (log-probabilities)
 };
+
+// The log-probability of `token` and of the `k` most likely tokens under `logits` ([vocab]).
+Logprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int k);
 
 int Argmax(const float* x, int n);
 

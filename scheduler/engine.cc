@@ -665,9 +665,11 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
         static_cast<int64_t>(sampled.size()),
         [&](int64_t i0, int64_t i1) {
           for (int64_t i = i0; i < i1; ++i) {
+            runtime::Logprobs lp;
             const int token =
-                samplers[i]->Sample(b.logits.data() + i * vocab, static_cast<int>(vocab));
+                samplers[i]->Sample(b.logits.data() + i * vocab, static_cast<int>(vocab), &lp);
             result.out[first + i] = {plan.seqs[sampled[i]].id, token};
+            if (samplers[i]->wants_logprobs()) result.out[first + i].logprobs = std::move(lp);
           }
         },
         /*min_per_part=*/8);

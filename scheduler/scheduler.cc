@@ -588,7 +588,7 @@ std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<Ste
       } else if (r->context_len() >= models_[r->spec.model].max_seq_len) {
         f = Finish::kContextFull;
       }
-      events.push_back({r->id, o.token, f, {}});
+      events.push_back({r->id, o.token, f, {}, o.logprobs});
     }
     if (f != Finish::kNone) {
       Finish(*r, f);

@@ -17,8 +17,10 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -111,15 +113,24 @@ struct StepPlan {
 
 // What the executor produced for one sampled sequence of the plan.
 struct StepOutput {
+  StepOutput() = default;
+  StepOutput(RequestId id, int32_t token, std::optional<runtime::Logprobs> logprobs = {})
+      : id(id), token(token), logprobs(std::move(logprobs)) {}
   RequestId id = 0;
   int32_t token = 0;
+  std::optional<runtime::Logprobs> logprobs;  // when the request asked for them
 };
 
 struct Event {
+  Event() = default;
+  Event(RequestId id, int32_t token, Finish finish, std::string error = {},
+        std::optional<runtime::Logprobs> logprobs = {})
+      : id(id), token(token), finish(finish), error(std::move(error)), logprobs(std::move(logprobs)) {}
   RequestId id = 0;
   int32_t token = -1;           // a new token (or -1)
   Finish finish = Finish::kNone;  // set on the last event of a request
   std::string error;              // kError: what went wrong, when known (fit for the client)
+  std::optional<runtime::Logprobs> logprobs;  // of `token`, when the request asked for them
 };
 
 class Scheduler {

@@ -41,6 +41,8 @@ bool Generation::Pop(Delta* out, std::chrono::milliseconds wait) {
   while (!queue_.empty()) {
     Delta& d = queue_.front();
     out->tokens.insert(out->tokens.end(), d.tokens.begin(), d.tokens.end());
+    out->logprobs.insert(out->logprobs.end(), std::make_move_iterator(d.logprobs.begin()),
+                         std::make_move_iterator(d.logprobs.end()));
     out->text += d.text;
     if (d.done()) {
       out->finish_reason = d.finish_reason;
@@ -299,11 +301,12 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
     std::chrono::steady_clock::time_point start, last;
     int completion = 0;
     bool done = false;
+    int32_t prev = -1;  // the last token of the text so far
   };
   const int32_t prev = spec.prompt.back();
   auto st = std::make_shared<State>(
       State{TextStream(m->tokenizer.get(), p.stop, prev), std::chrono::steady_clock::now(), {}, 0,
-            false});
+            false, prev});
   uint64_t gid;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -325,6 +328,17 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
       st->last = now;
       ++st->completion;
       d.tokens.push_back(e.token);
+      if (e.logprobs) {
+        // Each token's bytes as it follows the previous one (llama2.c drops a space after BOS).
+        auto info = [&](int32_t token, float logprob) {
+          return TokenInfo{token, logprob,
+                           has_tok ? m->tokenizer->Decode(st->prev, token) : std::string()};
+        };
+        TokenLogprobs lp{info(e.token, e.logprobs->logprob), {}};
+        for (const runtime::TokenLogprob& t : e.logprobs->top) lp.top.push_back(info(t.token, t.logprob));
+        d.logprobs.push_back(std::move(lp));
+      }
+      st->prev = e.token;
       if (has_tok) {
         bool stopped = false;
         d.text = st->text.Add(e.token, &stopped);

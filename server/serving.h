@@ -55,9 +55,23 @@ struct GenerateParams {
   std::optional<int> priority;
 };
 
+// A token and its log-probability, with the bytes it adds to the text (after the token before it).
+struct TokenInfo {
+  int32_t token = 0;
+  float logprob = 0;
+  std::string bytes;
+};
+
+// Log-probabilities of one generated token (GenerateParams::sampling.logprobs >= 0).
+struct TokenLogprobs {
+  TokenInfo chosen;
+  std::vector<TokenInfo> top;  // the most likely tokens, most likely first
+};
+
 // One piece of a generation's output; the last one has `finish_reason` set.
 struct Delta {
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprobs> logprobs;  // one per token, when asked for
   std::string text;
   std::string finish_reason;  // "stop", "length", "abort", "error"
   std::string error;          // with "error"

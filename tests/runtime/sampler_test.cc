@@ -1,5 +1,6 @@
 #include "runtime/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -105,6 +106,73 @@ TEST(SamplingParams, RejectsInvalidValues) {
   p = {};
   p.top_k = -3;
   EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "top_k"));
+  p = {};
+  p.logprobs = kMaxLogprobs + 1;
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "top_logprobs"));
+  p.logprobs = -2;
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "top_logprobs"));
+  p.logprobs = kMaxLogprobs;
+  EXPECT_TRUE(p.Validate().ok());
+}
+
+// Log-probabilities against a plain double-precision log-softmax, on logits with ties.
+TEST(Logprobs, MatchADoubleLogSoftmaxMostLikelyFirst) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  std::vector<float> logits(32000);
+  for (float& x : logits) x = normal(rng);
+  logits[17] = logits[23001] = 30.0f;  // a tie for the top: the lower id comes first
+  logits[999] = 29.0f;
+  double max = *std::max_element(logits.begin(), logits.end()), sum = 0;
+  for (float x : logits) sum += std::exp(static_cast<double>(x) - max);
+  const double lse = max + std::log(sum);
+  const Logprobs lp = ComputeLogprobs(logits.data(), 32000, 4242, 5);
+  EXPECT_NEAR(lp.logprob, logits[4242] - lse, 1e-5);
+  ASSERT_EQ(lp.top.size(), 5u);
+  EXPECT_EQ(lp.top[0].token, 17);
+  EXPECT_EQ(lp.top[1].token, 23001);
+  EXPECT_EQ(lp.top[2].token, 999);
+  std::vector<int> order(32000);
+  for (int i = 0; i < 32000; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  for (int j = 0; j < 5; ++j) {
+    EXPECT_EQ(lp.top[j].token, order[j]) << j;
+    EXPECT_NEAR(lp.top[j].logprob, logits[order[j]] - lse, 1e-5) << j;
+  }
+  EXPECT_TRUE(ComputeLogprobs(logits.data(), 32000, 17, 0).top.empty());
+  EXPECT_EQ(ComputeLogprobs(logits.data(), 3, 1, 20).top.size(), 3u);  // k > vocab
+}
+
+// Asking for log-probabilities changes nothing about the draw: same tokens, same RNG stream;
+// they describe the model's distribution (before temperature), greedy or sampled.
+TEST(Logprobs, DoNotChangeTheSampledTokens) {
+  for (float temperature : {0.0f, 0.8f}) {
+    SamplingParams plain;
+    plain.temperature = temperature;
+    plain.top_p = 0.9f;
+    plain.seed = 11;
+    SamplingParams asked = plain;
+    asked.logprobs = 3;
+    Sampler a(plain), b(asked);
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    for (int step = 0; step < 50; ++step) {
+      std::vector<float> logits(512);
+      for (float& x : logits) x = normal(rng);
+      std::vector<float> copy = logits;
+      const Logprobs expected = ComputeLogprobs(logits.data(), 512, 0, 3);
+      Logprobs lp;
+      const int ta = a.Sample(copy.data(), 512);
+      const int tb = b.Sample(logits.data(), 512, &lp);
+      ASSERT_EQ(ta, tb) << "temperature " << temperature << " step " << step;
+      ASSERT_EQ(lp.top.size(), 3u);
+      for (int j = 0; j < 3; ++j) EXPECT_EQ(lp.top[j].token, expected.top[j].token);
+      if (temperature == 0.0f) {
+        EXPECT_EQ(tb, lp.top[0].token);
+        EXPECT_EQ(lp.logprob, lp.top[0].logprob);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -35,7 +35,22 @@ struct Result {
   std::vector<int32_t> tokens;
   Finish finish = Finish::kNone;
   std::string error;
+  std::vector<runtime::Logprobs> logprobs;  // one per token, when the request asked for them
 };
+
+// Bit-for-bit equal log-probabilities (same tokens, same floats).
+void ExpectSameLogprobs(const std::vector<runtime::Logprobs>& a,
+                        const std::vector<runtime::Logprobs>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t t = 0; t < a.size(); ++t) {
+    EXPECT_EQ(a[t].logprob, b[t].logprob) << what << " token " << t;
+    ASSERT_EQ(a[t].top.size(), b[t].top.size()) << what << " token " << t;
+    for (size_t j = 0; j < a[t].top.size(); ++j) {
+      EXPECT_EQ(a[t].top[j].token, b[t].top[j].token) << what << " token " << t;
+      EXPECT_EQ(a[t].top[j].logprob, b[t].top[j].logprob) << what << " token " << t;
+    }
+  }
+}
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -148,6 +163,7 @@ class EngineTest : public ::testing::Test {
     for (size_t i = 0; i < specs.size(); ++i) {
       auto id = e.Submit(specs[i], [&out, i](const Event& ev) {
         if (ev.token >= 0) out[i].tokens.push_back(ev.token);
+        if (ev.logprobs) out[i].logprobs.push_back(*ev.logprobs);
         if (ev.finish != Finish::kNone) {
           out[i].finish = ev.finish;
           out[i].error = ev.error;
@@ -232,6 +248,63 @@ TEST_F(EngineTest, SharedChainEqualsTheMonolithicModel) {
   // Batched with other models' requests in the same engine.
   const auto got = Run(*e, {s, Spec(*e, "ft3", 4, 10), Spec(*e, "lora2", 5, 30)});
   EXPECT_EQ(got[0].tokens, (*mono)[0].tokens);
+}
+
+// Log-probabilities of generated tokens: those of the monolithic model's logits at each
+// position (a whole-sequence forward pass), and bit-for-bit the same batched with strangers
+// (other models, LoRA, sampled) as alone.
+TEST_F(EngineTest, LogprobsMatchTheMonolithicModelAndAreBatchInvariant) {
+  auto loaded = blockzoo::LoadModelFile(*models_dir_ + "/stories260K/stories260K.bin", std::nullopt);
+  ASSERT_THAT(loaded, IsOk());
+  auto chain = runtime::BuildChain(loaded->weights);
+  ASSERT_THAT(chain, IsOk());
+  auto e = MakeEngine();
+  std::vector<RequestSpec> specs = {Spec(*e, "base", 6, 20), Spec(*e, "ft3", 4, 12, 7),
+                                    Spec(*e, "lora16", 5, 16, 9), Spec(*e, "ft5", 3, 10)};
+  specs[0].sampling.logprobs = 5;
+  specs[1].sampling.logprobs = 0;
+  specs[2].sampling.logprobs = runtime::kMaxLogprobs;
+  // specs[3] asks for none.
+  std::vector<Result> alone;
+  for (const auto& s : specs) {
+    auto fresh = MakeEngine();
+    alone.push_back(Run(*fresh, {s})[0]);
+  }
+  const auto together = Run(*e, specs);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
+    ExpectSameLogprobs(together[i].logprobs, alone[i].logprobs, "request " + std::to_string(i));
+  }
+  ASSERT_EQ(together[0].logprobs.size(), together[0].tokens.size());
+  EXPECT_TRUE(together[3].logprobs.empty());
+  for (const auto& lp : together[1].logprobs) EXPECT_TRUE(lp.top.empty());
+  for (const auto& lp : together[2].logprobs) EXPECT_EQ(lp.top.size(), 20u);
+
+  // The base request is greedy: each token is the most likely, and every figure is the
+  // log-softmax of the monolithic model's logits at that position.
+  std::vector<int32_t> seq = specs[0].prompt;
+  seq.insert(seq.end(), together[0].tokens.begin(), together[0].tokens.end() - 1);
+  runtime::CpuDevice cpu(2);
+  runtime::ExecContext ctx(&cpu);
+  runtime::Batch b;
+  b.Add(1, 0, seq.data(), static_cast<int>(seq.size()), runtime::SeqSpan::Logits::kAll);
+  ASSERT_THAT(chain->Forward(b, ctx), IsOk());
+  const int vocab = chain->config().vocab_size;
+  const size_t p = specs[0].prompt.size();
+  for (size_t t = 0; t < together[0].tokens.size(); ++t) {
+    const float* logits = b.logits.data() + (p - 1 + t) * vocab;
+    const runtime::Logprobs want =
+        runtime::ComputeLogprobs(logits, vocab, together[0].tokens[t], 5);
+    const runtime::Logprobs& got = together[0].logprobs[t];
+    EXPECT_EQ(got.top[0].token, together[0].tokens[t]) << t;
+    EXPECT_NEAR(got.logprob, want.logprob, 1e-5) << t;
+    ASSERT_EQ(got.top.size(), want.top.size());
+    for (size_t j = 0; j < want.top.size(); ++j) {
+      EXPECT_EQ(got.top[j].token, want.top[j].token) << t << "/" << j;
+      EXPECT_NEAR(got.top[j].logprob, want.top[j].logprob, 1e-5) << t << "/" << j;
+    }
+    EXPECT_LT(got.top[4].logprob, got.top[0].logprob);
+  }
 }
 
 TEST_F(EngineTest, LoraAdaptersOfDifferentRanksInOneBatchEqualAlone) {
@@ -722,6 +795,7 @@ TEST_F(EngineTest, AbortFreesEveryPage) {
     auto id = e->Submit(Spec(*e, i == 0 ? "base" : "ft" + std::to_string(i), 10, 100),
                         [&out, i](const Event& ev) {
                           if (ev.token >= 0) out[i].tokens.push_back(ev.token);
+        if (ev.logprobs) out[i].logprobs.push_back(*ev.logprobs);
                           if (ev.finish != Finish::kNone) out[i].finish = ev.finish;
                         });
     ASSERT_THAT(id, IsOk());
@@ -834,6 +908,7 @@ TEST_F(EngineTest, EngineThreadServesConcurrentSubmitters) {
       auto id = e->Submit(Spec(*e, AllModels()[i], 4, 16), [&, i](const Event& ev) {
         std::lock_guard<std::mutex> lock(mu);
         if (ev.token >= 0) out[i].tokens.push_back(ev.token);
+        if (ev.logprobs) out[i].logprobs.push_back(*ev.logprobs);
         if (ev.finish != Finish::kNone) {
           out[i].finish = ev.finish;
           ++done;

@@ -17,6 +17,19 @@ absl::Status SamplingParams::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
   }
   if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
+  for (const auto& [name, v] : {std::pair<const char*, float>{"frequency_penalty", frequency_penalty},
+                                 {"presence_penalty", presence_penalty}}) {
+    if (!(v >= -2.0f && v <= 2.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [-2, 2], got ", v));
+    }
+  }
+  for (const auto& [token, bias] : logit_bias) {
+    if (token < 0) return absl::InvalidArgumentError(absl::StrCat("logit_bias: bad token id ", token));
+    if (!(bias >= -100.0f && bias <= 100.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("logit_bias of token ", token, " must be in [-100, 100], got ", bias));
+    }
+  }
   if (logprobs < -1 || logprobs > kMaxLogprobs) {
     return absl::InvalidArgumentError(
         absl::StrCat("top_logprobs must be in [0, ", kMaxLogprobs, "], got ", logprobs));
@@ -110,14 +123,37 @@ Logprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int k) {
   return out;
 }
 
-int Sampler::Sample(float* logits, int vocab, Logprobs* logprobs) {
-  if (logprobs != nullptr && params_.logprobs >= 0) {
-    // Sampling below rewrites the logits (temperature, softmax): keep the model's own.
-    raw_.assign(logits, logits + vocab);
-    const int token = Sample(logits, vocab, nullptr);
-    *logprobs = ComputeLogprobs(raw_.data(), vocab, token, params_.logprobs);
-    return token;
+void Sampler::Adjust(float* logits, int vocab) const {
+  for (const auto& [token, bias] : params_.logit_bias) {
+    if (token < vocab) logits[token] += bias;
   }
+  for (const auto& [token, count] : picked_) {
+    if (token < vocab) {
+      logits[token] -= static_cast<float>(count) * params_.frequency_penalty + params_.presence_penalty;
+    }
+  }
+}
+
+int Sampler::Sample(float* logits, int vocab, Logprobs* logprobs) {
+  const bool want = logprobs != nullptr && params_.logprobs >= 0;
+  // Sampling rewrites the logits (bias, penalties, temperature, softmax): keep the model's own.
+  if (want) raw_.assign(logits, logits + vocab);
+  const bool penalised = params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f;
+  Adjust(logits, vocab);
+  const int token = Draw(logits, vocab);
+  if (want) *logprobs = ComputeLogprobs(raw_.data(), vocab, token, params_.logprobs);
+  if (penalised) {
+    auto it = std::lower_bound(picked_.begin(), picked_.end(), std::make_pair(token, 0));
+    if (it != picked_.end() && it->first == token) {
+      ++it->second;
+    } else {
+      picked_.insert(it, {token, 1});
+    }
+  }
+  return token;
+}
+
+int Sampler::Draw(float* logits, int vocab) {
   if (params_.temperature == 0.0f) return Argmax(logits, vocab);
   for (int i = 0; i < vocab; ++i) logits[i] /= params_.temperature;
   if (params_.top_k > 0 && params_.top_k < vocab) {

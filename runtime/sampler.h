@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,6 +21,12 @@ struct SamplingParams {
   // -1: none; k in [0, kMaxLogprobs]: report the sampled token's log-probability and the k most
   // likely tokens' (Logprobs).
   int logprobs = -1;
+  // OpenAI's penalties, in [-2, 2], on the tokens this sampler has picked so far: a token's
+  // logit loses frequency_penalty per time it was picked, and presence_penalty once if it was.
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  // Added to the logits of these tokens (in [-100, 100]; -100 all but bans one), greedy or not.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 
   absl::Status Validate() const;
 };
@@ -49,11 +56,15 @@ class Sampler {
   uint32_t NextU32();
   float NextF32();
   int SampleTopP(const float* probs, int n, float coin);
+  int Draw(float* logits, int vocab);
+  // logit_bias and the penalties, in place.
+  void Adjust(float* logits, int vocab) const;
 
   SamplingParams params_;
   uint64_t rng_state_;
   std::vector<std::pair<float, int>> candidates_;
   std::vector<float> raw_;  // the logits before sampling changes them (log-probabilities)
+  std::vector<std::pair<int32_t, int>> picked_;  // token -> times picked (penalties), by token
 };
 
 // The log-probability of `token` and of the `k` most likely tokens under `logits` ([vocab]).

@@ -55,14 +55,36 @@ absl::StatusOr<GenerateParams> Params(const v1::GenerateRequest& r) {
   p.sampling.top_p = r.sampling().top_p() == 0 ? 1.0f : r.sampling().top_p();
   p.sampling.top_k = r.sampling().top_k();
   p.sampling.seed = r.sampling().seed();
+  p.sampling.frequency_penalty = r.sampling().frequency_penalty();
+  p.sampling.presence_penalty = r.sampling().presence_penalty();
+  for (const auto& [token, bias] : r.sampling().logit_bias()) p.sampling.logit_bias.push_back({token, bias});
   p.stop.assign(r.stop().begin(), r.stop().end());
   if (r.priority() != 0) p.priority = r.priority();
+  if (r.top_logprobs() != 0 && !r.logprobs()) {
+    return absl::InvalidArgumentError("GenerateRequest.top_logprobs needs logprobs set");
+  }
+  if (r.top_logprobs() < 0 || r.top_logprobs() > runtime::kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("GenerateRequest.top_logprobs must be in [0, ",
+                                                   runtime::kMaxLogprobs, "]; got ", r.top_logprobs()));
+  }
+  if (r.logprobs()) p.sampling.logprobs = r.top_logprobs();
   return p;
+}
+
+void Fill(const TokenInfo& t, v1::TokenLogprob* out) {
+  out->set_token_id(t.token);
+  out->set_logprob(t.logprob);
+  out->set_text(t.bytes);
 }
 
 void Fill(const Delta& d, v1::GenerateResponse* out) {
   out->Clear();
   for (int32_t t : d.tokens) out->add_token_ids(t);
+  for (const TokenLogprobs& lp : d.logprobs) {
+    v1::GeneratedTokenLogprobs* g = out->add_logprobs();
+    Fill(lp.chosen, g->mutable_token());
+    for (const TokenInfo& t : lp.top) Fill(t, g->add_top());
+  }
   out->set_text(d.text);
   if (d.done()) {
     out->set_finish_reason(d.finish_reason);
@@ -185,16 +207,7 @@ class CompleteReactor : public grpc::ServerUnaryReactor {
         r = reactor;
         if (r == nullptr || finished) return;
         Delta d;
-        while (r->gen_->Pop(&d, std::chrono::milliseconds(0))) {
-          all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
-          all.text += d.text;
-          if (d.done()) {
-            all.finish_reason = d.finish_reason;
-            all.error = d.error;
-            all.prompt_tokens = d.prompt_tokens;
-            all.completion_tokens = d.completion_tokens;
-          }
-        }
+        while (r->gen_->Pop(&d, std::chrono::milliseconds(0))) all.Append(std::move(d));
         if (!all.done()) return;
         finished = true;
         Fill(all, out);

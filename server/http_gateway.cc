@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <ctime>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "httplib.h"
@@ -119,11 +120,11 @@ std::optional<int64_t> Integer(const json& body, const std::string& key, int64_t
   const json* v = Field(body, key);
   if (!v) return std::nullopt;
   if (!v->is_number_integer() && !v->is_number_unsigned()) BadType(key, *v, "an integer");
-  if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi)) {
-    Bad(key, absl::StrCat("Invalid '", key, "': must be at most ", hi, "."));
-  }
-  const int64_t i = v->is_number_unsigned() ? static_cast<int64_t>(v->get<uint64_t>())
-                                            : v->get<int64_t>();
+  // nlohmann stores non-negative integers as unsigned: beyond int64, clamp (still above `hi`).
+  const int64_t i =
+      v->is_number_unsigned()
+          ? static_cast<int64_t>(std::min<uint64_t>(v->get<uint64_t>(), INT64_MAX))
+          : v->get<int64_t>();
   if (i < lo) {
     Bad(key, absl::StrCat("Invalid '", key, "': integer below minimum value. Expected a value >= ",
                           lo, ", but got ", i, " instead."),
@@ -189,16 +190,40 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
   if (auto s = Integer(body, "seed", INT64_MIN, INT64_MAX)) c.params.sampling.seed = static_cast<uint64_t>(*s);
   if (auto n = Integer(body, "n", 1, 16)) c.n = static_cast<int>(*n);
   if (auto p = Integer(body, "priority", -1000, 1000)) c.params.priority = static_cast<int>(*p);
-  for (const char* k : {"frequency_penalty", "presence_penalty"}) {
-    if (auto v = Number(body, k, -2, 2); v && *v != 0) {
-      Bad(k, absl::StrCat("'", k, "' is not supported by this server (only 0)."), "unsupported_parameter");
+  if (auto v = Number(body, "frequency_penalty", -2, 2)) {
+    c.params.sampling.frequency_penalty = static_cast<float>(*v);
+  }
+  if (auto v = Number(body, "presence_penalty", -2, 2)) {
+    c.params.sampling.presence_penalty = static_cast<float>(*v);
+  }
+  if (const json* b = Field(body, "logit_bias")) {
+    if (!b->is_object()) BadType("logit_bias", *b, "an object mapping token ids to biases");
+    for (const auto& [key, v] : b->items()) {
+      int32_t token = -1;
+      if (!absl::SimpleAtoi(key, &token) || token < 0) {
+        Bad("logit_bias", absl::StrCat("Invalid 'logit_bias': key '", key, "' is not a token id."));
+      }
+      if (!v.is_number()) BadType("logit_bias", v, "a number");
+      const double bias = v.get<double>();
+      if (!(bias >= -100 && bias <= 100)) {
+        Bad("logit_bias", absl::StrCat("Invalid 'logit_bias': the bias of token ", key, " (", bias,
+                                       ") is not in [-100, 100]."));
+      }
+      c.params.sampling.logit_bias.push_back({token, static_cast<float>(bias)});
     }
   }
-  for (const char* k : {"logprobs", "logit_bias"}) {
-    const json* v = Field(body, k);
-    if (v && !(v->is_boolean() && !v->get<bool>())) {
-      Bad(k, absl::StrCat("'", k, "' is not supported by this server."), "unsupported_parameter");
+  // Log-probabilities: completions take `logprobs` as how many alternatives; chat takes
+  // `logprobs` (a boolean) and `top_logprobs`.
+  if (chat) {
+    const bool lp = Bool(body, "logprobs");
+    if (auto k = Integer(body, "top_logprobs", 0, runtime::kMaxLogprobs)) {
+      if (!lp) Bad("top_logprobs", "Invalid 'top_logprobs': 'logprobs' must be true to use it.");
+      c.params.sampling.logprobs = static_cast<int>(*k);
+    } else if (lp) {
+      c.params.sampling.logprobs = 0;
     }
+  } else if (auto k = Integer(body, "logprobs", 0, runtime::kMaxLogprobs)) {
+    c.params.sampling.logprobs = static_cast<int>(*k);
   }
   String(body, "user", false);  // accepted (OpenAI: an end-user id); typed checked only
   if (const json* s = Field(body, "stop")) {
@@ -327,15 +352,64 @@ struct Waker {
   }
 };
 
+// Characters (code points) in UTF-8 bytes, as clients count offsets into the text.
+int64_t Utf8Chars(const std::string& bytes) {
+  int64_t n = 0;
+  for (unsigned char ch : bytes) n += (ch & 0xC0) != 0x80;
+  return n;
+}
+
+// OpenAI's `logprobs` of a choice for `lps`, its next tokens: chat's {"content": [...]} (each
+// token with its bytes and the most likely alternatives), or the completions' parallel arrays,
+// whose `top_logprobs` maps the alternatives and the chosen token to their log-probabilities.
+// `*offset`, the completion's length in characters before these tokens, moves past them.
+json LogprobsJson(bool chat, const std::vector<TokenLogprobs>& lps, int64_t* offset) {
+  if (chat) {
+    auto entry = [](const TokenInfo& t) {
+      json bytes = json::array();
+      for (unsigned char ch : t.bytes) bytes.push_back(static_cast<int>(ch));
+      return json{{"token", SanitizeUtf8(t.bytes)}, {"logprob", t.logprob}, {"bytes", bytes}};
+    };
+    json content = json::array();
+    for (const TokenLogprobs& lp : lps) {
+      json e = entry(lp.chosen);
+      e["top_logprobs"] = json::array();
+      for (const TokenInfo& t : lp.top) e["top_logprobs"].push_back(entry(t));
+      content.push_back(std::move(e));
+    }
+    return {{"content", std::move(content)}, {"refusal", nullptr}};
+  }
+  json tokens = json::array(), logprobs = json::array(), top = json::array(), offsets = json::array();
+  for (const TokenLogprobs& lp : lps) {
+    const std::string text = SanitizeUtf8(lp.chosen.bytes);
+    tokens.push_back(text);
+    logprobs.push_back(lp.chosen.logprob);
+    json alternatives = json::object();
+    for (const TokenInfo& t : lp.top) {
+      const std::string k = SanitizeUtf8(t.bytes);
+      if (!alternatives.contains(k)) alternatives[k] = t.logprob;  // two tokens, one text: the likelier
+    }
+    if (!alternatives.contains(text)) alternatives[text] = lp.chosen.logprob;
+    top.push_back(std::move(alternatives));
+    offsets.push_back(*offset);
+    *offset += Utf8Chars(lp.chosen.bytes);
+  }
+  return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(logprobs)},
+          {"top_logprobs", std::move(top)}, {"text_offset", std::move(offsets)}};
+}
+
 // One response: every choice's generation, what was sent, and how the response ends.
 struct Reply {
   bool chat = false, stream = false, include_usage = false;
+  bool logprobs = false;  // the request asked for them
   std::string id, model;
   int64_t created = 0;
   std::vector<std::shared_ptr<Generation>> gens;
   std::vector<std::string> text;
   std::vector<std::string> finish;
   std::vector<bool> role_sent;
+  std::vector<std::vector<TokenLogprobs>> lps;  // per choice, until the whole response is written
+  std::vector<int64_t> offset;                  // per choice: characters streamed so far
   int prompt_tokens = 0, completion_tokens = 0;
   std::string error;
   int done = 0;
@@ -357,9 +431,10 @@ struct Reply {
   json Base(const char* object) const {
     return {{"id", id}, {"object", object}, {"created", created}, {"model", model}};
   }
-  std::string Chunk(size_t i, const std::string& piece, const std::string& reason) {
+  std::string Chunk(size_t i, const std::string& piece, const std::string& reason,
+                    json logprobs_json = nullptr) {
     json j = Base(chat ? "chat.completion.chunk" : "text_completion");
-    json choice = {{"index", i}, {"logprobs", nullptr},
+    json choice = {{"index", i}, {"logprobs", std::move(logprobs_json)},
                    {"finish_reason", reason.empty() ? json(nullptr) : json(reason)}};
     if (chat) {
       json delta = json::object();
@@ -380,7 +455,10 @@ struct Reply {
     json j = Base(chat ? "chat.completion" : "text_completion");
     json choices = json::array();
     for (size_t i = 0; i < gens.size(); ++i) {
-      json c = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", finish[i]}};
+      int64_t start = 0;
+      json c = {{"index", i},
+                {"logprobs", logprobs ? LogprobsJson(chat, lps[i], &start) : json(nullptr)},
+                {"finish_reason", finish[i]}};
       if (chat) {
         c["message"] = {{"role", "assistant"}, {"content", text[i]}};
       } else {
@@ -416,10 +494,14 @@ bool Provide(Reply& r, httplib::DataSink& sink) {
     if (r.stream) {
       // A chunk per batch of tokens, even before they make whole characters (or when the model
       // has no tokenizer): clients see progress at the rate tokens come.
-      if (!d.text.empty() || !d.tokens.empty()) out += r.Chunk(i, d.text, "");
+      if (!d.text.empty() || !d.tokens.empty()) {
+        out += r.Chunk(i, d.text, "",
+                       r.logprobs ? LogprobsJson(r.chat, d.logprobs, &r.offset[i]) : json(nullptr));
+      }
       if (d.done() && d.finish_reason != "error") out += r.Chunk(i, "", PublicReason(d.finish_reason));
     } else {
       r.text[i] += d.text;
+      r.lps[i].insert(r.lps[i].end(), d.logprobs.begin(), d.logprobs.end());
     }
   }
   const bool all_done = r.done == static_cast<int>(r.gens.size());
@@ -625,7 +707,7 @@ void HttpGateway::Routes() {
     int n = 1;
     try {
       if (!body.is_object()) Bad("", "The request body must be a JSON object.", "invalid_json");
-      Common c = ParseCommon(body, chat, chat ? std::set<std::string>{"messages", "max_completion_tokens"}
+      Common c = ParseCommon(body, chat, chat ? std::set<std::string>{"messages", "max_completion_tokens", "top_logprobs"}
                                               : std::set<std::string>{"prompt", "echo", "best_of", "suffix"});
       if (!chat) {
         if (Bool(body, "echo")) Bad("echo", "'echo' is not supported by this server.", "unsupported_parameter");
@@ -648,6 +730,7 @@ void HttpGateway::Routes() {
       r->chat = chat;
       r->stream = c.stream;
       r->include_usage = c.include_usage;
+      r->logprobs = c.params.sampling.logprobs >= 0;
       r->model = c.model;
     } catch (const BadRequest& b) {
       core_->metrics().Rejected(tenant.name, b.error.http);
@@ -674,6 +757,8 @@ void HttpGateway::Routes() {
         r->text.emplace_back();
         r->finish.emplace_back();
         r->role_sent.push_back(false);
+        r->lps.emplace_back();
+        r->offset.push_back(0);
       }
     }
     std::weak_ptr<Reply> weak = r;

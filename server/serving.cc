@@ -34,24 +34,24 @@ void Generation::Push(Delta d) {
   if (notify) notify();
 }
 
+void Delta::Append(Delta&& d) {
+  tokens.insert(tokens.end(), d.tokens.begin(), d.tokens.end());
+  logprobs.insert(logprobs.end(), std::make_move_iterator(d.logprobs.begin()),
+                  std::make_move_iterator(d.logprobs.end()));
+  text += d.text;
+  if (d.done()) {
+    finish_reason = std::move(d.finish_reason);
+    error = std::move(d.error);
+    prompt_tokens = d.prompt_tokens;
+    completion_tokens = d.completion_tokens;
+  }
+}
+
 bool Generation::Pop(Delta* out, std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_for(lock, wait, [&] { return !queue_.empty(); })) return false;
   *out = Delta();
-  while (!queue_.empty()) {
-    Delta& d = queue_.front();
-    out->tokens.insert(out->tokens.end(), d.tokens.begin(), d.tokens.end());
-    out->logprobs.insert(out->logprobs.end(), std::make_move_iterator(d.logprobs.begin()),
-                         std::make_move_iterator(d.logprobs.end()));
-    out->text += d.text;
-    if (d.done()) {
-      out->finish_reason = d.finish_reason;
-      out->error = d.error;
-      out->prompt_tokens = d.prompt_tokens;
-      out->completion_tokens = d.completion_tokens;
-    }
-    queue_.pop_front();
-  }
+  for (; !queue_.empty(); queue_.pop_front()) out->Append(std::move(queue_.front()));
   return true;
 }
 
@@ -271,6 +271,13 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
         " in the completion). Please reduce the prompt or the completion length."));
   }
   RETURN_IF_ERROR(p.sampling.Validate());
+  for (const auto& [token, bias] : p.sampling.logit_bias) {
+    if (token >= m->vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("logit_bias: token id ", token,
+                                                     " is outside the vocabulary of `", m->name,
+                                                     "` (", m->vocab_size, ")."));
+    }
+  }
   double retry = 0;
   const double reserved = n_prompt + max_tokens;
   RETURN_IF_ERROR(tenants_.Admit(tenant, reserved, &retry));

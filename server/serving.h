@@ -77,6 +77,8 @@ struct Delta {
   std::string error;          // with "error"
   int prompt_tokens = 0, completion_tokens = 0;
   bool done() const { return !finish_reason.empty(); }
+  // Appends the next delta `d` of the same generation (its ending, when it has one).
+  void Append(Delta&& d);
 };
 
 // A request in flight: the engine thread pushes deltas, one consumer pops them (merged).

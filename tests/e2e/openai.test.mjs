@@ -89,6 +89,29 @@ test('streamed completion with stop strings, n and seed', { skip }, async () => 
   assert.deepEqual(a.choices.map((x) => x.text), b.choices.map((x) => x.text));
 });
 
+test('logprobs, logit_bias and penalties through the SDK', { skip }, async () => {
+  const c = referenceCases()[0];
+  const r = await client().chat.completions.create({
+    model: 'stories260K', messages: [{ role: 'user', content: c.prompt }], max_tokens: 6,
+    temperature: 0, logprobs: true, top_logprobs: 3 });
+  const content = r.choices[0].logprobs.content;
+  assert.equal(content.length, 6);
+  assert.equal(content.map((e) => e.token).join(''), r.choices[0].message.content);
+  for (const e of content) {
+    assert.equal(e.top_logprobs.length, 3);
+    assert.equal(e.top_logprobs[0].token, e.token);  // greedy: the most likely
+    assert.ok(e.logprob <= 0 && e.top_logprobs[2].logprob <= e.top_logprobs[1].logprob);
+    assert.deepEqual(e.bytes, [...Buffer.from(e.token)]);
+  }
+  const done = await client().completions.create({
+    model: 'stories260K', prompt: c.prompt, max_tokens: 6, temperature: 0, logprobs: 2 });
+  assert.deepEqual(done.choices[0].logprobs.token_logprobs, content.map((e) => e.logprob));
+  const biased = await client().completions.create({
+    model: 'stories260K', prompt: c.prompt, max_tokens: 4, logit_bias: { 300: 100 },
+    frequency_penalty: 0.5, presence_penalty: 0.5, logprobs: 0 });
+  assert.equal(new Set(biased.choices[0].logprobs.tokens).size, 1);
+});
+
 test('errors come back as the SDK error classes with OpenAI codes', { skip }, async () => {
   await assert.rejects(client().completions.create({ model: 'nope', prompt: 'x' }),
                        (e) => e instanceof OpenAI.NotFoundError && e.code === 'model_not_found');

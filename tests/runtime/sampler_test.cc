@@ -113,6 +113,69 @@ TEST(SamplingParams, RejectsInvalidValues) {
   EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "top_logprobs"));
   p.logprobs = kMaxLogprobs;
   EXPECT_TRUE(p.Validate().ok());
+  p = {};
+  p.frequency_penalty = 2.5f;
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "frequency_penalty"));
+  p = {};
+  p.presence_penalty = -2.01f;
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "presence_penalty"));
+  p = {};
+  p.logit_bias = {{5, 101.0f}};
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "logit_bias of token 5"));
+  p.logit_bias = {{-1, 1.0f}};
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "logit_bias"));
+}
+
+// Greedy picks from constant logits {1.0, 0.9, 0.0} under each adjustment, step by step.
+std::vector<int> GreedyPicks(const SamplingParams& p, int steps, std::vector<Logprobs>* lps = nullptr) {
+  Sampler s(p);
+  std::vector<int> out;
+  for (int i = 0; i < steps; ++i) {
+    std::vector<float> logits = {1.0f, 0.9f, 0.0f};
+    Logprobs lp;
+    out.push_back(s.Sample(logits.data(), 3, &lp));
+    if (lps) lps->push_back(lp);
+  }
+  return out;
+}
+
+TEST(Sampler, PenaltiesFollowOpenAisFormula) {
+  SamplingParams p;
+  EXPECT_EQ(GreedyPicks(p, 5), (std::vector<int>{0, 0, 0, 0, 0}));
+  // Frequency: every pick of a token costs it 0.2 more.
+  p.frequency_penalty = 0.2f;
+  EXPECT_EQ(GreedyPicks(p, 6), (std::vector<int>{0, 1, 0, 1, 0, 1}));
+  // Presence: 0.5 once a token has been picked, however often.
+  p = {};
+  p.presence_penalty = 0.5f;
+  EXPECT_EQ(GreedyPicks(p, 5), (std::vector<int>{0, 1, 0, 0, 0}));
+  // Negative penalties encourage repetition.
+  p = {};
+  p.frequency_penalty = -1.0f;
+  EXPECT_EQ(GreedyPicks(p, 3), (std::vector<int>{0, 0, 0}));
+}
+
+TEST(Sampler, LogitBiasSteersGreedyAndSampledPicksButNotTheLogprobs) {
+  SamplingParams p;
+  p.logit_bias = {{2, 100.0f}};
+  p.logprobs = 1;
+  std::vector<Logprobs> lps;
+  EXPECT_EQ(GreedyPicks(p, 3, &lps), (std::vector<int>{2, 2, 2}));
+  // Log-probabilities describe the model, not the biased draw.
+  ASSERT_EQ(lps.size(), 3u);
+  EXPECT_EQ(lps[0].top[0].token, 0);
+  EXPECT_LT(lps[0].logprob, lps[0].top[0].logprob);
+  p.logit_bias = {{0, -100.0f}};
+  EXPECT_EQ(GreedyPicks(p, 2), (std::vector<int>{1, 1}));
+  // Sampled: a -100 bias never lets the token through.
+  p.temperature = 1.0f;
+  p.seed = 5;
+  p.logit_bias = {{0, -100.0f}, {1, -100.0f}};
+  Sampler s(p);
+  for (int i = 0; i < 2000; ++i) {
+    std::vector<float> logits = {1.0f, 0.9f, 0.0f};
+    ASSERT_EQ(s.Sample(logits.data(), 3), 2);
+  }
 }
 
 // Log-probabilities against a plain double-precision log-softmax, on logits with ties.

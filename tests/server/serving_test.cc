@@ -67,11 +67,7 @@ absl::StatusOr<Delta> GenerateAll(ServingCore& core, const TenantConfig& tenant,
   auto gen = core.Generate(tenant, p);
   if (!gen.ok()) return gen.status();
   Delta d, all;
-  while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) {
-    all.finish_reason = d.finish_reason;
-    all.text += d.text;
-    all.tokens.insert(all.tokens.end(), d.tokens.begin(), d.tokens.end());
-  }
+  while (!all.done() && (*gen)->Pop(&d, std::chrono::seconds(10))) all.Append(std::move(d));
   return all;
 }
 
@@ -345,6 +341,16 @@ TEST_F(ServingTest, BadInputGetsOpenAiErrorsAndTheServerKeepsServing) {
       {"admin key on the data plane", "/v1/completions", "{" + ok + "}", kAdmin, 403, ""},
       {"oversized body", "/v1/completions", "{" + ok + ",\"user\":\"" + std::string(70000, 'a') + "\"}", kAcme, 413, ""},
       {"unknown route", "/v1/engines", "{}", kAcme, 404, "unknown_url"},
+      {"logprobs above 20", "/v1/completions", "{" + ok + ",\"logprobs\":21}", kAcme, 400, "integer_above_max_value"},
+      {"logprobs not an integer", "/v1/completions", "{" + ok + ",\"logprobs\":true}", kAcme, 400, "invalid_type"},
+      {"top_logprobs without logprobs", "/v1/chat/completions",
+       R"({"model":"stories260K","messages":[{"role":"user","content":"x"}],"top_logprobs":2})", kAcme, 400, ""},
+      {"top_logprobs on completions", "/v1/completions", "{" + ok + ",\"top_logprobs\":2}", kAcme, 400, "unknown_parameter"},
+      {"logit_bias not an object", "/v1/completions", "{" + ok + ",\"logit_bias\":[1]}", kAcme, 400, "invalid_type"},
+      {"logit_bias bad key", "/v1/completions", "{" + ok + ",\"logit_bias\":{\"abc\":1}}", kAcme, 400, ""},
+      {"logit_bias out of range", "/v1/completions", "{" + ok + ",\"logit_bias\":{\"5\":101}}", kAcme, 400, ""},
+      {"logit_bias token outside the vocabulary", "/v1/completions", "{" + ok + ",\"logit_bias\":{\"99999\":1}}", kAcme, 400, ""},
+      {"frequency_penalty out of range", "/v1/completions", "{" + ok + ",\"frequency_penalty\":3}", kAcme, 400, ""},
   };
   for (const BadCase& c : cases) {
     const HttpReply r = Http(port(), "POST", c.path, c.body, c.key, c.extra_headers);
@@ -362,6 +368,165 @@ TEST_F(ServingTest, BadInputGetsOpenAiErrorsAndTheServerKeepsServing) {
   EXPECT_EQ(wrong.body.find("sk-wrong-key-000000"), std::string::npos);
   // Still serving.
   EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}}).status, 200);
+}
+
+// Log-probabilities through both HTTP endpoints, streamed and whole, and through gRPC: the same
+// figures everywhere, greedy tokens the most likely, the tokens' text the completion's text.
+TEST_F(ServingTest, LogprobsAgreeAcrossEndpointsAndStreaming) {
+  const Case& c = (*cases_)[1];
+  const int n = static_cast<int>(c.generated.size());
+  const json req = {{"model", "stories260K"}, {"prompt", c.prompt}, {"max_tokens", n},
+                    {"temperature", 0}, {"logprobs", 3}};
+  const HttpReply r = Post("/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json lp = Body(r)["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), static_cast<size_t>(n)) << r.body;
+  std::string joined;
+  for (int t = 0; t < n; ++t) {
+    const std::string tok = lp["tokens"][t];
+    EXPECT_EQ(lp["text_offset"][t], static_cast<int>(joined.size()));
+    joined += tok;
+    const float chosen = lp["token_logprobs"][t];
+    EXPECT_LE(chosen, 0.0f);
+    const json& top = lp["top_logprobs"][t];
+    EXPECT_GE(top.size(), 1u);
+    EXPECT_LE(top.size(), 4u);  // 3 alternatives and the chosen one (here among them)
+    ASSERT_TRUE(top.contains(tok)) << top.dump();
+    EXPECT_EQ(top[tok].get<float>(), chosen);
+    for (const auto& [k, v] : top.items()) EXPECT_LE(v.get<float>(), chosen) << k;  // greedy
+  }
+  EXPECT_EQ(joined, c.text);
+
+  // Streamed: the chunks' logprobs, put together, are the same.
+  json streamed_req = req;
+  streamed_req["stream"] = true;
+  const HttpReply sr = Post("/v1/completions", streamed_req);
+  ASSERT_EQ(sr.status, 200);
+  json tokens = json::array(), logprobs = json::array(), offsets = json::array();
+  for (const std::string& e : SseData(sr.body)) {
+    if (e == "[DONE]") break;
+    const json chunk = json::parse(e);
+    const json& l = chunk["choices"][0]["logprobs"];
+    if (l.is_null()) continue;
+    for (size_t t = 0; t < l["tokens"].size(); ++t) {
+      tokens.push_back(l["tokens"][t]);
+      logprobs.push_back(l["token_logprobs"][t]);
+      offsets.push_back(l["text_offset"][t]);
+    }
+  }
+  EXPECT_EQ(tokens, lp["tokens"]);
+  EXPECT_EQ(logprobs, lp["token_logprobs"]);
+  EXPECT_EQ(offsets, lp["text_offset"]);
+
+  // gRPC: the same tokens and figures, with the alternatives.
+  auto stub = Stub();
+  v1::GenerateRequest g;
+  g.set_model("stories260K");
+  g.set_text(c.prompt);
+  g.set_max_tokens(n);
+  g.set_logprobs(true);
+  g.set_top_logprobs(3);
+  grpc::ClientContext ctx;
+  Auth(&ctx, kAcme);
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(stub->Complete(&ctx, g, &resp).ok());
+  ASSERT_EQ(resp.logprobs_size(), n);
+  for (int t = 0; t < n; ++t) {
+    const auto& e = resp.logprobs(t);
+    EXPECT_EQ(e.token().token_id(), c.generated[t]);
+    EXPECT_EQ(e.token().logprob(), lp["token_logprobs"][t].get<float>());
+    EXPECT_EQ(e.token().text(), lp["tokens"][t].get<std::string>());
+    ASSERT_EQ(e.top_size(), 3);
+    EXPECT_EQ(e.top(0).token_id(), c.generated[t]);
+    EXPECT_GE(e.top(0).logprob(), e.top(1).logprob());
+    EXPECT_GE(e.top(1).logprob(), e.top(2).logprob());
+  }
+  {  // Without logprobs, none come back.
+    grpc::ClientContext ctx2;
+    Auth(&ctx2, kAcme);
+    g.set_logprobs(false);
+    g.set_top_logprobs(0);
+    ASSERT_TRUE(stub->Complete(&ctx2, g, &resp).ok());
+    EXPECT_EQ(resp.logprobs_size(), 0);
+  }
+  {  // top_logprobs alone is an error naming the field.
+    grpc::ClientContext ctx3;
+    Auth(&ctx3, kAcme);
+    g.set_top_logprobs(2);
+    const grpc::Status st = stub->Complete(&ctx3, g, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("top_logprobs"), std::string::npos) << st.error_message();
+  }
+
+  // Chat: one entry per generated token, with its bytes and exactly top_logprobs alternatives.
+  const HttpReply cr = Post("/v1/chat/completions",
+                            {{"model", "stories260K"},
+                             {"messages", {{{"role", "user"}, {"content", c.prompt}}}},
+                             {"max_tokens", 8}, {"temperature", 0}, {"logprobs", true},
+                             {"top_logprobs", 2}});
+  ASSERT_EQ(cr.status, 200) << cr.body;
+  const json chat = Body(cr)["choices"][0];
+  const json& content = chat["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 8u) << cr.body;
+  std::string text;
+  for (const json& e : content) {
+    std::string bytes;
+    for (const json& b : e["bytes"]) bytes += static_cast<char>(b.get<int>());
+    EXPECT_EQ(e["token"], bytes);  // ASCII here
+    text += bytes;
+    ASSERT_EQ(e["top_logprobs"].size(), 2u);
+    EXPECT_EQ(e["top_logprobs"][0]["token"], e["token"]);
+    EXPECT_EQ(e["top_logprobs"][0]["logprob"], e["logprob"]);
+  }
+  EXPECT_EQ(text, chat["message"]["content"]);
+  // Not asked: null, as OpenAI.
+  const HttpReply plain = Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 2}});
+  EXPECT_TRUE(Body(plain)["choices"][0]["logprobs"].is_null());
+}
+
+// logit_bias and the penalties change what is generated, over both APIs.
+TEST_F(ServingTest, LogitBiasAndPenaltiesSteerGeneration) {
+  const Case& c = (*cases_)[1];
+  const int n = static_cast<int>(c.generated.size());
+  auto stub = Stub();
+  auto grpc_tokens = [&](const v1::SamplingParams& sp) {
+    v1::GenerateRequest g;
+    g.set_model("stories260K");
+    g.set_text(c.prompt);
+    g.set_max_tokens(n);
+    *g.mutable_sampling() = sp;
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAcme);
+    v1::GenerateResponse resp;
+    EXPECT_TRUE(stub->Complete(&ctx, g, &resp).ok());
+    return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
+  };
+  v1::GenerateRequest none;
+  EXPECT_EQ(grpc_tokens(none.sampling()), c.generated);
+  v1::SamplingParams forced;
+  (*forced.mutable_logit_bias())[300] = 100.0f;
+  EXPECT_EQ(grpc_tokens(forced), std::vector<int32_t>(n, 300));
+  // A strong frequency penalty stops the reference's repetitions.
+  v1::SamplingParams penalised;
+  penalised.set_frequency_penalty(2.0f);
+  const auto varied = grpc_tokens(penalised);
+  EXPECT_NE(varied, c.generated);
+  EXPECT_EQ(varied[0], c.generated[0]);  // nothing generated yet: no penalty on the first token
+  // HTTP: banning the reference's first token changes the first token.
+  const HttpReply r = Post("/v1/completions",
+                           {{"model", "stories260K"}, {"prompt", c.prompt}, {"max_tokens", 1},
+                            {"logit_bias", {{std::to_string(c.generated[0]), -100}}},
+                            {"logprobs", 0}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json lp = Body(r)["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 1u);
+  EXPECT_NE(lp["top_logprobs"][0].size(), 0u);
+  const HttpReply ref = Post("/v1/completions", {{"model", "stories260K"}, {"prompt", c.prompt},
+                                                 {"max_tokens", 1}, {"logprobs", 0}});
+  EXPECT_NE(Body(ref)["choices"][0]["logprobs"]["tokens"][0], lp["tokens"][0]);
+  // The banned token was the model's favourite: its log-probability (the model's) is higher.
+  EXPECT_GT(Body(ref)["choices"][0]["logprobs"]["token_logprobs"][0].get<float>(),
+            lp["token_logprobs"][0].get<float>());
 }
 
 TEST_F(ServingTest, RateLimitsAnswer429WithRetryAfter) {

@@ -628,6 +628,17 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
   return absl::OkStatus();
 }
 
+bool Engine::PromptRowsWanted(const PlannedSeq& s, int* begin, int* end) const {
+  auto it = prompt_lps_.find(s.id);
+  if (it == prompt_lps_.end() || it->second.delivered) return false;
+  const int prompt = static_cast<int>(scheduler_->Find(s.id)->spec.prompt.size());
+  // Position p's logits give prompt token p + 1's log-probability; those already gathered (a
+  // recomputation after preemption) are not wanted again.
+  *begin = std::max(s.pos, static_cast<int>(it->second.got.size()));
+  *end = std::min(s.pos + s.len, prompt - 1);
+  return *begin < *end;
+}
+
 // One block call: gathers its members' rows into a batch, runs the block, scatters the rows
 // back (or samples, at the head). Calls of one round touch disjoint members and, when run
 // concurrently, distinct instances, so they share nothing they write.
@@ -637,14 +648,32 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
   runtime::Block& block = *slots_[call.instance]->block;
   const bool head = block.kind() == BlockKind::kHead;
   Batch b;
-  std::vector<int> sampled;  // members that get logits, in logit-row order
+  std::vector<int> sampled;         // members that sample, in order
+  std::vector<size_t> sample_rows;  // their logit rows
+  struct Scored {
+    int member, begin, end;  // prompt positions [begin, end) to score
+    size_t first_row;        // the logit row of the span's first token
+  };
+  std::vector<Scored> scored;
+  size_t rows = 0;
   for (int m : call.members) {
     const PlannedSeq& s = plan.seqs[m];
-    const bool logits = head && s.sample;
-    b.Add(s.id, s.pos, tokens[m].data(), s.len,
-          logits ? runtime::SeqSpan::Logits::kLast : runtime::SeqSpan::Logits::kNone,
-          models_[s.model].adapter);
-    if (logits) sampled.push_back(m);
+    int begin = 0, end = 0;
+    auto logits = runtime::SeqSpan::Logits::kNone;
+    if (head && PromptRowsWanted(s, &begin, &end)) {  // every row: the prompt is scored
+      logits = runtime::SeqSpan::Logits::kAll;
+      scored.push_back({m, begin, end, rows});
+      if (s.sample) {
+        sampled.push_back(m);
+        sample_rows.push_back(rows + s.len - 1);
+      }
+      rows += s.len;
+    } else if (head && s.sample) {
+      logits = runtime::SeqSpan::Logits::kLast;
+      sampled.push_back(m);
+      sample_rows.push_back(rows++);
+    }
+    b.Add(s.id, s.pos, tokens[m].data(), s.len, logits, models_[s.model].adapter);
     b.hidden.insert(b.hidden.end(), hidden[m].begin(), hidden[m].end());
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -653,8 +682,18 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
       {call.instance, b.num_tokens(),
        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
   if (head) {
+    const size_t vocab = b.logits.size() / std::max<size_t>(1, rows);
+    for (const Scored& sc : scored) {
+      const PlannedSeq& s = plan.seqs[sc.member];
+      const RequestSpec& spec = scheduler_->Find(s.id)->spec;
+      for (int p = sc.begin; p < sc.end; ++p) {
+        const float* row = b.logits.data() + (sc.first_row + (p - s.pos)) * vocab;
+        result.prompt.push_back({s.id, p,
+                                 runtime::ComputeLogprobs(row, static_cast<int>(vocab),
+                                                          spec.prompt[p + 1], spec.prompt_logprobs)});
+      }
+    }
     // Every sequence has its own sampler (its own RNG): sampling splits across the pool.
-    const size_t vocab = b.logits.size() / std::max<size_t>(1, sampled.size());
     const size_t first = result.out.size();
     result.out.resize(first + sampled.size());
     std::vector<runtime::Sampler*> samplers(sampled.size());
@@ -666,8 +705,8 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
         [&](int64_t i0, int64_t i1) {
           for (int64_t i = i0; i < i1; ++i) {
             runtime::Logprobs lp;
-            const int token =
-                samplers[i]->Sample(b.logits.data() + i * vocab, static_cast<int>(vocab), &lp);
+            const int token = samplers[i]->Sample(b.logits.data() + sample_rows[i] * vocab,
+                                                  static_cast<int>(vocab), &lp);
             result.out[first + i] = {plan.seqs[sampled[i]].id, token};
             if (samplers[i]->wants_logprobs()) result.out[first + i].logprobs = std::move(lp);
           }
@@ -778,7 +817,25 @@ absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
     });
     for (const absl::Status& st : status) RETURN_IF_ERROR(st);
   }
-  for (const CallResult& r : results) out->insert(out->end(), r.out.begin(), r.out.end());
+  for (CallResult& r : results) {  // a call's rows come in order of position
+    for (PromptRow& row : r.prompt) {
+      auto it = prompt_lps_.find(row.id);
+      if (it != prompt_lps_.end() && !it->second.delivered &&
+          row.pos == static_cast<int>(it->second.got.size())) {
+        it->second.got.push_back(std::move(row.logprobs));
+      }
+    }
+  }
+  for (CallResult& r : results) {
+    for (StepOutput& o : r.out) {
+      auto it = prompt_lps_.find(o.id);
+      if (it != prompt_lps_.end() && !it->second.delivered) {
+        o.prompt_logprobs = std::move(it->second.got);
+        it->second.delivered = true;
+      }
+      out->push_back(std::move(o));
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   for (const CallResult& r : results) {
     for (const CallStats& c : r.calls) {
@@ -804,6 +861,7 @@ absl::StatusOr<bool> Engine::Step() {
       inbox_.pop_front();
       inbox_ids_.pop_front();
       const runtime::SamplingParams sampling = spec.sampling;
+      const bool prompt_logprobs = spec.prompt_logprobs >= 0;
       auto s = scheduler_->Submit(std::move(spec), id);
       if (!s.ok()) {
         sink({id, -1, Finish::kError, {}});
@@ -811,6 +869,7 @@ absl::StatusOr<bool> Engine::Step() {
       }
       sinks_[id] = std::move(sink);
       samplers_.emplace(id, runtime::Sampler(sampling));
+      if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
     }
     for (RequestId id : abort_inbox_) scheduler_->Abort(id);
     abort_inbox_.clear();
@@ -856,6 +915,7 @@ absl::StatusOr<bool> Engine::Step() {
     if (e.finish != Finish::kNone) {
       sinks_.erase(it);
       samplers_.erase(e.id);
+      prompt_lps_.erase(e.id);
     }
   }
   {

@@ -166,10 +166,20 @@ class Engine {
     int tokens;
     double secs;
   };
+  // A prompt position's log-probabilities (RequestSpec::prompt_logprobs): those of the prompt
+  // token after `pos`.
+  struct PromptRow {
+    RequestId id = 0;
+    int pos = 0;
+    runtime::Logprobs logprobs;
+  };
   struct CallResult {
     std::vector<CallStats> calls;
     std::vector<StepOutput> out;
+    std::vector<PromptRow> prompt;
   };
+  // The prompt positions of `s` whose log-probabilities are still wanted: [*begin, *end).
+  bool PromptRowsWanted(const PlannedSeq& s, int* begin, int* end) const;
   absl::Status RunCall(const StepPlan& plan, const BlockCall& call, runtime::ExecContext& ctx,
                        const std::vector<std::vector<int32_t>>& tokens,
                        std::vector<std::vector<float>>& hidden, CallResult& result);
@@ -219,6 +229,14 @@ class Engine {
   std::vector<std::unique_ptr<runtime::ExecContext>> serial_ctx_;
   std::map<RequestId, Sink> sinks_;
   std::map<RequestId, runtime::Sampler> samplers_;
+  // Prompt log-probabilities gathered so far, for the requests that asked: entry i is prompt
+  // token i + 1's; `delivered` once they went out with the first generated token (a preempted
+  // request recomputing its prompt does not send them again).
+  struct PromptLogprobs {
+    std::vector<runtime::Logprobs> got;
+    bool delivered = false;
+  };
+  std::map<RequestId, PromptLogprobs> prompt_lps_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

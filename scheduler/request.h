@@ -28,6 +28,11 @@ struct RequestSpec {
   int max_tokens = 16;
   runtime::SamplingParams sampling;
   std::vector<int32_t> stop_tokens;
+  // -1: none; k in [0, runtime::kMaxLogprobs]: the log-probability of every prompt token after
+  // the first (given the tokens before it) and the k most likely tokens at each position,
+  // delivered with the first generated token (Event::prompt_logprobs). Such a request computes
+  // its whole prompt: it does not start from a cached prefix.
+  int prompt_logprobs = -1;
 };
 
 struct Request {

@@ -40,6 +40,10 @@ absl::Status Scheduler::Validate(const RequestSpec& spec) const {
                                               m.max_seq_len, " of model ", m.name));
   }
   if (spec.max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be at least 1");
+  if (spec.prompt_logprobs < -1 || spec.prompt_logprobs > runtime::kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs must be in [0, ",
+                                                   runtime::kMaxLogprobs, "]"));
+  }
   for (int32_t t : spec.prompt) {
     if (t < 0 || t >= m.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside the vocabulary of ",
@@ -418,7 +422,7 @@ StepPlan Scheduler::Plan() {
     Request* r = list[pick];
     // The longest cached prefix of its tokens on its chain (at least one token left to run).
     const int ps = KvPageSize(r->spec.model);
-    if (config_.prefix_cache && ps > 0 && r->computed == 0) {
+    if (config_.prefix_cache && ps > 0 && r->computed == 0 && r->spec.prompt_logprobs < 0) {
       const std::vector<std::string> keys =
           PrefixKeys(*r, (r->context_len() - 1) / ps * ps, ps);
       for (int len = static_cast<int>(keys.size()) * ps; len > 0; len -= ps) {
@@ -513,8 +517,12 @@ StepPlan Scheduler::Plan() {
     const auto& chain = models_[plan.seqs[s].model].chain;
     if (plan.rounds.size() < chain.size()) plan.rounds.resize(chain.size());
     for (size_t pos = 0; pos < chain.size(); ++pos) {
-      // The head only for sequences that sample (a prefill chunk mid-prompt needs no logits).
-      if (pos + 1 == chain.size() && !plan.seqs[s].sample) continue;
+      // The head only for sequences that sample (a prefill chunk mid-prompt needs no logits),
+      // or that score their prompt (RequestSpec::prompt_logprobs).
+      if (pos + 1 == chain.size() && !plan.seqs[s].sample &&
+          Get(plan.seqs[s].id)->spec.prompt_logprobs < 0) {
+        continue;
+      }
       auto& calls = plan.rounds[pos];
       const InstanceId inst = chain[pos];
       BlockCall* call = nullptr;
@@ -590,6 +598,7 @@ std::vector<Event> Scheduler::Commit(const StepPlan& plan, const std::vector<Ste
       }
       events.push_back({r->id, o.token, f, {}, o.logprobs});
     }
+    events.back().prompt_logprobs = o.prompt_logprobs;
     if (f != Finish::kNone) {
       Finish(*r, f);
       requests_.erase(o.id);

@@ -119,6 +119,9 @@ struct StepOutput {
   RequestId id = 0;
   int32_t token = 0;
   std::optional<runtime::Logprobs> logprobs;  // when the request asked for them
+  // With the first token of a request that asked for RequestSpec::prompt_logprobs: those of
+  // prompt tokens 1, 2, ... in order.
+  std::vector<runtime::Logprobs> prompt_logprobs;
 };
 
 struct Event {
@@ -131,6 +134,7 @@ struct Event {
   Finish finish = Finish::kNone;  // set on the last event of a request
   std::string error;              // kError: what went wrong, when known (fit for the client)
   std::optional<runtime::Logprobs> logprobs;  // of `token`, when the request asked for them
+  std::vector<runtime::Logprobs> prompt_logprobs;  // StepOutput::prompt_logprobs
 };
 
 class Scheduler {

@@ -60,14 +60,16 @@ absl::StatusOr<GenerateParams> Params(const v1::GenerateRequest& r) {
   for (const auto& [token, bias] : r.sampling().logit_bias()) p.sampling.logit_bias.push_back({token, bias});
   p.stop.assign(r.stop().begin(), r.stop().end());
   if (r.priority() != 0) p.priority = r.priority();
-  if (r.top_logprobs() != 0 && !r.logprobs()) {
-    return absl::InvalidArgumentError("GenerateRequest.top_logprobs needs logprobs set");
+  if (r.top_logprobs() != 0 && !r.logprobs() && !r.prompt_logprobs()) {
+    return absl::InvalidArgumentError(
+        "GenerateRequest.top_logprobs needs logprobs or prompt_logprobs set");
   }
   if (r.top_logprobs() < 0 || r.top_logprobs() > runtime::kMaxLogprobs) {
     return absl::InvalidArgumentError(absl::StrCat("GenerateRequest.top_logprobs must be in [0, ",
                                                    runtime::kMaxLogprobs, "]; got ", r.top_logprobs()));
   }
   if (r.logprobs()) p.sampling.logprobs = r.top_logprobs();
+  if (r.prompt_logprobs()) p.prompt_logprobs = r.top_logprobs();
   return p;
 }
 
@@ -77,14 +79,16 @@ void Fill(const TokenInfo& t, v1::TokenLogprob* out) {
   out->set_text(t.bytes);
 }
 
+void Fill(const TokenLogprobs& lp, v1::GeneratedTokenLogprobs* out) {
+  Fill(lp.chosen, out->mutable_token());
+  for (const TokenInfo& t : lp.top) Fill(t, out->add_top());
+}
+
 void Fill(const Delta& d, v1::GenerateResponse* out) {
   out->Clear();
   for (int32_t t : d.tokens) out->add_token_ids(t);
-  for (const TokenLogprobs& lp : d.logprobs) {
-    v1::GeneratedTokenLogprobs* g = out->add_logprobs();
-    Fill(lp.chosen, g->mutable_token());
-    for (const TokenInfo& t : lp.top) Fill(t, g->add_top());
-  }
+  for (const TokenLogprobs& lp : d.logprobs) Fill(lp, out->add_logprobs());
+  for (const TokenLogprobs& lp : d.prompt_logprobs) Fill(lp, out->add_prompt_logprobs());
   out->set_text(d.text);
   if (d.done()) {
     out->set_finish_reason(d.finish_reason);

@@ -161,6 +161,7 @@ struct Common {
   int n = 1;
   bool stream = false;
   bool include_usage = false;
+  bool echo = false;  // completions: the prompt comes back before the completion
   std::string model;
 };
 
@@ -179,7 +180,12 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
   c.params.model = c.model;
   const std::string max_key =
       chat && body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  if (auto m = Integer(body, max_key, 1, 1 << 30)) c.params.max_tokens = static_cast<int>(*m);
+  // Completions with `echo` may ask for no tokens at all: the prompt is scored (with logprobs).
+  c.echo = !chat && Bool(body, "echo");
+  if (auto m = Integer(body, max_key, c.echo ? 0 : 1, 1 << 30)) {
+    c.params.max_tokens = static_cast<int>(*m);
+    c.params.score_only = *m == 0;
+  }
   c.params.max_tokens_to_context = chat;
   if (auto t = Number(body, "temperature", 0, 2)) c.params.sampling.temperature = static_cast<float>(*t);
   if (auto t = Number(body, "top_p", 0, 1)) {
@@ -224,6 +230,7 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
     }
   } else if (auto k = Integer(body, "logprobs", 0, runtime::kMaxLogprobs)) {
     c.params.sampling.logprobs = static_cast<int>(*k);
+    if (c.echo) c.params.prompt_logprobs = static_cast<int>(*k);  // the echoed prompt's too
   }
   String(body, "user", false);  // accepted (OpenAI: an end-user id); typed checked only
   if (const json* s = Field(body, "stop")) {
@@ -359,57 +366,76 @@ int64_t Utf8Chars(const std::string& bytes) {
   return n;
 }
 
-// OpenAI's `logprobs` of a choice for `lps`, its next tokens: chat's {"content": [...]} (each
-// token with its bytes and the most likely alternatives), or the completions' parallel arrays,
-// whose `top_logprobs` maps the alternatives and the chosen token to their log-probabilities.
-// `*offset`, the completion's length in characters before these tokens, moves past them.
-json LogprobsJson(bool chat, const std::vector<TokenLogprobs>& lps, int64_t* offset) {
-  if (chat) {
-    auto entry = [](const TokenInfo& t) {
-      json bytes = json::array();
-      for (unsigned char ch : t.bytes) bytes.push_back(static_cast<int>(ch));
-      return json{{"token", SanitizeUtf8(t.bytes)}, {"logprob", t.logprob}, {"bytes", bytes}};
-    };
-    json content = json::array();
-    for (const TokenLogprobs& lp : lps) {
-      json e = entry(lp.chosen);
-      e["top_logprobs"] = json::array();
-      for (const TokenInfo& t : lp.top) e["top_logprobs"].push_back(entry(t));
-      content.push_back(std::move(e));
-    }
-    return {{"content", std::move(content)}, {"refusal", nullptr}};
-  }
-  json tokens = json::array(), logprobs = json::array(), top = json::array(), offsets = json::array();
+// Chat's `logprobs` for `lps`, a choice's next tokens: each token with its bytes and the most
+// likely alternatives.
+json ChatLogprobs(const std::vector<TokenLogprobs>& lps) {
+  auto entry = [](const TokenInfo& t) {
+    json bytes = json::array();
+    for (unsigned char ch : t.bytes) bytes.push_back(static_cast<int>(ch));
+    return json{{"token", SanitizeUtf8(t.bytes)}, {"logprob", t.logprob}, {"bytes", bytes}};
+  };
+  json content = json::array();
   for (const TokenLogprobs& lp : lps) {
+    json e = entry(lp.chosen);
+    e["top_logprobs"] = json::array();
+    for (const TokenInfo& t : lp.top) e["top_logprobs"].push_back(entry(t));
+    content.push_back(std::move(e));
+  }
+  return {{"content", std::move(content)}, {"refusal", nullptr}};
+}
+
+// The completions' (legacy) `logprobs`: parallel arrays, token by token; `top_logprobs` maps
+// the alternatives and the chosen token to their log-probabilities; `text_offset` counts
+// characters into the choice's text.
+struct LegacyLogprobs {
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+       text_offset = json::array();
+
+  // A prompt's first token (echo): nothing before it, so no log-probability.
+  void AddFirst(const std::string& bytes, int64_t* offset) {
+    tokens.push_back(SanitizeUtf8(bytes));
+    token_logprobs.push_back(nullptr);
+    top_logprobs.push_back(nullptr);
+    text_offset.push_back(*offset);
+    *offset += Utf8Chars(bytes);
+  }
+  void Add(const TokenLogprobs& lp, int64_t* offset) {
     const std::string text = SanitizeUtf8(lp.chosen.bytes);
     tokens.push_back(text);
-    logprobs.push_back(lp.chosen.logprob);
+    token_logprobs.push_back(lp.chosen.logprob);
     json alternatives = json::object();
     for (const TokenInfo& t : lp.top) {
       const std::string k = SanitizeUtf8(t.bytes);
       if (!alternatives.contains(k)) alternatives[k] = t.logprob;  // two tokens, one text: the likelier
     }
     if (!alternatives.contains(text)) alternatives[text] = lp.chosen.logprob;
-    top.push_back(std::move(alternatives));
-    offsets.push_back(*offset);
+    top_logprobs.push_back(std::move(alternatives));
+    text_offset.push_back(*offset);
     *offset += Utf8Chars(lp.chosen.bytes);
   }
-  return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(logprobs)},
-          {"top_logprobs", std::move(top)}, {"text_offset", std::move(offsets)}};
-}
+  json ToJson() {
+    return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(token_logprobs)},
+            {"top_logprobs", std::move(top_logprobs)}, {"text_offset", std::move(text_offset)}};
+  }
+};
 
 // One response: every choice's generation, what was sent, and how the response ends.
 struct Reply {
   bool chat = false, stream = false, include_usage = false;
   bool logprobs = false;  // the request asked for them
+  bool echo = false;      // completions: each choice's text starts with its prompt
   std::string id, model;
+  const runtime::Tokenizer* tokenizer = nullptr;  // the model's (echoed prompt tokens' text)
   int64_t created = 0;
   std::vector<std::shared_ptr<Generation>> gens;
   std::vector<std::string> text;
   std::vector<std::string> finish;
   std::vector<bool> role_sent;
   std::vector<std::vector<TokenLogprobs>> lps;  // per choice, until the whole response is written
+  std::vector<std::vector<TokenLogprobs>> prompt_lps;  // the same, of the echoed prompt
   std::vector<int64_t> offset;                  // per choice: characters streamed so far
+  std::vector<std::string> prompt_text;         // per choice: the prompt, for echo
+  std::vector<bool> echoed;                     // per choice: the prompt went out (streams)
   int prompt_tokens = 0, completion_tokens = 0;
   std::string error;
   int done = 0;
@@ -451,18 +477,33 @@ struct Reply {
     if (include_usage) j["usage"] = nullptr;
     return "data: " + Dump(j) + "\n\n";
   }
-  std::string Whole() const {
+  // Choice i's `logprobs` for its next tokens `gen`, after its prompt's (`prompt`, when the
+  // prompt is echoed here: the first piece of the choice).
+  json LogprobsFor(size_t i, const std::vector<TokenLogprobs>* prompt,
+                   const std::vector<TokenLogprobs>& gen) {
+    if (!logprobs) return nullptr;
+    if (chat) return ChatLogprobs(gen);
+    LegacyLogprobs l;
+    if (prompt != nullptr) {
+      const auto& ids = gens[i]->prompt_ids();
+      l.AddFirst(tokenizer ? tokenizer->Decode(-1, ids[0]) : std::string(), &offset[i]);
+      for (const TokenLogprobs& lp : *prompt) l.Add(lp, &offset[i]);
+      offset[i] = Utf8Chars(prompt_text[i]);  // the completion follows the prompt's text
+    }
+    for (const TokenLogprobs& lp : gen) l.Add(lp, &offset[i]);
+    return l.ToJson();
+  }
+  std::string Whole() {
     json j = Base(chat ? "chat.completion" : "text_completion");
     json choices = json::array();
     for (size_t i = 0; i < gens.size(); ++i) {
-      int64_t start = 0;
       json c = {{"index", i},
-                {"logprobs", logprobs ? LogprobsJson(chat, lps[i], &start) : json(nullptr)},
+                {"logprobs", LogprobsFor(i, echo ? &prompt_lps[i] : nullptr, lps[i])},
                 {"finish_reason", finish[i]}};
       if (chat) {
         c["message"] = {{"role", "assistant"}, {"content", text[i]}};
       } else {
-        c["text"] = text[i];
+        c["text"] = (echo ? prompt_text[i] : std::string()) + text[i];
       }
       choices.push_back(c);
     }
@@ -493,15 +534,19 @@ bool Provide(Reply& r, httplib::DataSink& sink) {
     }
     if (r.stream) {
       // A chunk per batch of tokens, even before they make whole characters (or when the model
-      // has no tokenizer): clients see progress at the rate tokens come.
-      if (!d.text.empty() || !d.tokens.empty()) {
-        out += r.Chunk(i, d.text, "",
-                       r.logprobs ? LogprobsJson(r.chat, d.logprobs, &r.offset[i]) : json(nullptr));
+      // has no tokenizer): clients see progress at the rate tokens come. An echoed prompt
+      // goes first, in the choice's first chunk.
+      const bool echo_now = r.echo && !r.echoed[i];
+      r.echoed[i] = true;
+      if (!d.text.empty() || !d.tokens.empty() || echo_now) {
+        out += r.Chunk(i, (echo_now ? r.prompt_text[i] : std::string()) + d.text, "",
+                       r.LogprobsFor(i, echo_now ? &d.prompt_logprobs : nullptr, d.logprobs));
       }
       if (d.done() && d.finish_reason != "error") out += r.Chunk(i, "", PublicReason(d.finish_reason));
     } else {
       r.text[i] += d.text;
       r.lps[i].insert(r.lps[i].end(), d.logprobs.begin(), d.logprobs.end());
+      r.prompt_lps[i].insert(r.prompt_lps[i].end(), d.prompt_logprobs.begin(), d.prompt_logprobs.end());
     }
   }
   const bool all_done = r.done == static_cast<int>(r.gens.size());
@@ -710,7 +755,6 @@ void HttpGateway::Routes() {
       Common c = ParseCommon(body, chat, chat ? std::set<std::string>{"messages", "max_completion_tokens", "top_logprobs"}
                                               : std::set<std::string>{"prompt", "echo", "best_of", "suffix"});
       if (!chat) {
-        if (Bool(body, "echo")) Bad("echo", "'echo' is not supported by this server.", "unsupported_parameter");
         if (Field(body, "suffix")) Bad("suffix", "'suffix' is not supported by this server.", "unsupported_parameter");
         if (auto b = Integer(body, "best_of", 1, 16); b && *b != 1) {
           Bad("best_of", "'best_of' other than 1 is not supported by this server.", "unsupported_parameter");
@@ -731,6 +775,8 @@ void HttpGateway::Routes() {
       r->stream = c.stream;
       r->include_usage = c.include_usage;
       r->logprobs = c.params.sampling.logprobs >= 0;
+      r->echo = c.echo;
+      if (const ServedModel* sm = core_->FindModel(c.model)) r->tokenizer = sm->tokenizer.get();
       r->model = c.model;
     } catch (const BadRequest& b) {
       core_->metrics().Rejected(tenant.name, b.error.http);
@@ -758,7 +804,13 @@ void HttpGateway::Routes() {
         r->finish.emplace_back();
         r->role_sent.push_back(false);
         r->lps.emplace_back();
+        r->prompt_lps.emplace_back();
         r->offset.push_back(0);
+        r->echoed.push_back(false);
+        // The echoed prompt: as sent, or its tokens' text.
+        r->prompt_text.push_back(base.text ? *base.text
+                                 : r->tokenizer ? r->tokenizer->DecodeAll((*gen)->prompt_ids())
+                                                : std::string());
       }
     }
     std::weak_ptr<Reply> weak = r;

@@ -36,8 +36,11 @@ void Generation::Push(Delta d) {
 
 void Delta::Append(Delta&& d) {
   tokens.insert(tokens.end(), d.tokens.begin(), d.tokens.end());
-  logprobs.insert(logprobs.end(), std::make_move_iterator(d.logprobs.begin()),
-                  std::make_move_iterator(d.logprobs.end()));
+  auto take = [](std::vector<TokenLogprobs>& to, std::vector<TokenLogprobs>& from) {
+    to.insert(to.end(), std::make_move_iterator(from.begin()), std::make_move_iterator(from.end()));
+  };
+  take(logprobs, d.logprobs);
+  take(prompt_logprobs, d.prompt_logprobs);
   text += d.text;
   if (d.done()) {
     finish_reason = std::move(d.finish_reason);
@@ -258,7 +261,11 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
     return absl::InvalidArgumentError(
         absl::StrCat("max_tokens must be at least 1; got ", p.max_tokens, "."));
   }
-  int max_tokens = p.max_tokens;
+  if (p.prompt_logprobs < -1 || p.prompt_logprobs > runtime::kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt_logprobs must be in [0, ", runtime::kMaxLogprobs, "]; got ", p.prompt_logprobs, "."));
+  }
+  int max_tokens = p.score_only ? 1 : p.max_tokens;
   if (max_tokens == 0) {
     max_tokens = p.max_tokens_to_context ? m->context_length - n_prompt : config_.default_max_tokens;
     max_tokens = std::min(max_tokens, m->context_length - n_prompt);
@@ -290,6 +297,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   spec.max_tokens = max_tokens;
   spec.sampling = p.sampling;
   spec.stop_tokens = m->stop_tokens;
+  spec.prompt_logprobs = p.prompt_logprobs;
 
   {
     std::lock_guard<std::mutex> lock(holders_->mu);
@@ -301,7 +309,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
     if (--h->live == 0) h->cv.notify_all();
   });
   gen->model_ = m->name;
-  gen->prompt_tokens_ = n_prompt;
+  gen->prompt_ids_ = spec.prompt;
   // Per-request state, touched only by the engine thread (the sink).
   struct State {
     TextStream text;
@@ -323,11 +331,23 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   }
   const TenantConfig* t = &tenant;
   const bool has_tok = m->tokenizer != nullptr;
-  auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, m,
+  auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, m, score_only = p.score_only,
+               prompt = gen->prompt_ids_,
                series = metrics_.Started(m->name, tenant.name, n_prompt)](const Event& e) {
     if (st->done) return;
     Delta d;
-    if (e.token >= 0) {
+    for (size_t i = 0; i < e.prompt_logprobs.size(); ++i) {  // of prompt[i + 1], after prompt[i]
+      const int32_t after = prompt[i];
+      auto info = [&](int32_t token, float logprob) {
+        return TokenInfo{token, logprob,
+                         has_tok ? m->tokenizer->Decode(after, token) : std::string()};
+      };
+      const runtime::Logprobs& lp = e.prompt_logprobs[i];
+      TokenLogprobs out{info(prompt[i + 1], lp.logprob), {}};
+      for (const runtime::TokenLogprob& t : lp.top) out.top.push_back(info(t.token, t.logprob));
+      d.prompt_logprobs.push_back(std::move(out));
+    }
+    if (e.token >= 0 && !score_only) {
       const auto now = std::chrono::steady_clock::now();
       (st->completion == 0 ? series.ttft : series.itl)
           ->Observe(std::chrono::duration<double>(now - (st->completion == 0 ? st->start : st->last))
@@ -358,7 +378,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
     if (e.finish != Finish::kNone && d.finish_reason.empty()) {
       if (has_tok) d.text += st->text.Flush();
       switch (e.finish) {
-        case Finish::kStop: d.finish_reason = "stop"; break;
+        case Finish::kStop: d.finish_reason = score_only ? "length" : "stop"; break;
         case Finish::kLength:
         case Finish::kContextFull: d.finish_reason = "length"; break;
         case Finish::kAbort: d.finish_reason = "abort"; break;

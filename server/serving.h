@@ -53,6 +53,12 @@ struct GenerateParams {
   runtime::SamplingParams sampling;
   std::vector<std::string> stop;
   std::optional<int> priority;
+  // -1: none; k: the log-probabilities of the prompt's tokens after the first, with the k most
+  // likely at each position (Delta::prompt_logprobs, with the first delta that has output).
+  int prompt_logprobs = -1;
+  // Generate nothing: only the prompt is scored (prompt_logprobs); the one token the engine
+  // computes is dropped, and the generation ends with "length" and no completion tokens.
+  bool score_only = false;
 };
 
 // A token and its log-probability, with the bytes it adds to the text (after the token before it).
@@ -72,6 +78,7 @@ struct TokenLogprobs {
 struct Delta {
   std::vector<int32_t> tokens;
   std::vector<TokenLogprobs> logprobs;  // one per token, when asked for
+  std::vector<TokenLogprobs> prompt_logprobs;  // prompt tokens 1, 2, ... (once, when asked for)
   std::string text;
   std::string finish_reason;  // "stop", "length", "abort", "error"
   std::string error;          // with "error"
@@ -90,7 +97,8 @@ class Generation {
   void SetNotify(std::function<void()> notify);
   // Aborts the request (a client went away); its last delta follows with "abort".
   void Cancel();
-  int prompt_tokens() const { return prompt_tokens_; }
+  int prompt_tokens() const { return static_cast<int>(prompt_ids_.size()); }
+  const std::vector<int32_t>& prompt_ids() const { return prompt_ids_; }
   const std::string& model() const { return model_; }
 
  private:
@@ -99,7 +107,7 @@ class Generation {
 
   std::function<void()> cancel_;
   std::string model_;
-  int prompt_tokens_ = 0;
+  std::vector<int32_t> prompt_ids_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Delta> queue_;

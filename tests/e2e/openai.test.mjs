@@ -89,7 +89,7 @@ test('streamed completion with stop strings, n and seed', { skip }, async () => 
   assert.deepEqual(a.choices.map((x) => x.text), b.choices.map((x) => x.text));
 });
 
-test('logprobs, logit_bias and penalties through the SDK', { skip }, async () => {
+test('logprobs, logit_bias, penalties and echo through the SDK', { skip }, async () => {
   const c = referenceCases()[0];
   const r = await client().chat.completions.create({
     model: 'stories260K', messages: [{ role: 'user', content: c.prompt }], max_tokens: 6,
@@ -110,6 +110,15 @@ test('logprobs, logit_bias and penalties through the SDK', { skip }, async () =>
     model: 'stories260K', prompt: c.prompt, max_tokens: 4, logit_bias: { 300: 100 },
     frequency_penalty: 0.5, presence_penalty: 0.5, logprobs: 0 });
   assert.equal(new Set(biased.choices[0].logprobs.tokens).size, 1);
+  // echo with max_tokens 0 scores the prompt: its log-likelihood, as evaluation harnesses ask.
+  const scored = await client().completions.create({
+    model: 'stories260K', prompt: c.prompt, max_tokens: 0, echo: true, logprobs: 0 });
+  assert.equal(scored.choices[0].text, c.prompt);
+  assert.equal(scored.usage.completion_tokens, 0);
+  const lps = scored.choices[0].logprobs.token_logprobs;
+  assert.equal(lps.length, c.promptIds.length);
+  assert.equal(lps[0], null);
+  assert.ok(lps.slice(1).every((x) => x <= 0));
 });
 
 test('errors come back as the SDK error classes with OpenAI codes', { skip }, async () => {

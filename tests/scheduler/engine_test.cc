@@ -36,6 +36,7 @@ struct Result {
   Finish finish = Finish::kNone;
   std::string error;
   std::vector<runtime::Logprobs> logprobs;  // one per token, when the request asked for them
+  std::vector<runtime::Logprobs> prompt_logprobs;  // as delivered (RequestSpec::prompt_logprobs)
 };
 
 // Bit-for-bit equal log-probabilities (same tokens, same floats).
@@ -164,6 +165,8 @@ class EngineTest : public ::testing::Test {
       auto id = e.Submit(specs[i], [&out, i](const Event& ev) {
         if (ev.token >= 0) out[i].tokens.push_back(ev.token);
         if (ev.logprobs) out[i].logprobs.push_back(*ev.logprobs);
+        out[i].prompt_logprobs.insert(out[i].prompt_logprobs.end(), ev.prompt_logprobs.begin(),
+                                      ev.prompt_logprobs.end());
         if (ev.finish != Finish::kNone) {
           out[i].finish = ev.finish;
           out[i].error = ev.error;
@@ -304,6 +307,78 @@ TEST_F(EngineTest, LogprobsMatchTheMonolithicModelAndAreBatchInvariant) {
       EXPECT_NEAR(got.top[j].logprob, want.top[j].logprob, 1e-5) << t << "/" << j;
     }
     EXPECT_LT(got.top[4].logprob, got.top[0].logprob);
+  }
+}
+
+// Prompt log-probabilities: one per prompt token after the first, from the monolithic model's
+// logits; bit for bit the same alone, batched with strangers while the prompt is prefilled in
+// small chunks over several steps, when preempted and recomputed (delivered once), and when
+// the same prompt is in the prefix cache (not used for them).
+TEST_F(EngineTest, PromptLogprobsMatchTheMonolithicModelHoweverScheduled) {
+  auto loaded = blockzoo::LoadModelFile(*models_dir_ + "/stories260K/stories260K.bin", std::nullopt);
+  ASSERT_THAT(loaded, IsOk());
+  auto chain = runtime::BuildChain(loaded->weights);
+  ASSERT_THAT(chain, IsOk());
+  auto probe = MakeEngine();
+  RequestSpec scored = Spec(*probe, "base", 30, 6);
+  scored.prompt_logprobs = 3;
+  const int n = static_cast<int>(scored.prompt.size());
+  runtime::CpuDevice cpu(2);
+  runtime::ExecContext ctx(&cpu);
+  runtime::Batch b;
+  b.Add(1, 0, scored.prompt.data(), n, runtime::SeqSpan::Logits::kAll);
+  ASSERT_THAT(chain->Forward(b, ctx), IsOk());
+  const int vocab = chain->config().vocab_size;
+
+  const Result alone = Run(*probe, {scored})[0];
+  ASSERT_EQ(alone.prompt_logprobs.size(), static_cast<size_t>(n - 1));
+  for (int p = 0; p + 1 < n; ++p) {
+    const runtime::Logprobs want =
+        runtime::ComputeLogprobs(b.logits.data() + p * vocab, vocab, scored.prompt[p + 1], 3);
+    const runtime::Logprobs& got = alone.prompt_logprobs[p];
+    EXPECT_NEAR(got.logprob, want.logprob, 1e-5) << p;
+    ASSERT_EQ(got.top.size(), 3u);
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_EQ(got.top[j].token, want.top[j].token) << p;
+      EXPECT_NEAR(got.top[j].logprob, want.top[j].logprob, 1e-5) << p;
+    }
+  }
+
+  EngineOptions chunked;
+  chunked.scheduler.prefill_chunk = 7;  // the 31-token prompt over five steps
+  chunked.scheduler.prefix_cache = true;
+  auto e = MakeEngine(chunked);
+  RequestSpec other = Spec(*e, "ft5", 12, 5);
+  other.prompt_logprobs = 0;
+  const auto together =
+      Run(*e, {scored, Spec(*e, "ft3", 9, 8, 3), Spec(*e, "lora2", 20, 6, 4), other});
+  EXPECT_EQ(together[0].tokens, alone.tokens);
+  ExpectSameLogprobs(together[0].prompt_logprobs, alone.prompt_logprobs, "chunked, with strangers");
+  EXPECT_EQ(together[3].prompt_logprobs.size(), 12u);
+  EXPECT_TRUE(together[1].prompt_logprobs.empty());
+  // Finished, its prompt is in the prefix cache; asked again, it is computed and scored again.
+  const auto again = Run(*e, {scored})[0];
+  ExpectSameLogprobs(again.prompt_logprobs, alone.prompt_logprobs, "after caching the prefix");
+
+  EngineOptions tight;
+  tight.kv_page_size = 16;
+  tight.kv_max_pages = 6;  // 96 tokens per attn instance: preemptions
+  auto t = MakeEngine(tight);
+  std::vector<RequestSpec> specs;
+  for (int i = 0; i < 4; ++i) {
+    RequestSpec sp = Spec(*t, "base", 8 + i, 40, i % 2 ? 11 + i : 0);
+    sp.priority = i;
+    sp.prompt_logprobs = 1;
+    specs.push_back(sp);
+  }
+  const auto preempted = Run(*t, specs);
+  EXPECT_GT(t->stats().preemptions, 0u);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto fresh = MakeEngine();
+    const Result one = Run(*fresh, {specs[i]})[0];
+    EXPECT_EQ(preempted[i].tokens, one.tokens) << i;
+    ExpectSameLogprobs(preempted[i].prompt_logprobs, one.prompt_logprobs,
+                       "preempted " + std::to_string(i));
   }
 }
 
@@ -796,6 +871,8 @@ TEST_F(EngineTest, AbortFreesEveryPage) {
                         [&out, i](const Event& ev) {
                           if (ev.token >= 0) out[i].tokens.push_back(ev.token);
         if (ev.logprobs) out[i].logprobs.push_back(*ev.logprobs);
+        out[i].prompt_logprobs.insert(out[i].prompt_logprobs.end(), ev.prompt_logprobs.begin(),
+                                      ev.prompt_logprobs.end());
                           if (ev.finish != Finish::kNone) out[i].finish = ev.finish;
                         });
     ASSERT_THAT(id, IsOk());
@@ -909,6 +986,8 @@ TEST_F(EngineTest, EngineThreadServesConcurrentSubmitters) {
         std::lock_guard<std::mutex> lock(mu);
         if (ev.token >= 0) out[i].tokens.push_back(ev.token);
         if (ev.logprobs) out[i].logprobs.push_back(*ev.logprobs);
+        out[i].prompt_logprobs.insert(out[i].prompt_logprobs.end(), ev.prompt_logprobs.begin(),
+                                      ev.prompt_logprobs.end());
         if (ev.finish != Finish::kNone) {
           out[i].finish = ev.finish;
           ++done;

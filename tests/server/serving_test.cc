@@ -484,6 +484,89 @@ TEST_F(ServingTest, LogprobsAgreeAcrossEndpointsAndStreaming) {
   EXPECT_TRUE(Body(plain)["choices"][0]["logprobs"].is_null());
 }
 
+// echo: the prompt comes back before the completion and, with logprobs, its tokens are scored
+// (the first has none); max_tokens 0 scores the prompt alone. Scoring prompt + completion gives
+// the completion's tokens exactly the log-probabilities generation gave them (a prefill row and
+// a decode row of the same position are the same computation), streamed or not, HTTP or gRPC.
+TEST_F(ServingTest, EchoScoresThePromptAsGenerationScoredTheTokens) {
+  const Case& c = (*cases_)[1];
+  const int n = static_cast<int>(c.generated.size());
+  const int np = static_cast<int>(c.prompt_ids.size());
+  const json req = {{"model", "stories260K"}, {"prompt", c.prompt}, {"max_tokens", n},
+                    {"temperature", 0}, {"echo", true}, {"logprobs", 2}};
+  const HttpReply r = Post("/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json choice = Body(r)["choices"][0];
+  EXPECT_EQ(choice["text"], c.prompt + c.text);
+  const json& lp = choice["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), static_cast<size_t>(np + n)) << lp.dump();
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  for (int t = 1; t < np + n; ++t) EXPECT_LE(lp["token_logprobs"][t].get<float>(), 0.0f) << t;
+  EXPECT_EQ(lp["text_offset"][np], static_cast<int>(c.prompt.size()));  // ASCII: chars = bytes
+
+  // Score the prompt and the generated tokens together, generating nothing.
+  std::vector<int32_t> all = c.prompt_ids;
+  all.insert(all.end(), c.generated.begin(), c.generated.end());
+  const HttpReply s0 = Post("/v1/completions", {{"model", "stories260K"}, {"prompt", all},
+                                                {"max_tokens", 0}, {"echo", true}, {"logprobs", 0}});
+  ASSERT_EQ(s0.status, 200) << s0.body;
+  const json scored = Body(s0);
+  EXPECT_EQ(scored["usage"]["completion_tokens"], 0);
+  EXPECT_EQ(scored["usage"]["prompt_tokens"], np + n);
+  EXPECT_EQ(scored["choices"][0]["finish_reason"], "length");
+  const json& sl = scored["choices"][0]["logprobs"];
+  ASSERT_EQ(sl["token_logprobs"].size(), static_cast<size_t>(np + n));
+  for (int t = 1; t < np + n; ++t) {
+    EXPECT_EQ(sl["token_logprobs"][t].get<float>(), lp["token_logprobs"][t].get<float>()) << t;
+  }
+
+  // Streamed: the prompt in the first chunk, the same text and figures in all.
+  json streamed = req;
+  streamed["stream"] = true;
+  const HttpReply sr = Post("/v1/completions", streamed);
+  ASSERT_EQ(sr.status, 200);
+  std::string text;
+  json logprobs = json::array();
+  bool first = true;
+  for (const std::string& e : SseData(sr.body)) {
+    if (e == "[DONE]") break;
+    const json chunk = json::parse(e);
+    const json& ch = chunk["choices"][0];
+    if (first) {
+      EXPECT_EQ(ch["text"].get<std::string>().rfind(c.prompt, 0), 0u) << e;
+    }
+    first = false;
+    text += ch["text"].get<std::string>();
+    if (ch["logprobs"].is_null()) continue;
+    for (const json& v : ch["logprobs"]["token_logprobs"]) logprobs.push_back(v);
+  }
+  EXPECT_EQ(text, c.prompt + c.text);
+  EXPECT_EQ(logprobs, lp["token_logprobs"]);
+
+  // gRPC: prompt_logprobs in the first message, the same figures.
+  auto stub = Stub();
+  v1::GenerateRequest g;
+  g.set_model("stories260K");
+  g.set_text(c.prompt);
+  g.set_max_tokens(2);
+  g.set_prompt_logprobs(true);
+  g.set_top_logprobs(2);
+  grpc::ClientContext ctx;
+  Auth(&ctx, kAcme);
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(stub->Complete(&ctx, g, &resp).ok());
+  ASSERT_EQ(resp.prompt_logprobs_size(), np - 1);
+  EXPECT_EQ(resp.logprobs_size(), 0);  // only the prompt's were asked for
+  for (int t = 0; t + 1 < np; ++t) {
+    EXPECT_EQ(resp.prompt_logprobs(t).token().token_id(), c.prompt_ids[t + 1]);
+    EXPECT_EQ(resp.prompt_logprobs(t).token().logprob(), lp["token_logprobs"][t + 1].get<float>());
+    EXPECT_EQ(resp.prompt_logprobs(t).top_size(), 2);
+  }
+  // Without echo, max_tokens 0 stays an error (OpenAI's too).
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", 0}}).status, 400);
+}
+
 // logit_bias and the penalties change what is generated, over both APIs.
 TEST_F(ServingTest, LogitBiasAndPenaltiesSteerGeneration) {
   const Case& c = (*cases_)[1];

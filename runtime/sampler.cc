@@ -30,6 +30,13 @@ absl::Status SamplingParams::Validate() const {
           absl::StrCat("logit_bias of token ", token, " must be in [-100, 100], got ", bias));
     }
   }
+  if (!(repetition_penalty > 0.0f && repetition_penalty <= 10.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("repetition_penalty must be in (0, 10], got ", repetition_penalty));
+  }
+  if (min_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("min_tokens must be >= 0, got ", min_tokens));
+  }
   if (logprobs < -1 || logprobs > kMaxLogprobs) {
     return absl::InvalidArgumentError(
         absl::StrCat("top_logprobs must be in [0, ", kMaxLogprobs, "], got ", logprobs));
@@ -123,13 +130,35 @@ Logprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int k) {
   return out;
 }
 
+void Sampler::SetPrompt(const std::vector<int32_t>& prompt) {
+  if (params_.repetition_penalty == 1.0f) return;
+  prompt_tokens_ = prompt;
+  std::sort(prompt_tokens_.begin(), prompt_tokens_.end());
+  prompt_tokens_.erase(std::unique(prompt_tokens_.begin(), prompt_tokens_.end()), prompt_tokens_.end());
+}
+
 void Sampler::Adjust(float* logits, int vocab) const {
   for (const auto& [token, bias] : params_.logit_bias) {
     if (token < vocab) logits[token] += bias;
   }
+  if (const float r = params_.repetition_penalty; r != 1.0f) {
+    auto penalise = [&](int32_t t) {
+      if (t >= 0 && t < vocab) logits[t] = logits[t] > 0 ? logits[t] / r : logits[t] * r;
+    };
+    // Each token once, whether in the prompt, picked, or both.
+    for (int32_t t : prompt_tokens_) penalise(t);
+    for (const auto& [t, count] : picked_) {
+      if (!std::binary_search(prompt_tokens_.begin(), prompt_tokens_.end(), t)) penalise(t);
+    }
+  }
   for (const auto& [token, count] : picked_) {
     if (token < vocab) {
       logits[token] -= static_cast<float>(count) * params_.frequency_penalty + params_.presence_penalty;
+    }
+  }
+  if (samples_ < params_.min_tokens) {
+    for (int32_t t : params_.min_tokens_stops) {
+      if (t >= 0 && t < vocab) logits[t] = -std::numeric_limits<float>::infinity();
     }
   }
 }
@@ -138,9 +167,11 @@ int Sampler::Sample(float* logits, int vocab, Logprobs* logprobs) {
   const bool want = logprobs != nullptr && params_.logprobs >= 0;
   // Sampling rewrites the logits (bias, penalties, temperature, softmax): keep the model's own.
   if (want) raw_.assign(logits, logits + vocab);
-  const bool penalised = params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f;
+  const bool penalised = params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f ||
+                         params_.repetition_penalty != 1.0f;
   Adjust(logits, vocab);
   const int token = Draw(logits, vocab);
+  ++samples_;
   if (want) *logprobs = ComputeLogprobs(raw_.data(), vocab, token, params_.logprobs);
   if (penalised) {
     auto it = std::lower_bound(picked_.begin(), picked_.end(), std::make_pair(token, 0));

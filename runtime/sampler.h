@@ -27,6 +27,14 @@ struct SamplingParams {
   float presence_penalty = 0.0f;
   // Added to the logits of these tokens (in [-100, 100]; -100 all but bans one), greedy or not.
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // vLLM's (Hugging Face's) repetition penalty, > 0 (1: off): the logit of every token of the
+  // prompt (Sampler::SetPrompt) or picked so far is divided by it when positive, multiplied
+  // when not.
+  float repetition_penalty = 1.0f;
+  // The tokens of `min_tokens_stops` cannot be picked before `min_tokens` tokens have been (the
+  // engine puts the request's stop tokens there).
+  int min_tokens = 0;
+  std::vector<int32_t> min_tokens_stops;
 
   absl::Status Validate() const;
 };
@@ -51,6 +59,8 @@ class Sampler {
   // `logprobs` set and SamplingParams::logprobs >= 0, also fills it.
   int Sample(float* logits, int vocab, Logprobs* logprobs = nullptr);
   bool wants_logprobs() const { return params_.logprobs >= 0; }
+  // The prompt, for the repetition penalty.
+  void SetPrompt(const std::vector<int32_t>& prompt);
 
  private:
   uint32_t NextU32();
@@ -65,6 +75,8 @@ class Sampler {
   std::vector<std::pair<float, int>> candidates_;
   std::vector<float> raw_;  // the logits before sampling changes them (log-probabilities)
   std::vector<std::pair<int32_t, int>> picked_;  // token -> times picked (penalties), by token
+  std::vector<int32_t> prompt_tokens_;  // distinct, sorted (repetition penalty)
+  int samples_ = 0;                     // tokens picked so far
 };
 
 // The log-probability of `token` and of the `k` most likely tokens under `logits` ([vocab]).

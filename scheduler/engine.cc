@@ -860,7 +860,10 @@ absl::StatusOr<bool> Engine::Step() {
       const RequestId id = inbox_ids_.front();
       inbox_.pop_front();
       inbox_ids_.pop_front();
-      const runtime::SamplingParams sampling = spec.sampling;
+      runtime::SamplingParams sampling = spec.sampling;
+      if (sampling.min_tokens > 0) sampling.min_tokens_stops = spec.stop_tokens;
+      runtime::Sampler sampler(sampling);
+      sampler.SetPrompt(spec.prompt);
       const bool prompt_logprobs = spec.prompt_logprobs >= 0;
       auto s = scheduler_->Submit(std::move(spec), id);
       if (!s.ok()) {
@@ -868,7 +871,7 @@ absl::StatusOr<bool> Engine::Step() {
         continue;
       }
       sinks_[id] = std::move(sink);
-      samplers_.emplace(id, runtime::Sampler(sampling));
+      samplers_.emplace(id, std::move(sampler));
       if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
     }
     for (RequestId id : abort_inbox_) scheduler_->Abort(id);

@@ -58,6 +58,10 @@ absl::StatusOr<GenerateParams> Params(const v1::GenerateRequest& r) {
   p.sampling.frequency_penalty = r.sampling().frequency_penalty();
   p.sampling.presence_penalty = r.sampling().presence_penalty();
   for (const auto& [token, bias] : r.sampling().logit_bias()) p.sampling.logit_bias.push_back({token, bias});
+  if (r.sampling().repetition_penalty() != 0) p.sampling.repetition_penalty = r.sampling().repetition_penalty();
+  p.sampling.min_tokens = r.sampling().min_tokens();
+  p.ignore_eos = r.ignore_eos();
+  p.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   p.stop.assign(r.stop().begin(), r.stop().end());
   if (r.priority() != 0) p.priority = r.priority();
   if (r.top_logprobs() != 0 && !r.logprobs() && !r.prompt_logprobs()) {

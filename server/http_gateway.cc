@@ -82,6 +82,22 @@ struct BadRequest {
   throw BadRequest{ApiError{400, message, param, code}};
 }
 
+// A request body that must be a JSON object.
+json ParseObject(const std::string& text) {
+  json body;
+  try {
+    body = json::parse(text);
+  } catch (const json::parse_error&) {
+    Bad("",
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+        "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+        "sent was not valid JSON.)",
+        "invalid_json");
+  }
+  if (!body.is_object()) Bad("", "The request body must be a JSON object.", "invalid_json");
+  return body;
+}
+
 std::string TypeName(const json& v) {
   if (v.is_string()) return "a string";
   if (v.is_boolean()) return "a boolean";
@@ -169,7 +185,9 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
   static const std::set<std::string> kShared = {
       "model",      "max_tokens",  "temperature",       "top_p",    "top_k",      "seed",
       "stop",       "n",           "stream",            "stream_options", "user", "priority",
-      "frequency_penalty", "presence_penalty", "logprobs", "logit_bias"};
+      "frequency_penalty", "presence_penalty", "logprobs", "logit_bias",
+      // vLLM's extensions
+      "min_tokens", "ignore_eos", "stop_token_ids", "repetition_penalty"};
   for (const auto& [k, v] : body.items()) {
     if (!kShared.count(k) && !extra.count(k)) {
       Bad(k, absl::StrCat("Unrecognized request argument supplied: ", k), "unknown_parameter");
@@ -201,6 +219,20 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
   }
   if (auto v = Number(body, "presence_penalty", -2, 2)) {
     c.params.sampling.presence_penalty = static_cast<float>(*v);
+  }
+  if (auto v = Number(body, "repetition_penalty", 0, 10)) {
+    if (*v <= 0) Bad("repetition_penalty", "Invalid 'repetition_penalty': must be greater than 0.");
+    c.params.sampling.repetition_penalty = static_cast<float>(*v);
+  }
+  if (auto v = Integer(body, "min_tokens", 0, 1 << 30)) c.params.sampling.min_tokens = static_cast<int>(*v);
+  c.params.ignore_eos = Bool(body, "ignore_eos");
+  if (const json* ids = Field(body, "stop_token_ids")) {
+    if (!ids->is_array()) BadType("stop_token_ids", *ids, "an array of token ids");
+    for (const json& t : *ids) {
+      if (!t.is_number_integer()) BadType("stop_token_ids", t, "an integer token id");
+      c.params.stop_token_ids.push_back(
+          static_cast<int32_t>(std::clamp<int64_t>(t.get<int64_t>(), -1, INT32_MAX)));
+    }
   }
   if (const json* b = Field(body, "logit_bias")) {
     if (!b->is_object()) BadType("logit_bias", *b, "an object mapping token ids to biases");
@@ -486,7 +518,7 @@ struct Reply {
     LegacyLogprobs l;
     if (prompt != nullptr) {
       const auto& ids = gens[i]->prompt_ids();
-      l.AddFirst(tokenizer ? tokenizer->Decode(-1, ids[0]) : std::string(), &offset[i]);
+      l.AddFirst(tokenizer ? tokenizer->DecodeText({ids[0]}) : std::string(), &offset[i]);
       for (const TokenLogprobs& lp : *prompt) l.Add(lp, &offset[i]);
       offset[i] = Utf8Chars(prompt_text[i]);  // the completion follows the prompt's text
     }
@@ -587,8 +619,9 @@ bool Provide(Reply& r, httplib::DataSink& sink) {
 std::string RoutePath(const std::string& path) {
   static const std::set<std::string> known = {"/v1/models", "/v1/completions",
                                               "/v1/chat/completions", "/metrics", "/health",
-                                              "/ready"};
+                                              "/ready", "/tokenize", "/detokenize"};
   if (known.count(path)) return path;
+  if (path == "/v1/tokenize" || path == "/v1/detokenize") return path.substr(3);
   if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{model}";
   return "other";
 }
@@ -735,23 +768,11 @@ void HttpGateway::Routes() {
     Tenants::Identity id;
     if (!authenticate(req, res, &id)) return;
     const TenantConfig& tenant = *id.tenant;
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::parse_error&) {
-      core_->metrics().Rejected(tenant.name, 400);
-      SendError(res, ApiError{400,
-                              "We could not parse the JSON body of your request. (HINT: This likely "
-                              "means you aren't using your HTTP library correctly. The OpenAI API "
-                              "expects a JSON payload, but what was sent was not valid JSON.)",
-                              "", "invalid_json"});
-      return;
-    }
     auto r = std::make_shared<Reply>();
     std::vector<GenerateParams> prompts;
     int n = 1;
     try {
-      if (!body.is_object()) Bad("", "The request body must be a JSON object.", "invalid_json");
+      const json body = ParseObject(req.body);
       Common c = ParseCommon(body, chat, chat ? std::set<std::string>{"messages", "max_completion_tokens", "top_logprobs"}
                                               : std::set<std::string>{"prompt", "echo", "best_of", "suffix"});
       if (!chat) {
@@ -809,7 +830,7 @@ void HttpGateway::Routes() {
         r->echoed.push_back(false);
         // The echoed prompt: as sent, or its tokens' text.
         r->prompt_text.push_back(base.text ? *base.text
-                                 : r->tokenizer ? r->tokenizer->DecodeAll((*gen)->prompt_ids())
+                                 : r->tokenizer ? r->tokenizer->DecodeText((*gen)->prompt_ids())
                                                 : std::string());
       }
     }
@@ -829,6 +850,72 @@ void HttpGateway::Routes() {
           if (!r->finished) r->CancelAll();
         });
   };
+  // vLLM's /tokenize and /detokenize (also under /v1/): the model's tokenizer, for clients that
+  // count or inspect tokens, with generation's authentication and model access.
+  auto tokens = [this, authenticate](const httplib::Request& req, httplib::Response& res,
+                                     bool detokenize) {
+    Tenants::Identity id;
+    if (!authenticate(req, res, &id)) return;
+    try {
+      const json body = ParseObject(req.body);
+      static const std::set<std::string> kTokenize = {"model", "prompt", "messages",
+                                                      "add_special_tokens", "add_generation_prompt"};
+      static const std::set<std::string> kDetokenize = {"model", "tokens"};
+      for (const auto& [k, v] : body.items()) {
+        if (!(detokenize ? kDetokenize : kTokenize).count(k)) {
+          Bad(k, absl::StrCat("Unrecognized request argument supplied: ", k), "unknown_parameter");
+        }
+      }
+      auto m = core_->ModelFor(*id.tenant, String(body, "model", true));
+      if (!m.ok()) return SendError(res, FromStatus(m.status()));
+      const ServedModel& model = **m;
+      if (!model.tokenizer) Bad("model", absl::StrCat("The model `", model.name, "` has no tokenizer."));
+      if (detokenize) {
+        const json* ids = Field(body, "tokens");
+        if (!ids) Bad("tokens", "Missing required parameter: 'tokens'.", "missing_required_parameter");
+        if (!ids->is_array()) BadType("tokens", *ids, "an array of token ids");
+        std::vector<int32_t> toks;
+        for (const json& t : *ids) {
+          if (!t.is_number_integer()) BadType("tokens", t, "an integer token id");
+          const int64_t v = t.get<int64_t>();
+          if (v < 0 || v >= model.vocab_size) {
+            Bad("tokens", absl::StrCat("Token id ", v, " is outside the vocabulary of `", model.name,
+                                       "` (", model.vocab_size, ")."));
+          }
+          toks.push_back(static_cast<int32_t>(v));
+        }
+        res.set_content(Dump({{"prompt", SanitizeUtf8(model.tokenizer->DecodeText(toks))}}),
+                        "application/json");
+        return;
+      }
+      GenerateParams g;
+      if (Field(body, "messages")) {  // as a chat request would be prompted
+        if (auto st = core_->ApplyChat(model, ChatMessages(body), &g); !st.ok()) {
+          return SendError(res, FromStatus(st));
+        }
+      } else {
+        g.text = String(body, "prompt", true);
+        if (Field(body, "add_special_tokens")) g.add_bos = Bool(body, "add_special_tokens");
+      }
+      auto toks = core_->PromptTokens(model, g);
+      if (!toks.ok()) return SendError(res, FromStatus(toks.status()));
+      res.set_content(Dump({{"count", toks->size()},
+                            {"max_model_len", model.context_length},
+                            {"tokens", *toks}}),
+                      "application/json");
+    } catch (const BadRequest& b) {
+      core_->metrics().Rejected(id.tenant->name, b.error.http);
+      SendError(res, b.error);
+    }
+  };
+  for (const char* prefix : {"", "/v1"}) {
+    s.Post(absl::StrCat(prefix, "/tokenize"), [tokens](const httplib::Request& req, httplib::Response& res) {
+      tokens(req, res, false);
+    });
+    s.Post(absl::StrCat(prefix, "/detokenize"), [tokens](const httplib::Request& req, httplib::Response& res) {
+      tokens(req, res, true);
+    });
+  }
   s.Post("/v1/completions", [generate](const httplib::Request& req, httplib::Response& res) {
     generate(req, res, false);
   });

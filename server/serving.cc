@@ -225,36 +225,45 @@ absl::Status ModelNotFound(const std::string& name) {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantConfig& tenant,
-                                                                  GenerateParams p) {
-  const ServedModel* m = FindModel(p.model);
-  if (m == nullptr) return ModelNotFound(p.model);
+absl::StatusOr<const ServedModel*> ServingCore::ModelFor(const TenantConfig& tenant,
+                                                         const std::string& name) const {
+  const ServedModel* m = FindModel(name);
+  if (m == nullptr) return ModelNotFound(name);
   if (!tenant.Allows(m->name)) {
     return absl::PermissionDeniedError(
         absl::StrCat("Tenant `", tenant.name, "` does not have access to model `", m->name, "`."));
   }
+  return m;
+}
+
+absl::StatusOr<std::vector<int32_t>> ServingCore::PromptTokens(const ServedModel& m,
+                                                               GenerateParams& p) const {
+  if (p.text) {
+    if (!m.tokenizer) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("The model `", m.name, "` has no tokenizer: send token ids."));
+    }
+    return m.tokenizer->Encode(*p.text, p.add_bos);
+  }
+  for (int32_t t : p.token_ids) {
+    if (t < 0 || t >= m.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Token id ", t, " is outside the vocabulary of `", m.name, "` (", m.vocab_size, ")."));
+    }
+  }
+  return std::move(p.token_ids);
+}
+
+absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantConfig& tenant,
+                                                                  GenerateParams p) {
+  ASSIGN_OR_RETURN(const ServedModel* m, ModelFor(tenant, p.model));
   if (draining_) return absl::UnavailableError("The server is shutting down.");
   auto key = m->engine_model.find(PolicyKey(tenant.policy));
   const int engine_model = key != m->engine_model.end() ? key->second : m->engine_model.at("exact");
   if (!engine_->loaded(engine_model)) {
     return absl::UnavailableError(absl::StrCat("The model `", m->name, "` is not loaded."));
   }
-  std::vector<int32_t> prompt;
-  if (p.text) {
-    if (!m->tokenizer) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("The model `", m->name, "` has no tokenizer: send token ids."));
-    }
-    prompt = m->tokenizer->Encode(*p.text, p.add_bos);
-  } else {
-    prompt = std::move(p.token_ids);
-    for (int32_t t : prompt) {
-      if (t < 0 || t >= m->vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Token id ", t, " is outside the vocabulary of `", m->name, "` (", m->vocab_size, ")."));
-      }
-    }
-  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*m, p));
   const int n_prompt = static_cast<int>(prompt.size());
   if (n_prompt == 0) return absl::InvalidArgumentError("The prompt is empty.");
   if (p.max_tokens < 0) {
@@ -278,12 +287,18 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
         " in the completion). Please reduce the prompt or the completion length."));
   }
   RETURN_IF_ERROR(p.sampling.Validate());
-  for (const auto& [token, bias] : p.sampling.logit_bias) {
-    if (token >= m->vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("logit_bias: token id ", token,
-                                                     " is outside the vocabulary of `", m->name,
-                                                     "` (", m->vocab_size, ")."));
-    }
+  auto in_vocab = [&](const char* what, int32_t token) {
+    return token >= 0 && token < m->vocab_size
+               ? absl::OkStatus()
+               : absl::InvalidArgumentError(absl::StrCat(what, ": token id ", token,
+                                                         " is outside the vocabulary of `",
+                                                         m->name, "` (", m->vocab_size, ")."));
+  };
+  for (const auto& [token, bias] : p.sampling.logit_bias) RETURN_IF_ERROR(in_vocab("logit_bias", token));
+  for (int32_t token : p.stop_token_ids) RETURN_IF_ERROR(in_vocab("stop_token_ids", token));
+  if (p.sampling.min_tokens > max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("min_tokens (", p.sampling.min_tokens,
+                                                   ") must not exceed max_tokens (", max_tokens, ")."));
   }
   double retry = 0;
   const double reserved = n_prompt + max_tokens;
@@ -296,7 +311,8 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   spec.prompt = std::move(prompt);
   spec.max_tokens = max_tokens;
   spec.sampling = p.sampling;
-  spec.stop_tokens = m->stop_tokens;
+  if (!p.ignore_eos) spec.stop_tokens = m->stop_tokens;
+  spec.stop_tokens.insert(spec.stop_tokens.end(), p.stop_token_ids.begin(), p.stop_token_ids.end());
   spec.prompt_logprobs = p.prompt_logprobs;
 
   {

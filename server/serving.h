@@ -59,6 +59,10 @@ struct GenerateParams {
   // Generate nothing: only the prompt is scored (prompt_logprobs); the one token the engine
   // computes is dropped, and the generation ends with "length" and no completion tokens.
   bool score_only = false;
+  // vLLM's extensions: keep generating past the model's end-of-text token (to max_tokens), and
+  // more tokens that end a generation (not included in the output, as EOS).
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_token_ids;
 };
 
 // A token and its log-probability, with the bytes it adds to the text (after the token before it).
@@ -128,6 +132,11 @@ class ServingCore {
 
   const std::vector<ServedModel>& models() const { return models_; }
   const ServedModel* FindModel(const std::string& name) const;
+  // The model `name` if `tenant` may use it: NOT_FOUND or PERMISSION_DENIED otherwise.
+  absl::StatusOr<const ServedModel*> ModelFor(const TenantConfig& tenant,
+                                              const std::string& name) const;
+  // The prompt of `p` as `m`'s tokens (its text encoded, or its token ids checked); moves from p.
+  absl::StatusOr<std::vector<int32_t>> PromptTokens(const ServedModel& m, GenerateParams& p) const;
   // A chat request's prompt for `m` (its chat format; markers that are tokens become those
   // tokens) and the strings that end the assistant's turn, into `p`.
   absl::Status ApplyChat(const ServedModel& m, const std::vector<ChatMessage>& messages,

@@ -18,6 +18,16 @@ std::string Tokenizer::DecodeAll(const std::vector<int32_t>& ids, int32_t prev) 
   return out;
 }
 
+std::string Tokenizer::DecodeText(const std::vector<int32_t>& ids) const {
+  std::string out;
+  int32_t prev = -1;
+  for (int32_t id : ids) {
+    if (id != bos_id() && id != eos_id()) out += Decode(prev, id);
+    prev = id;
+  }
+  return out;
+}
+
 SentencePieceBpe::SentencePieceBpe(std::vector<Piece> pieces, int32_t bos, int32_t eos)
     : pieces_(std::move(pieces)), bos_(bos), eos_(eos) {
   for (int32_t i = 0; i < static_cast<int32_t>(pieces_.size()); ++i) {

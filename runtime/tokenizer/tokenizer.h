@@ -22,6 +22,9 @@ class Tokenizer {
 
   // Decode of a whole sequence (each token after its predecessor).
   std::string DecodeAll(const std::vector<int32_t>& ids, int32_t prev = -1) const;
+  // The text a client reads for a sequence: as DecodeAll, but BOS and EOS add nothing (they
+  // still shape what follows them, as the space llama2.c drops after BOS).
+  std::string DecodeText(const std::vector<int32_t>& ids) const;
 };
 
 }  // namespace blockserve::runtime

@@ -155,6 +155,40 @@ TEST(Sampler, PenaltiesFollowOpenAisFormula) {
   EXPECT_EQ(GreedyPicks(p, 3), (std::vector<int>{0, 0, 0}));
 }
 
+TEST(Sampler, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogitsOfSeenTokens) {
+  SamplingParams p;
+  p.repetition_penalty = 2.0f;
+  Sampler s(p);
+  s.SetPrompt({1, 1, 3});
+  // Token 1 (in the prompt): 1.0 -> 0.5; token 3 (in the prompt): -0.5 -> -1.0; 0 and 2 untouched.
+  std::vector<float> logits = {0.6f, 1.0f, 0.55f, -0.5f};
+  EXPECT_EQ(s.Sample(logits.data(), 4), 0);
+  EXPECT_FLOAT_EQ(logits[1], 0.5f);
+  EXPECT_FLOAT_EQ(logits[3], -1.0f);
+  // Token 0 was picked: 0.6 -> 0.3, now 2 (0.55) wins.
+  logits = {0.6f, 1.0f, 0.55f, -0.5f};
+  EXPECT_EQ(s.Sample(logits.data(), 4), 2);
+  SamplingParams bad;
+  bad.repetition_penalty = 0;
+  EXPECT_THAT(bad.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "repetition_penalty"));
+}
+
+TEST(Sampler, MinTokensHoldsTheStopTokensBack) {
+  SamplingParams p;
+  p.min_tokens = 3;
+  p.min_tokens_stops = {0};
+  std::vector<Logprobs> lps;
+  p.logprobs = 0;
+  // Token 0 (a stop token) is the favourite: it comes only once three tokens are out; its
+  // log-probability (the model's) is unchanged meanwhile.
+  EXPECT_EQ(GreedyPicks(p, 5, &lps), (std::vector<int>{1, 1, 1, 0, 0}));
+  EXPECT_EQ(lps[0].top.size(), 0u);
+  EXPECT_LT(lps[0].logprob, std::log(0.5f));
+  SamplingParams bad;
+  bad.min_tokens = -1;
+  EXPECT_THAT(bad.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, "min_tokens"));
+}
+
 TEST(Sampler, LogitBiasSteersGreedyAndSampledPicksButNotTheLogprobs) {
   SamplingParams p;
   p.logit_bias = {{2, 100.0f}};

@@ -504,6 +504,13 @@ TEST_F(ServingTest, EchoScoresThePromptAsGenerationScoredTheTokens) {
   EXPECT_TRUE(lp["top_logprobs"][0].is_null());
   for (int t = 1; t < np + n; ++t) EXPECT_LE(lp["token_logprobs"][t].get<float>(), 0.0f) << t;
   EXPECT_EQ(lp["text_offset"][np], static_cast<int>(c.prompt.size()));  // ASCII: chars = bytes
+  EXPECT_EQ(lp["tokens"][0], "");  // BOS: no text
+  std::string prompt_again;
+  for (int t = 0; t < np; ++t) {
+    EXPECT_EQ(lp["text_offset"][t], static_cast<int>(prompt_again.size())) << t;
+    prompt_again += lp["tokens"][t].get<std::string>();
+  }
+  EXPECT_EQ(prompt_again, c.prompt);
 
   // Score the prompt and the generated tokens together, generating nothing.
   std::vector<int32_t> all = c.prompt_ids;
@@ -565,6 +572,106 @@ TEST_F(ServingTest, EchoScoresThePromptAsGenerationScoredTheTokens) {
   }
   // Without echo, max_tokens 0 stays an error (OpenAI's too).
   EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", 0}}).status, 400);
+}
+
+// vLLM's extensions: stop_token_ids end a generation (not in the output), min_tokens holds the
+// stop tokens back, ignore_eos generates past end-of-text, repetition_penalty changes the
+// output; over HTTP and gRPC.
+TEST_F(ServingTest, StopTokenIdsMinTokensIgnoreEosAndRepetitionPenalty) {
+  const Case& c = (*cases_)[1];
+  auto complete = [&](const json& extra) {
+    json req = {{"model", "stories260K"}, {"prompt", c.prompt}, {"max_tokens", 12}, {"temperature", 0}};
+    req.update(extra);
+    const HttpReply r = Post("/v1/completions", req);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return Body(r);
+  };
+  const int32_t t = c.generated[4];
+  const int first = static_cast<int>(std::find(c.generated.begin(), c.generated.end(), t) - c.generated.begin());
+  const json stopped = complete({{"stop_token_ids", {t}}});
+  EXPECT_EQ(stopped["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(stopped["usage"]["completion_tokens"], first);
+  const json held = complete({{"stop_token_ids", {t}}, {"min_tokens", first + 2}, {"logprobs", 0}});
+  EXPECT_GE(held["usage"]["completion_tokens"].get<int>(), first + 2);
+  // The favourite at `first` was the stop token: something else came instead.
+  const json& held_lp = held["choices"][0]["logprobs"];
+  EXPECT_LT(held_lp["token_logprobs"][first].get<float>(), 0.0f);
+  // End-of-text forced by logit_bias: the generation ends at once, unless ignore_eos.
+  const json eos = complete({{"logit_bias", {{"2", 100}}}});
+  EXPECT_EQ(eos["usage"]["completion_tokens"], 0);
+  EXPECT_EQ(eos["choices"][0]["finish_reason"], "stop");
+  const json past = complete({{"logit_bias", {{"2", 100}}}, {"ignore_eos", true}});
+  EXPECT_EQ(past["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(past["choices"][0]["finish_reason"], "length");
+  const json plain = complete(json::object());
+  const json longer = {{"max_tokens", 60}};
+  json penalised = longer;
+  penalised["repetition_penalty"] = 1.8;
+  EXPECT_NE(complete(penalised)["choices"][0]["text"], complete(longer)["choices"][0]["text"]);
+  EXPECT_EQ(complete({{"repetition_penalty", 1.0}})["choices"][0]["text"], plain["choices"][0]["text"]);
+  for (const json& bad : {json{{"min_tokens", 13}}, json{{"repetition_penalty", 0}},
+                          json{{"stop_token_ids", {99999}}}, json{{"ignore_eos", 1}}}) {
+    json req = {{"model", "stories260K"}, {"prompt", c.prompt}, {"max_tokens", 12}};
+    req.update(bad);
+    EXPECT_EQ(Post("/v1/completions", req).status, 400) << bad.dump();
+  }
+  // gRPC.
+  auto stub = Stub();
+  v1::GenerateRequest g;
+  g.set_model("stories260K");
+  g.set_text(c.prompt);
+  g.set_max_tokens(12);
+  g.add_stop_token_ids(t);
+  grpc::ClientContext ctx;
+  Auth(&ctx, kAcme);
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(stub->Complete(&ctx, g, &resp).ok());
+  EXPECT_EQ(resp.token_ids_size(), first);
+  EXPECT_EQ(resp.finish_reason(), "stop");
+  g.mutable_sampling()->set_min_tokens(first + 2);
+  grpc::ClientContext ctx2;
+  Auth(&ctx2, kAcme);
+  ASSERT_TRUE(stub->Complete(&ctx2, g, &resp).ok());
+  EXPECT_GE(resp.token_ids_size(), first + 2);
+}
+
+// /tokenize and /detokenize (vLLM's; also under /v1): the model's tokenizer, the tenant's access.
+TEST_F(ServingTest, TokenizeAndDetokenizeUseTheModelsTokenizer) {
+  const Case& c = (*cases_)[1];
+  for (const char* path : {"/tokenize", "/v1/tokenize"}) {
+    const HttpReply r = Post(path, {{"model", "stories260K"}, {"prompt", c.prompt}});
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = Body(r);
+    EXPECT_EQ(j["tokens"].get<std::vector<int32_t>>(), c.prompt_ids) << path;
+    EXPECT_EQ(j["count"], c.prompt_ids.size());
+    EXPECT_EQ(j["max_model_len"], 512);
+  }
+  const json no_bos = Body(Post("/tokenize", {{"model", "stories260K"}, {"prompt", c.prompt},
+                                              {"add_special_tokens", false}}));
+  EXPECT_EQ(no_bos["tokens"].get<std::vector<int32_t>>(),
+            std::vector<int32_t>(c.prompt_ids.begin() + 1, c.prompt_ids.end()));
+  const json back = Body(Post("/detokenize", {{"model", "stories260K"}, {"tokens", c.prompt_ids}}));
+  EXPECT_EQ(back["prompt"], c.prompt);
+  // A chat request's prompt: as many tokens as a chat completion counts.
+  const json msgs = {{{"role", "user"}, {"content", "Tell me a story."}}};
+  const json chat_tokens = Body(Post("/tokenize", {{"model", "stories260K"}, {"messages", msgs}}));
+  const json chat = Body(Post("/v1/chat/completions", {{"model", "stories260K"}, {"messages", msgs}, {"max_tokens", 1}}));
+  EXPECT_EQ(chat_tokens["count"], chat["usage"]["prompt_tokens"]);
+  const std::vector<std::pair<std::string, json>> bad = {
+      {"/tokenize", {{"model", "nope"}, {"prompt", "x"}}},
+      {"/tokenize", {{"model", "stories260K"}}},
+      {"/tokenize", {{"model", "stories260K"}, {"prompt", "x"}, {"frobnicate", 1}}},
+      {"/detokenize", {{"model", "stories260K"}, {"tokens", {1, 99999}}}},
+      {"/detokenize", {{"model", "stories260K"}, {"tokens", "abc"}}},
+  };
+  const std::vector<int> want = {404, 400, 400, 400, 400};
+  for (size_t i = 0; i < bad.size(); ++i) {
+    const HttpReply r = Post(bad[i].first, bad[i].second);
+    EXPECT_EQ(r.status, want[i]) << bad[i].second.dump() << ": " << r.body;
+    EXPECT_TRUE(Body(r).contains("error")) << r.body;
+  }
+  EXPECT_EQ(Post("/tokenize", {{"model", "ft1"}, {"prompt", "x"}}, kBeta).status, 403);
+  EXPECT_EQ(Post("/tokenize", {{"model", "stories260K"}, {"prompt", "x"}}, "").status, 401);
 }
 
 // logit_bias and the penalties change what is generated, over both APIs.

@@ -108,12 +108,8 @@ int Sampler::SampleTopP(const float* probs, int n, float coin) {
 Logprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int k) {
   Logprobs out;
   if (vocab <= 0) return out;
-  float max = logits[0];
-  for (int i = 1; i < vocab; ++i) max = logits[i] > max ? logits[i] : max;
-  double sum = 0;
-  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
-  const double lse = max + std::log(sum);
-  out.logprob = static_cast<float>(logits[token] - lse);
+  const float lse = kernels::LogSumExp(logits, vocab);
+  out.logprob = logits[token] - lse;
   k = std::min(k, vocab);
   if (k <= 0) return out;
   // The k largest, kept sorted (value descending, id ascending) by insertion: k <= 20, and
@@ -126,7 +122,7 @@ Logprobs ComputeLogprobs(const float* logits, int vocab, int32_t token, int k) {
     top.insert(at, {logits[i], i});
     if (static_cast<int>(top.size()) > k) top.pop_back();
   }
-  for (const auto& [v, id] : top) out.top.push_back({id, static_cast<float>(v - lse)});
+  for (const auto& [v, id] : top) out.top.push_back({id, v - lse});
   return out;
 }
 

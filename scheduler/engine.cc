@@ -683,16 +683,28 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
   if (head) {
     const size_t vocab = b.logits.size() / std::max<size_t>(1, rows);
+    // Scored prompt rows: a pass over the vocabulary each, split across the pool.
+    std::vector<std::pair<const Scored*, int>> jobs;  // (span, position)
     for (const Scored& sc : scored) {
-      const PlannedSeq& s = plan.seqs[sc.member];
-      const RequestSpec& spec = scheduler_->Find(s.id)->spec;
-      for (int p = sc.begin; p < sc.end; ++p) {
-        const float* row = b.logits.data() + (sc.first_row + (p - s.pos)) * vocab;
-        result.prompt.push_back({s.id, p,
-                                 runtime::ComputeLogprobs(row, static_cast<int>(vocab),
-                                                          spec.prompt[p + 1], spec.prompt_logprobs)});
-      }
+      for (int p = sc.begin; p < sc.end; ++p) jobs.push_back({&sc, p});
     }
+    const size_t first_row = result.prompt.size();
+    result.prompt.resize(first_row + jobs.size());
+    ctx.pool().ParallelFor(
+        static_cast<int64_t>(jobs.size()),
+        [&](int64_t j0, int64_t j1) {
+          for (int64_t j = j0; j < j1; ++j) {
+            const auto [sc, p] = jobs[j];
+            const PlannedSeq& s = plan.seqs[sc->member];
+            const RequestSpec& spec = scheduler_->Find(s.id)->spec;
+            const float* row = b.logits.data() + (sc->first_row + (p - s.pos)) * vocab;
+            result.prompt[first_row + j] = {
+                s.id, p,
+                runtime::ComputeLogprobs(row, static_cast<int>(vocab), spec.prompt[p + 1],
+                                         spec.prompt_logprobs)};
+          }
+        },
+        /*min_per_part=*/4);
     // Every sequence has its own sampler (its own RNG): sampling splits across the pool.
     const size_t first = result.out.size();
     result.out.resize(first + sampled.size());

@@ -1,6 +1,7 @@
 #include "kernels/cpu/activations.h"
 
 #include <cmath>
+#include <limits>
 
 #include "kernels/cpu/vec_math.h"
 
@@ -25,6 +26,32 @@ void Softmax(float* x, int n) {
     sum += x[i];
   }
   for (int i = 0; i < n; ++i) x[i] /= sum;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+float LogSumExp(const float* x, int n) {
+  if (n <= 0) return -std::numeric_limits<float>::infinity();
+  // Lanes the compiler keeps in vector registers (a single running max or sum would be a
+  // loop-carried chain it may not reorder).
+  constexpr int kLanes = 16;
+  float lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = x[0];
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+  }
+  float max = x[0];
+  for (int j = 0; j < kLanes; ++j) max = lane[j] > max ? lane[j] : max;
+  for (; i < n; ++i) max = x[i] > max ? x[i] : max;
+  if (!std::isfinite(max)) return max;
+  for (int j = 0; j < kLanes; ++j) lane[j] = 0.0f;
+  for (i = 0; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] += ExpApprox(x[i + j] - max);
+  }
+  float sum = 0.0f;
+  for (; i < n; ++i) sum += ExpApprox(x[i] - max);
+  for (int j = 0; j < kLanes; ++j) sum += lane[j];
+  return max + std::log(sum);
 }
 
 }  // namespace blockserve::kernels

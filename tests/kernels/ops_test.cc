@@ -75,6 +75,19 @@ TEST(Softmax, MatchesReferenceAndIsStableForLargeInputs) {
   for (int i = 0; i < 40; ++i) EXPECT_NEAR(y[i], std::exp(x[i] - mx) / sum, 1e-6);
 }
 
+TEST(LogSumExp, MatchesADoubleReferenceAtVocabularySizes) {
+  for (int n : {1, 15, 16, 17, 512, 32000, 128256}) {
+    auto x = RandomVector(n, 7 + n, 12.0f);
+    if (n > 3) x[3] = 1e4f;  // would overflow exp without the max subtraction
+    double mx = *std::max_element(x.begin(), x.end()), sum = 0;
+    for (float v : x) sum += std::exp(double(v) - mx);
+    EXPECT_NEAR(LogSumExp(x.data(), n), mx + std::log(sum), 1e-6 * (1 + std::fabs(mx))) << n;
+  }
+  std::vector<float> masked = {-INFINITY, 0.5f, -INFINITY};
+  EXPECT_NEAR(LogSumExp(masked.data(), 3), 0.5f, 1e-7);
+  EXPECT_EQ(LogSumExp(masked.data(), 0), -INFINITY);
+}
+
 // Pages of one sequence's K and V in either element type, placed in memory in the order given.
 struct PagedKv {
   PagedKv(const AttentionShape& s, int n_ctx, bool reversed) {

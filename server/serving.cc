@@ -348,6 +348,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   const TenantConfig* t = &tenant;
   const bool has_tok = m->tokenizer != nullptr;
   auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, m, score_only = p.score_only,
+               min_tokens = p.sampling.min_tokens,
                prompt = gen->prompt_ids_,
                series = metrics_.Started(m->name, tenant.name, n_prompt)](const Event& e) {
     if (st->done) return;
@@ -384,7 +385,8 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
       st->prev = e.token;
       if (has_tok) {
         bool stopped = false;
-        d.text = st->text.Add(e.token, &stopped);
+        // Stop strings count from min_tokens on (as end-of-text and stop_token_ids, vLLM's rule).
+        d.text = st->text.Add(e.token, &stopped, st->completion >= min_tokens);
         if (stopped) {
           d.finish_reason = "stop";
           engine_->Abort(e.id);

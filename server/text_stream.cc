@@ -71,13 +71,15 @@ TextStream::TextStream(const runtime::Tokenizer* tokenizer, std::vector<std::str
   }
 }
 
-std::string TextStream::Add(int32_t token, bool* stopped) {
+std::string TextStream::Add(int32_t token, bool* stopped, bool stops_active) {
   *stopped = false;
   pending_ += tokenizer_->Decode(prev_, token);
   prev_ = token;
+  const std::vector<std::string> none;
+  const std::vector<std::string>& stops = stops_active ? stops_ : none;
   // A complete stop string: everything before its earliest occurrence is the rest of the text.
   size_t cut = std::string::npos;
-  for (const std::string& s : stops_) cut = std::min(cut, pending_.find(s));
+  for (const std::string& s : stops) cut = std::min(cut, pending_.find(s));
   if (cut != std::string::npos) {
     *stopped = true;
     std::string out = SanitizeUtf8(pending_.substr(0, cut));
@@ -86,7 +88,7 @@ std::string TextStream::Add(int32_t token, bool* stopped) {
   }
   // Hold back a tail that could still become a stop string, and an unfinished character.
   size_t keep = 0;
-  for (const std::string& s : stops_) {
+  for (const std::string& s : stops) {
     for (size_t n = std::min(s.size() - 1, pending_.size()); n > keep; --n) {
       if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
         keep = n;

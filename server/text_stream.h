@@ -18,7 +18,8 @@ class TextStream {
 
   // Appends one token; returns the text that is now final. `*stopped` turns true when a stop
   // string completed (its text and everything after it are dropped; feed no more tokens).
-  std::string Add(int32_t token, bool* stopped);
+  // `stops_active` false (before min_tokens): stop strings neither match nor hold text back.
+  std::string Add(int32_t token, bool* stopped, bool stops_active = true);
   // The end of the stream: whatever is held back (an incomplete UTF-8 sequence becomes U+FFFD).
   std::string Flush();
 

@@ -596,6 +596,12 @@ TEST_F(ServingTest, StopTokenIdsMinTokensIgnoreEosAndRepetitionPenalty) {
   // The favourite at `first` was the stop token: something else came instead.
   const json& held_lp = held["choices"][0]["logprobs"];
   EXPECT_LT(held_lp["token_logprobs"][first].get<float>(), 0.0f);
+  // Stop strings count from min_tokens on: "Lily" (the 9th token or so) no longer stops it.
+  const json lily = complete({{"stop", "Lily"}, {"max_tokens", 30}});
+  EXPECT_EQ(lily["choices"][0]["finish_reason"], "stop");
+  const json later = complete({{"stop", "Lily"}, {"max_tokens", 30}, {"min_tokens", 20}});
+  EXPECT_EQ(later["choices"][0]["finish_reason"], "length");
+  EXPECT_NE(later["choices"][0]["text"].get<std::string>().find("Lily"), std::string::npos);
   // End-of-text forced by logit_bias: the generation ends at once, unless ignore_eos.
   const json eos = complete({{"logit_bias", {{"2", 100}}}});
   EXPECT_EQ(eos["usage"]["completion_tokens"], 0);

@@ -45,7 +45,9 @@ absl::Status SamplingParams::Validate() const {
 }
 
 Sampler::Sampler(const SamplingParams& params)
-    : params_(params), rng_state_(params.seed == 0 ? 0x9E3779B97F4A7C15ull : params.seed) {}
+    : params_(params), rng_state_(params.seed == 0 ? 0x9E3779B97F4A7C15ull : params.seed) {
+  if (params_.constraint) constraint_ = params_.constraint();
+}
 
 uint32_t Sampler::NextU32() {  // xorshift64*, as llama2.c random_u32
   rng_state_ ^= rng_state_ >> 12;
@@ -166,7 +168,9 @@ int Sampler::Sample(float* logits, int vocab, Logprobs* logprobs) {
   const bool penalised = params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f ||
                          params_.repetition_penalty != 1.0f;
   Adjust(logits, vocab);
+  if (constraint_) constraint_->Mask(logits, vocab);
   const int token = Draw(logits, vocab);
+  if (constraint_) constraint_->Accept(token);
   ++samples_;
   if (want) *logprobs = ComputeLogprobs(raw_.data(), vocab, token, params_.logprobs);
   if (penalised) {

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "runtime/constraint.h"
 
 namespace blockserve::runtime {
 
@@ -35,6 +37,9 @@ struct SamplingParams {
   // engine puts the request's stop tokens there).
   int min_tokens = 0;
   std::vector<int32_t> min_tokens_stops;
+  // Structured output: each sampler makes its own constraint, which masks what may come next
+  // after the adjustments above (a complete text overrides min_tokens).
+  ConstraintFactory constraint;
 
   absl::Status Validate() const;
 };
@@ -75,6 +80,7 @@ class Sampler {
   std::vector<std::pair<float, int>> candidates_;
   std::vector<float> raw_;  // the logits before sampling changes them (log-probabilities)
   std::vector<std::pair<int32_t, int>> picked_;  // token -> times picked (penalties), by token
+  std::unique_ptr<TokenConstraint> constraint_;
   std::vector<int32_t> prompt_tokens_;  // distinct, sorted (repetition penalty)
   int samples_ = 0;                     // tokens picked so far
 };

@@ -62,6 +62,14 @@ absl::StatusOr<GenerateParams> Params(const v1::GenerateRequest& r) {
   p.sampling.min_tokens = r.sampling().min_tokens();
   p.ignore_eos = r.ignore_eos();
   p.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  p.json_object = r.json_object();
+  p.guided_choice.assign(r.guided_choice().begin(), r.guided_choice().end());
+  if (p.json_object && !p.guided_choice.empty()) {
+    return absl::InvalidArgumentError("GenerateRequest: json_object or guided_choice, not both");
+  }
+  for (const std::string& c : p.guided_choice) {
+    if (c.empty()) return absl::InvalidArgumentError("GenerateRequest.guided_choice: an empty choice");
+  }
   p.stop.assign(r.stop().begin(), r.stop().end());
   if (r.priority() != 0) p.priority = r.priority();
   if (r.top_logprobs() != 0 && !r.logprobs() && !r.prompt_logprobs()) {

@@ -186,8 +186,9 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
       "model",      "max_tokens",  "temperature",       "top_p",    "top_k",      "seed",
       "stop",       "n",           "stream",            "stream_options", "user", "priority",
       "frequency_penalty", "presence_penalty", "logprobs", "logit_bias",
+      "response_format",
       // vLLM's extensions
-      "min_tokens", "ignore_eos", "stop_token_ids", "repetition_penalty"};
+      "min_tokens", "ignore_eos", "stop_token_ids", "repetition_penalty", "guided_choice"};
   for (const auto& [k, v] : body.items()) {
     if (!kShared.count(k) && !extra.count(k)) {
       Bad(k, absl::StrCat("Unrecognized request argument supplied: ", k), "unknown_parameter");
@@ -232,6 +233,32 @@ Common ParseCommon(const json& body, bool chat, const std::set<std::string>& ext
       if (!t.is_number_integer()) BadType("stop_token_ids", t, "an integer token id");
       c.params.stop_token_ids.push_back(
           static_cast<int32_t>(std::clamp<int64_t>(t.get<int64_t>(), -1, INT32_MAX)));
+    }
+  }
+  // Structured output: OpenAI's response_format (text or json_object), vLLM's guided_choice.
+  if (const json* rf = Field(body, "response_format")) {
+    if (!rf->is_object()) BadType("response_format", *rf, "an object");
+    const std::string type = String(*rf, "type", true);
+    if (type == "json_object") {
+      c.params.json_object = true;
+    } else if (type == "json_schema") {
+      Bad("response_format", "'response_format' of type 'json_schema' is not supported by this "
+                             "server; 'json_object' is.", "unsupported_parameter");
+    } else if (type != "text") {
+      Bad("response_format", absl::StrCat("Invalid 'response_format.type': '", type,
+                                          "' (expected 'text' or 'json_object')."));
+    }
+  }
+  if (const json* gc = Field(body, "guided_choice")) {
+    if (!gc->is_array() || gc->empty()) BadType("guided_choice", *gc, "a non-empty array of strings");
+    for (const json& e : *gc) {
+      if (!e.is_string() || e.get<std::string>().empty()) {
+        BadType("guided_choice", e, "a non-empty string");
+      }
+      c.params.guided_choice.push_back(e.get<std::string>());
+    }
+    if (c.params.json_object) {
+      Bad("guided_choice", "Give 'guided_choice' or a json_object 'response_format', not both.");
     }
   }
   if (const json* b = Field(body, "logit_bias")) {

@@ -254,6 +254,13 @@ absl::StatusOr<std::vector<int32_t>> ServingCore::PromptTokens(const ServedModel
   return std::move(p.token_ids);
 }
 
+std::shared_ptr<const runtime::TokenBytes> ServingCore::TokenBytesOf(const ServedModel& m) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& t = token_bytes_[m.tokenizer.get()];
+  if (!t) t = runtime::MakeTokenBytes(*m.tokenizer);
+  return t;
+}
+
 absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantConfig& tenant,
                                                                   GenerateParams p) {
   ASSIGN_OR_RETURN(const ServedModel* m, ModelFor(tenant, p.model));
@@ -300,6 +307,22 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
     return absl::InvalidArgumentError(absl::StrCat("min_tokens (", p.sampling.min_tokens,
                                                    ") must not exceed max_tokens (", max_tokens, ")."));
   }
+  std::vector<int32_t> stops;
+  if (!p.ignore_eos) stops = m->stop_tokens;
+  stops.insert(stops.end(), p.stop_token_ids.begin(), p.stop_token_ids.end());
+  if (p.json_object || !p.guided_choice.empty()) {
+    if (!m->tokenizer) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Structured output needs a tokenizer; the model `", m->name, "` has none."));
+    }
+    if (stops.empty()) {
+      return absl::InvalidArgumentError(
+          "Structured output ends at a stop token: with ignore_eos, give stop_token_ids.");
+    }
+    p.sampling.constraint =
+        p.json_object ? runtime::JsonObjectConstraint(TokenBytesOf(*m), stops)
+                      : runtime::ChoiceConstraint(TokenBytesOf(*m), stops, p.guided_choice);
+  }
   double retry = 0;
   const double reserved = n_prompt + max_tokens;
   RETURN_IF_ERROR(tenants_.Admit(tenant, reserved, &retry));
@@ -311,8 +334,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   spec.prompt = std::move(prompt);
   spec.max_tokens = max_tokens;
   spec.sampling = p.sampling;
-  if (!p.ignore_eos) spec.stop_tokens = m->stop_tokens;
-  spec.stop_tokens.insert(spec.stop_tokens.end(), p.stop_token_ids.begin(), p.stop_token_ids.end());
+  spec.stop_tokens = std::move(stops);
   spec.prompt_logprobs = p.prompt_logprobs;
 
   {

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "blockzoo/zoo.h"
+#include "runtime/constraint.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "scheduler/engine.h"
@@ -63,6 +64,10 @@ struct GenerateParams {
   // more tokens that end a generation (not included in the output, as EOS).
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;
+  // Structured output (runtime/constraint.h): the text is one JSON object (OpenAI's
+  // response_format json_object), or exactly one of these strings (vLLM's guided_choice).
+  bool json_object = false;
+  std::vector<std::string> guided_choice;
 };
 
 // A token and its log-probability, with the bytes it adds to the text (after the token before it).
@@ -137,6 +142,8 @@ class ServingCore {
                                               const std::string& name) const;
   // The prompt of `p` as `m`'s tokens (its text encoded, or its token ids checked); moves from p.
   absl::StatusOr<std::vector<int32_t>> PromptTokens(const ServedModel& m, GenerateParams& p) const;
+  // Each token's bytes for `m`'s tokenizer (structured output), built on first use.
+  std::shared_ptr<const runtime::TokenBytes> TokenBytesOf(const ServedModel& m);
   // A chat request's prompt for `m` (its chat format; markers that are tokens become those
   // tokens) and the strings that end the assistant's turn, into `p`.
   absl::Status ApplyChat(const ServedModel& m, const std::vector<ChatMessage>& messages,
@@ -188,6 +195,7 @@ class ServingCore {
   };
   std::shared_ptr<Holders> holders_ = std::make_shared<Holders>();
   std::map<std::string, int> adapter_running_;  // LoRA model -> requests in flight
+  std::map<const runtime::Tokenizer*, std::shared_ptr<const runtime::TokenBytes>> token_bytes_;
   uint64_t next_ = 1;
 };
 

@@ -121,6 +121,23 @@ test('logprobs, logit_bias, penalties and echo through the SDK', { skip }, async
   assert.ok(lps.slice(1).every((x) => x <= 0));
 });
 
+test('structured output: json_object and guided_choice through the SDK', { skip }, async () => {
+  const r = await client().chat.completions.create({
+    model: 'stories260K', messages: [{ role: 'user', content: 'Tell me about Lily.' }],
+    max_tokens: 200, response_format: { type: 'json_object' } });
+  const text = r.choices[0].message.content;
+  assert.ok(text.startsWith('{'), text);
+  if (r.choices[0].finish_reason === 'stop') assert.equal(typeof JSON.parse(text), 'object');
+  const c = await client().completions.create({
+    model: 'stories260K', prompt: 'Lily was very', max_tokens: 20, temperature: 1, seed: 3,
+    guided_choice: ['happy', 'sad'] });
+  assert.ok(['happy', 'sad'].includes(c.choices[0].text), c.choices[0].text);
+  await assert.rejects(client().chat.completions.create({
+    model: 'stories260K', messages: [{ role: 'user', content: 'x' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {} } } }),
+  (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format');
+});
+
 test('errors come back as the SDK error classes with OpenAI codes', { skip }, async () => {
   await assert.rejects(client().completions.create({ model: 'nope', prompt: 'x' }),
                        (e) => e instanceof OpenAI.NotFoundError && e.code === 'model_not_found');

@@ -23,6 +23,7 @@
 #include "nlohmann/json.hpp"
 #include "server/grpc_server.h"
 #include "server/http_gateway.h"
+#include "runtime/constraint.h"
 #include "server/serving.h"
 #include "tests/testing/http_client.h"
 #include "tests/testing/test_util.h"
@@ -678,6 +679,84 @@ TEST_F(ServingTest, TokenizeAndDetokenizeUseTheModelsTokenizer) {
   }
   EXPECT_EQ(Post("/tokenize", {{"model", "ft1"}, {"prompt", "x"}}, kBeta).status, 403);
   EXPECT_EQ(Post("/tokenize", {{"model", "stories260K"}, {"prompt", "x"}}, "").status, 401);
+}
+
+// Structured output with the real model: guided_choice answers exactly one of the choices,
+// greedy or sampled, on both endpoints and gRPC; json_object's text is always a prefix of one
+// JSON object, and a whole one when the generation ends by itself.
+TEST_F(ServingTest, StructuredOutputFollowsTheConstraint) {
+  const std::vector<std::string> choices = {"happy", "sad", "a big red dragon"};
+  std::set<std::string> seen;
+  for (int seed = 0; seed < 6; ++seed) {
+    json req = {{"model", "stories260K"}, {"prompt", "Lily was very"}, {"max_tokens", 20},
+                {"guided_choice", choices}};
+    if (seed > 0) {
+      req["temperature"] = 1.0;
+      req["seed"] = seed;
+    }
+    const HttpReply r = Post("/v1/completions", req);
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json choice = Body(r)["choices"][0];
+    EXPECT_NE(std::find(choices.begin(), choices.end(), choice["text"]), choices.end()) << choice;
+    EXPECT_EQ(choice["finish_reason"], "stop");
+    seen.insert(choice["text"].get<std::string>());
+  }
+  const json chat = Body(Post("/v1/chat/completions",
+                              {{"model", "stories260K"},
+                               {"messages", {{{"role", "user"}, {"content", "How did Tom feel?"}}}},
+                               {"guided_choice", choices}}));
+  EXPECT_NE(std::find(choices.begin(), choices.end(), chat["choices"][0]["message"]["content"]),
+            choices.end()) << chat;
+
+  auto stub = Stub();
+  v1::GenerateRequest g;
+  g.set_model("stories260K");
+  g.set_text("Lily was very");
+  g.set_max_tokens(20);
+  for (const auto& c : choices) g.add_guided_choice(c);
+  grpc::ClientContext ctx;
+  Auth(&ctx, kAcme);
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(stub->Complete(&ctx, g, &resp).ok());
+  EXPECT_NE(std::find(choices.begin(), choices.end(), resp.text()), choices.end()) << resp.text();
+
+  for (int seed = 0; seed < 4; ++seed) {
+    json req = {{"model", "stories260K"}, {"prompt", "Once upon a time"}, {"max_tokens", 120},
+                {"response_format", {{"type", "json_object"}}}};
+    if (seed > 0) {
+      req["temperature"] = 0.8;
+      req["seed"] = seed;
+    }
+    const HttpReply r = Post("/v1/completions", req);
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json choice = Body(r)["choices"][0];
+    const std::string text = choice["text"];
+    runtime::JsonObjectRecognizer rec;
+    for (size_t i = 0; i < text.size(); ++i) {
+      ASSERT_TRUE(rec.Feed(static_cast<unsigned char>(text[i]))) << "byte " << i << " of " << text;
+    }
+    if (choice["finish_reason"] == "stop") {
+      EXPECT_TRUE(rec.complete()) << text;
+      EXPECT_TRUE(json::parse(text, nullptr, false).is_object()) << text;
+    }
+  }
+
+  const std::vector<json> bad = {
+      {{"response_format", {{"type", "json_schema"}}}},
+      {{"response_format", {{"type", "xml"}}}},
+      {{"response_format", "json"}},
+      {{"guided_choice", json::array()}},
+      {{"guided_choice", {"a", ""}}},
+      {{"guided_choice", {"a"}}, {"response_format", {{"type", "json_object"}}}},
+      {{"response_format", {{"type", "json_object"}}}, {"ignore_eos", true}},
+  };
+  for (const json& extra : bad) {
+    json req = {{"model", "stories260K"}, {"prompt", "x"}};
+    req.update(extra);
+    EXPECT_EQ(Post("/v1/completions", req).status, 400) << extra.dump();
+  }
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", 2},
+                                     {"response_format", {{"type", "text"}}}}).status, 200);
 }
 
 // logit_bias and the penalties change what is generated, over both APIs.

@@ -117,6 +117,29 @@ bool JsonObjectRecognizer::Feed(unsigned char c) {
       return false;
     }
     case Mode::kString:
+      if (utf8_left_ > 0) {
+        if (c < utf8_lo_ || c > utf8_hi_) return false;
+        --utf8_left_;
+        utf8_lo_ = 0x80;
+        utf8_hi_ = 0xBF;
+        return true;
+      }
+      if (c >= 0x80) {  // the lead byte of a multi-byte character
+        if (c >= 0xC2 && c <= 0xDF) {
+          utf8_left_ = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+          utf8_left_ = 2;
+          if (c == 0xE0) utf8_lo_ = 0xA0;  // overlong
+          if (c == 0xED) utf8_hi_ = 0x9F;  // surrogates
+        } else if (c >= 0xF0 && c <= 0xF4) {
+          utf8_left_ = 3;
+          if (c == 0xF0) utf8_lo_ = 0x90;  // overlong
+          if (c == 0xF4) utf8_hi_ = 0x8F;  // past U+10FFFF
+        } else {
+          return false;
+        }
+        return true;
+      }
       if (c == '"') {
         mode_ = key_ ? Mode::kColon : Mode::kAfterValue;
         return true;

@@ -38,7 +38,7 @@ class TokenConstraint {
 using ConstraintFactory = std::function<std::unique_ptr<TokenConstraint>()>;
 
 // A character-level JSON recogniser (RFC 8259) for one top-level object: Feed() takes a byte
-// and says whether the text is still a prefix of a valid object. Outside strings at most one
+// and says whether the text is still a prefix of a valid object (strings must be valid UTF-8). Outside strings at most one
 // whitespace byte in a row is accepted (a model cannot pad forever). Trivially copyable: a
 // constraint tries each token's bytes on a copy.
 class JsonObjectRecognizer {
@@ -80,6 +80,9 @@ class JsonObjectRecognizer {
   uint8_t depth_ = 0;
   uint8_t hex_left_ = 0;
   uint8_t ws_ = 0;          // whitespace bytes in a row
+  // Inside a UTF-8 character of a string: continuation bytes still due, and the range the next
+  // one must fall in (overlong forms, surrogates and code points past U+10FFFF are refused).
+  uint8_t utf8_left_ = 0, utf8_lo_ = 0x80, utf8_hi_ = 0xBF;
   const char* literal_ = nullptr;  // the rest of true / false / null
   std::array<char, kMaxDepth> stack_{};  // '{' or '['
 };

@@ -10,7 +10,13 @@ namespace blockserve::runtime {
 std::shared_ptr<const TokenBytes> MakeTokenBytes(const Tokenizer& tokenizer) {
   auto t = std::make_shared<TokenBytes>();
   t->bytes.resize(tokenizer.vocab_size());
-  for (int32_t i = 0; i < tokenizer.vocab_size(); ++i) t->bytes[i] = tokenizer.Decode(-1, i);
+  t->plain.resize(tokenizer.vocab_size());
+  for (int32_t i = 0; i < tokenizer.vocab_size(); ++i) {
+    t->bytes[i] = tokenizer.Decode(-1, i);
+    t->plain[i] = std::all_of(t->bytes[i].begin(), t->bytes[i].end(), [](char ch) {
+      return ch >= 0x20 && ch <= 0x7E && ch != '"' && ch != '\\';
+    });
+  }
   return t;
 }
 
@@ -228,18 +234,19 @@ namespace {
 constexpr float kMasked = -std::numeric_limits<float>::infinity();
 
 // The shared part of the constraints: the stop tokens are allowed when `stop_ok`, every other
-// token when `go_on` and `allows` its bytes; should nothing be allowed (a vocabulary that cannot
-// continue the text), the stop tokens are, so the generation ends instead of going astray.
+// token when `go_on`, its first byte is in `first` (most tokens fail there, at the cost of a
+// lookup) and `allows` its bytes; should nothing be allowed (a vocabulary that cannot continue
+// the text), the stop tokens are, so the generation ends instead of going astray.
 template <typename Allows>
 void MaskBy(const TokenBytes& t, const std::vector<int32_t>& stops, bool stop_ok, bool go_on,
-            float* logits, int vocab, Allows allows) {
+            const std::array<bool, 256>& first, float* logits, int vocab, Allows allows) {
   bool any = false;
   for (int i = 0; i < vocab; ++i) {
     if (logits[i] == kMasked) continue;
     const bool stop = std::find(stops.begin(), stops.end(), i) != stops.end();
     const bool ok = stop ? stop_ok
                          : go_on && i < static_cast<int>(t.bytes.size()) && !t.bytes[i].empty() &&
-                               allows(t.bytes[i]);
+                               first[static_cast<unsigned char>(t.bytes[i][0])] && allows(i);
     if (ok) {
       any = true;
     } else {
@@ -264,9 +271,16 @@ class JsonConstraint : public TokenConstraint {
   JsonConstraint(std::shared_ptr<const TokenBytes> t, std::vector<int32_t> stops)
       : t_(std::move(t)), stops_(std::move(stops)) {}
   void Mask(float* logits, int vocab) const override {
-    MaskBy(*t_, stops_, r_.complete(), !r_.complete(), logits, vocab, [&](const std::string& bytes) {
+    std::array<bool, 256> first{};
+    for (int b = 0; b < 256; ++b) {
       JsonObjectRecognizer r = r_;
-      for (unsigned char c : bytes) {
+      first[b] = r.Feed(static_cast<unsigned char>(b));
+    }
+    const bool in_string = r_.in_plain_string();
+    MaskBy(*t_, stops_, r_.complete(), !r_.complete(), first, logits, vocab, [&](int token) {
+      if (in_string && t_->plain[token]) return true;
+      JsonObjectRecognizer r = r_;
+      for (unsigned char c : t_->bytes[token]) {
         if (!r.Feed(c)) return false;
       }
       return true;
@@ -295,10 +309,20 @@ class Choice : public TokenConstraint {
     // A choice that another one extends ("yes", "yes!") is complete and may go on.
     bool longer = false;
     for (const std::string& c : *choices_) longer |= c.size() > text_.size() && c.rfind(text_, 0) == 0;
-    MaskBy(*t_, stops_, complete, longer, logits, vocab, [&](const std::string& bytes) {
-      return std::any_of(choices_->begin(), choices_->end(), [&](const std::string& c) {
-        return c.size() >= text_.size() + bytes.size() && c.compare(0, text_.size(), text_) == 0 &&
-               c.compare(text_.size(), bytes.size(), bytes) == 0;
+    // The choices the text so far begins, and the bytes that may come next.
+    std::vector<const std::string*> open;
+    std::array<bool, 256> first{};
+    for (const std::string& c : *choices_) {
+      if (c.size() > text_.size() && c.compare(0, text_.size(), text_) == 0) {
+        open.push_back(&c);
+        first[static_cast<unsigned char>(c[text_.size()])] = true;
+      }
+    }
+    MaskBy(*t_, stops_, complete, longer, first, logits, vocab, [&](int token) {
+      const std::string& bytes = t_->bytes[token];
+      return std::any_of(open.begin(), open.end(), [&](const std::string* c) {
+        return c->size() >= text_.size() + bytes.size() &&
+               c->compare(text_.size(), bytes.size(), bytes) == 0;
       });
     });
   }

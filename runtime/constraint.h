@@ -19,6 +19,9 @@ class Tokenizer;
 // The bytes each token adds to the text (index: token id), built once per tokenizer.
 struct TokenBytes {
   std::vector<std::string> bytes;
+  // Each token is plain string content: printable ASCII without '"' or '\\' (a JSON string
+  // takes it as is, whatever came before).
+  std::vector<uint8_t> plain;
 };
 // The table of `tokenizer`: each token as it reads after an ordinary token.
 std::shared_ptr<const TokenBytes> MakeTokenBytes(const Tokenizer& tokenizer);
@@ -46,6 +49,8 @@ class JsonObjectRecognizer {
   static constexpr int kMaxDepth = 32;
   bool Feed(unsigned char c);
   bool complete() const { return mode_ == Mode::kDone; }
+  // Inside a string, between characters: any TokenBytes::plain token is accepted as is.
+  bool in_plain_string() const { return mode_ == Mode::kString && utf8_left_ == 0; }
 
  private:
   enum class Mode : uint8_t {

@@ -126,6 +126,9 @@ std::shared_ptr<const TokenBytes> Toy(std::vector<std::string> bytes) {
   auto t = std::make_shared<TokenBytes>();
   t->bytes = std::move(bytes);
   t->bytes.push_back("</s>");
+  for (const std::string& b : t->bytes) {
+    t->plain.push_back(b.find_first_of("\"\\") == std::string::npos);  // toy bytes are ASCII
+  }
   return t;
 }
 

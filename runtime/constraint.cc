@@ -271,16 +271,38 @@ class JsonConstraint : public TokenConstraint {
   JsonConstraint(std::shared_ptr<const TokenBytes> t, std::vector<int32_t> stops)
       : t_(std::move(t)), stops_(std::move(stops)) {}
   void Mask(float* logits, int vocab) const override {
+    // The bytes that may come next, and, when they are few (outside strings), the byte pairs:
+    // most tokens are then refused by lookups ("after a number", ~25,000 GPT-2 tokens start
+    // with a space and fail at their second byte).
     std::array<bool, 256> first{};
+    int firsts = 0;
     for (int b = 0; b < 256; ++b) {
       JsonObjectRecognizer r = r_;
-      first[b] = r.Feed(static_cast<unsigned char>(b));
+      firsts += first[b] = r.Feed(static_cast<unsigned char>(b));
+    }
+    const bool pairs = firsts <= 32;
+    if (pairs) {
+      second_.assign(256 * 256, 0);
+      for (int b0 = 0; b0 < 256; ++b0) {
+        if (!first[b0]) continue;
+        JsonObjectRecognizer after = r_;
+        after.Feed(static_cast<unsigned char>(b0));
+        for (int b1 = 0; b1 < 256; ++b1) {
+          JsonObjectRecognizer r = after;
+          second_[b0 * 256 + b1] = r.Feed(static_cast<unsigned char>(b1));
+        }
+      }
     }
     const bool in_string = r_.in_plain_string();
     MaskBy(*t_, stops_, r_.complete(), !r_.complete(), first, logits, vocab, [&](int token) {
       if (in_string && t_->plain[token]) return true;
+      const std::string& bytes = t_->bytes[token];
+      if (pairs && bytes.size() >= 2 &&
+          !second_[static_cast<unsigned char>(bytes[0]) * 256 + static_cast<unsigned char>(bytes[1])]) {
+        return false;
+      }
       JsonObjectRecognizer r = r_;
-      for (unsigned char c : t_->bytes[token]) {
+      for (unsigned char c : bytes) {
         if (!r.Feed(c)) return false;
       }
       return true;
@@ -296,6 +318,7 @@ class JsonConstraint : public TokenConstraint {
   std::shared_ptr<const TokenBytes> t_;
   std::vector<int32_t> stops_;
   JsonObjectRecognizer r_;
+  mutable std::vector<uint8_t> second_;  // Mask's byte-pair table (scratch, kept for its memory)
 };
 
 class Choice : public TokenConstraint {

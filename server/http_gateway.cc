@@ -483,6 +483,8 @@ struct Reply {
   bool chat = false, stream = false, include_usage = false;
   bool logprobs = false;  // the request asked for them
   bool echo = false;      // completions: each choice's text starts with its prompt
+  // Per prompt, best_of generations run and the n best (mean log-probability per token) answer.
+  int n = 1, best_of = 1;
   std::string id, model;
   const runtime::Tokenizer* tokenizer = nullptr;  // the model's (echoed prompt tokens' text)
   int64_t created = 0;
@@ -552,11 +554,32 @@ struct Reply {
     for (const TokenLogprobs& lp : gen) l.Add(lp, &offset[i]);
     return l.ToJson();
   }
+  // The generations that answer, in order: all of them, or per prompt the n of its best_of
+  // with the highest mean log-probability per token (one with no tokens last).
+  std::vector<size_t> Answering() const {
+    std::vector<size_t> out;
+    for (size_t p = 0; p < gens.size(); p += best_of) {
+      std::vector<std::pair<double, size_t>> ranked;
+      for (size_t i = p; i < p + best_of && i < gens.size(); ++i) {
+        double sum = 0;
+        for (const TokenLogprobs& lp : lps[i]) sum += lp.chosen.logprob;
+        ranked.push_back({lps[i].empty() ? -INFINITY : sum / lps[i].size(), i});
+      }
+      if (best_of > n) {
+        std::stable_sort(ranked.begin(), ranked.end(),
+                         [](const auto& a, const auto& b) { return a.first > b.first; });
+      }
+      for (int k = 0; k < n && k < static_cast<int>(ranked.size()); ++k) out.push_back(ranked[k].second);
+    }
+    return out;
+  }
   std::string Whole() {
     json j = Base(chat ? "chat.completion" : "text_completion");
     json choices = json::array();
-    for (size_t i = 0; i < gens.size(); ++i) {
-      json c = {{"index", i},
+    const std::vector<size_t> answering = Answering();
+    for (size_t index = 0; index < answering.size(); ++index) {
+      const size_t i = answering[index];
+      json c = {{"index", index},
                 {"logprobs", LogprobsFor(i, echo ? &prompt_lps[i] : nullptr, lps[i])},
                 {"finish_reason", finish[i]}};
       if (chat) {
@@ -804,8 +827,10 @@ void HttpGateway::Routes() {
                                               : std::set<std::string>{"prompt", "echo", "best_of", "suffix"});
       if (!chat) {
         if (Field(body, "suffix")) Bad("suffix", "'suffix' is not supported by this server.", "unsupported_parameter");
-        if (auto b = Integer(body, "best_of", 1, 16); b && *b != 1) {
-          Bad("best_of", "'best_of' other than 1 is not supported by this server.", "unsupported_parameter");
+        if (auto b = Integer(body, "best_of", 1, 16)) {
+          if (*b < c.n) Bad("best_of", "Invalid 'best_of': must be at least 'n'.");
+          if (*b > c.n && c.stream) Bad("best_of", "'best_of' cannot be used with 'stream'.");
+          r->best_of = static_cast<int>(*b);
         }
         prompts = Prompts(body, c.params);
       } else {
@@ -819,6 +844,8 @@ void HttpGateway::Routes() {
         prompts.push_back(std::move(g));
       }
       n = c.n;
+      r->n = n;
+      r->best_of = std::max(r->best_of, n);
       r->chat = chat;
       r->stream = c.stream;
       r->include_usage = c.include_usage;
@@ -834,10 +861,12 @@ void HttpGateway::Routes() {
     r->id = Id(chat ? "chatcmpl-" : "cmpl-");
     r->created = std::time(nullptr);
     for (const GenerateParams& base : prompts) {
-      for (int k = 0; k < n; ++k) {
+      for (int k = 0; k < r->best_of; ++k) {
         GenerateParams g = base;
         if (k > 0 && g.sampling.seed != 0) g.sampling.seed += k;  // n samples, not n copies
         if (k > 0 && g.sampling.seed == 0) g.sampling.seed = 0x9e3779b97f4a7c15ull * k;
+        // best_of ranks the candidates by their log-probabilities.
+        if (r->best_of > n) g.sampling.logprobs = std::max(g.sampling.logprobs, 0);
         auto gen = core_->Generate(tenant, std::move(g));
         if (!gen.ok()) {
           r->CancelAll();

@@ -759,6 +759,51 @@ TEST_F(ServingTest, StructuredOutputFollowsTheConstraint) {
                                      {"response_format", {{"type", "text"}}}}).status, 200);
 }
 
+// best_of: per prompt, best_of samples run and the n with the highest mean log-probability
+// per token answer (usage counts them all); the same samples asked one by one rank the same.
+TEST_F(ServingTest, BestOfAnswersTheLikeliestSamples) {
+  const json base = {{"model", "stories260K"}, {"prompt", "Lily liked"}, {"max_tokens", 8},
+                     {"temperature", 1.2}, {"seed", 40}};
+  json req = base;
+  req["best_of"] = 4;
+  req["n"] = 2;
+  const HttpReply r = Post("/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = Body(r);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());  // not asked for
+  // The four samples alone (sample k runs with seed + k), with their mean log-probabilities.
+  std::vector<std::pair<double, std::string>> samples;
+  int tokens = 0;
+  for (int k = 0; k < 4; ++k) {
+    json one = base;
+    one["seed"] = 40 + k;
+    one["logprobs"] = 0;
+    const json s = Body(Post("/v1/completions", one));
+    const json& lps = s["choices"][0]["logprobs"]["token_logprobs"];
+    double sum = 0;
+    for (const json& v : lps) sum += v.get<double>();
+    samples.push_back({lps.empty() ? -1e9 : sum / lps.size(), s["choices"][0]["text"]});
+    tokens += s["usage"]["completion_tokens"].get<int>();
+  }
+  std::set<std::string> distinct;
+  for (const auto& sm : samples) distinct.insert(sm.second);
+  EXPECT_GE(distinct.size(), 3u);  // the choice matters
+  std::stable_sort(samples.begin(), samples.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  EXPECT_EQ(j["choices"][0]["text"], samples[0].second);
+  EXPECT_EQ(j["choices"][1]["text"], samples[1].second);
+  EXPECT_EQ(j["choices"][1]["index"], 1);
+  EXPECT_EQ(j["usage"]["completion_tokens"], tokens);
+  json fewer = base;
+  fewer["best_of"] = 1;
+  fewer["n"] = 2;
+  EXPECT_EQ(Post("/v1/completions", fewer).status, 400);
+  json streamed = base;
+  streamed["best_of"] = 3;
+  streamed["stream"] = true;
+  EXPECT_EQ(Post("/v1/completions", streamed).status, 400);
+}
+
 // logit_bias and the penalties change what is generated, over both APIs.
 TEST_F(ServingTest, LogitBiasAndPenaltiesSteerGeneration) {
   const Case& c = (*cases_)[1];

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "blockserve/v1/blockserve.grpc.pb.h"
+#include "runtime/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace blockserve::server {
@@ -306,7 +307,47 @@ class GrpcServer::GenerationService : public v1::Generation::CallbackService {
     return Done(ctx, grpc::Status::OK);
   }
 
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx,
+                                     const v1::TokenizeRequest* req,
+                                     v1::TokenizeResponse* resp) override {
+    auto m = TokenizerModel(ctx, req->model());
+    if (!m.ok()) return Done(ctx, ToGrpc(m.status()));
+    GenerateParams p;
+    p.text = req->text();
+    p.add_bos = !req->no_bos();
+    auto ids = core_->PromptTokens(**m, p);
+    if (!ids.ok()) return Done(ctx, ToGrpc(ids.status()));
+    resp->mutable_token_ids()->Assign(ids->begin(), ids->end());
+    resp->set_max_model_len((*m)->context_length);
+    return Done(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx,
+                                       const v1::DetokenizeRequest* req,
+                                       v1::DetokenizeResponse* resp) override {
+    auto m = TokenizerModel(ctx, req->model());
+    if (!m.ok()) return Done(ctx, ToGrpc(m.status()));
+    GenerateParams p;  // checks the ids against the vocabulary
+    p.token_ids.assign(req->token_ids().begin(), req->token_ids().end());
+    auto ids = core_->PromptTokens(**m, p);
+    if (!ids.ok()) return Done(ctx, ToGrpc(ids.status()));
+    resp->set_text(SanitizeUtf8((*m)->tokenizer->DecodeText(*ids)));
+    return Done(ctx, grpc::Status::OK);
+  }
+
  private:
+  // The model `name` for the caller's tenant, with a tokenizer.
+  absl::StatusOr<const ServedModel*> TokenizerModel(grpc::CallbackServerContext* ctx,
+                                                    const std::string& name) {
+    auto t = Tenant(core_, ctx);
+    if (!t.ok()) return t.status();
+    ASSIGN_OR_RETURN(const ServedModel* m, core_->ModelFor(**t, name));
+    if (!m->tokenizer) {
+      return absl::InvalidArgumentError(absl::StrCat("The model `", m->name, "` has no tokenizer."));
+    }
+    return m;
+  }
+
   absl::StatusOr<std::shared_ptr<Generation>> Start(grpc::CallbackServerContext* ctx,
                                                     const v1::GenerateRequest& req) {
     auto t = Tenant(core_, ctx);

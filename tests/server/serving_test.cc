@@ -679,6 +679,36 @@ TEST_F(ServingTest, TokenizeAndDetokenizeUseTheModelsTokenizer) {
   }
   EXPECT_EQ(Post("/tokenize", {{"model", "ft1"}, {"prompt", "x"}}, kBeta).status, 403);
   EXPECT_EQ(Post("/tokenize", {{"model", "stories260K"}, {"prompt", "x"}}, "").status, 401);
+
+  // gRPC: the same answers, the same access rules.
+  auto stub = Stub();
+  auto tokenize = [&](const std::string& key, const std::string& model, v1::TokenizeResponse* out) {
+    grpc::ClientContext ctx;
+    if (!key.empty()) Auth(&ctx, key);
+    v1::TokenizeRequest req;
+    req.set_model(model);
+    req.set_text(c.prompt);
+    return stub->Tokenize(&ctx, req, out).error_code();
+  };
+  v1::TokenizeResponse tr;
+  ASSERT_EQ(tokenize(kAcme, "stories260K", &tr), grpc::StatusCode::OK);
+  EXPECT_EQ(std::vector<int32_t>(tr.token_ids().begin(), tr.token_ids().end()), c.prompt_ids);
+  EXPECT_EQ(tr.max_model_len(), 512);
+  EXPECT_EQ(tokenize(kBeta, "ft1", &tr), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(tokenize(kAcme, "nope", &tr), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(tokenize("", "stories260K", &tr), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext ctx;
+  Auth(&ctx, kAcme);
+  v1::DetokenizeRequest dr;
+  dr.set_model("stories260K");
+  for (int32_t t : c.prompt_ids) dr.add_token_ids(t);
+  v1::DetokenizeResponse text;
+  ASSERT_TRUE(stub->Detokenize(&ctx, dr, &text).ok());
+  EXPECT_EQ(text.text(), c.prompt);
+  grpc::ClientContext ctx2;
+  Auth(&ctx2, kAcme);
+  dr.add_token_ids(99999);
+  EXPECT_EQ(stub->Detokenize(&ctx2, dr, &text).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // Structured output with the real model: guided_choice answers exactly one of the choices,

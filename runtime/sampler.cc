@@ -64,17 +64,9 @@ int Argmax(const float* x, int n) {
   // of one loop carrying `best` from element to element (greedy decoding scans the whole
   // vocabulary for every token).
   if (n <= 0 || std::isnan(x[0])) return 0;
-  constexpr int kLanes = 16;
-  float lane[kLanes];
-  for (int j = 0; j < kLanes; ++j) lane[j] = x[0];
+  const float best = kernels::MaxValue(x, n);
   int i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-  }
-  float best = x[0];
-  for (int j = 0; j < kLanes; ++j) best = lane[j] > best ? lane[j] : best;
-  for (; i < n; ++i) best = x[i] > best ? x[i] : best;
-  for (i = 0; i < n && !(x[i] == best); ++i) {
+  for (; i < n && !(x[i] == best); ++i) {
   }
   return i < n ? i : 0;
 }

@@ -28,12 +28,12 @@ void Softmax(float* x, int n) {
   for (int i = 0; i < n; ++i) x[i] /= sum;
 }
 
+// Lanes the compiler keeps in vector registers: a single running max or sum would be a
+// loop-carried chain it may not reorder.
+constexpr int kLanes = 16;
+
 __attribute__((target_clones("avx512f", "avx2", "default")))
-float LogSumExp(const float* x, int n) {
-  if (n <= 0) return -std::numeric_limits<float>::infinity();
-  // Lanes the compiler keeps in vector registers (a single running max or sum would be a
-  // loop-carried chain it may not reorder).
-  constexpr int kLanes = 16;
+float MaxValue(const float* x, int n) {
   float lane[kLanes];
   for (int j = 0; j < kLanes; ++j) lane[j] = x[0];
   int i = 0;
@@ -43,9 +43,18 @@ float LogSumExp(const float* x, int n) {
   float max = x[0];
   for (int j = 0; j < kLanes; ++j) max = lane[j] > max ? lane[j] : max;
   for (; i < n; ++i) max = x[i] > max ? x[i] : max;
+  return max;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+float LogSumExp(const float* x, int n) {
+  if (n <= 0) return -std::numeric_limits<float>::infinity();
+  const float max = MaxValue(x, n);
   if (!std::isfinite(max)) return max;
+  float lane[kLanes];
   for (int j = 0; j < kLanes; ++j) lane[j] = 0.0f;
-  for (i = 0; i + kLanes <= n; i += kLanes) {
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) lane[j] += ExpApprox(x[i + j] - max);
   }
   float sum = 0.0f;

@@ -1,7 +1,7 @@
 // The OpenAI-compatible HTTP gateway (cpp-httplib): /v1/models, /v1/completions,
-// /v1/chat/completions (JSON or server-sent events), /metrics, /health, /ready.
-// OpenAI-style error objects with the HTTP codes OpenAI uses; a client that disconnects
-// aborts its request.
+// /v1/chat/completions (JSON or server-sent events), /tokenize, /detokenize, /metrics, /health,
+// /ready. OpenAI-style error objects with the HTTP codes OpenAI uses (request parsing and errors:
+// server/openai_request.h); a client that disconnects aborts its request.
 #pragma once
 
 #include <memory>
@@ -37,8 +37,5 @@ class HttpGateway {
   int port_ = 0;
   int listen_fd_ = -1;
 };
-
-// The HTTP code OpenAI uses for an error of this kind.
-int HttpCodeFor(absl::StatusCode code);
 
 }  // namespace blockserve::server

@@ -13,7 +13,16 @@ using runtime::BlockKind;
 Scheduler::Scheduler(SchedulerConfig config, std::vector<InstanceInfo> instances,
                      std::vector<ModelInfo> models)
     : config_(std::move(config)), instances_(std::move(instances)), models_(std::move(models)),
-      pages_used_(instances_.size(), 0), ready_(models_.size(), true) {}
+      pages_used_(instances_.size(), 0), ready_(models_.size(), true) {
+  for (const ModelInfo& m : models_) {
+    uint64_t bytes = m.adapter_bytes;
+    std::set<InstanceId> seen;
+    for (InstanceId i : m.chain) {
+      if (seen.insert(i).second) bytes += instances_[i].bytes;
+    }
+    alone_bytes_.push_back(bytes);
+  }
+}
 
 absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec, RequestId id) {
   RETURN_IF_ERROR(Validate(spec));
@@ -250,14 +259,7 @@ void Scheduler::Preempt(Request& r, StepPlan& plan) {
 
 bool Scheduler::Servable(const Request& r) const {
   bool servable = true;
-  if (config_.memory_budget > 0) {
-    uint64_t alone = models_[r.spec.model].adapter_bytes;
-    std::set<InstanceId> seen;
-    for (InstanceId i : models_[r.spec.model].chain) {
-      if (seen.insert(i).second) alone += instances_[i].bytes;
-    }
-    servable &= alone <= config_.memory_budget;
-  }
+  if (config_.memory_budget > 0) servable &= alone_bytes_[r.spec.model] <= config_.memory_budget;
   for (InstanceId i : models_[r.spec.model].chain) {
     const InstanceInfo& info = instances_[i];
     servable &= info.kind != BlockKind::kAttn || info.kv_max_pages == 0 ||

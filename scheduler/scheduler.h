@@ -228,6 +228,7 @@ class Scheduler {
   std::map<RequestId, int> reserved_;  // tokens of KV accounted per request (computed + planned)
   std::vector<int> pages_used_;
   std::vector<bool> ready_;  // per model
+  std::vector<uint64_t> alone_bytes_;  // per model: its chain and adapter, each instance once
   std::set<RequestId> aborts_;
   std::vector<Release> pending_release_;
   std::map<std::string, double> served_;

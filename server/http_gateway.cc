@@ -521,7 +521,8 @@ void HttpGateway::Routes() {
         r->offset.push_back(0);
         r->echoed.push_back(false);
         // The echoed prompt: as sent, or its tokens' text.
-        r->prompt_text.push_back(base.text ? *base.text
+        r->prompt_text.push_back(!r->echo   ? std::string()
+                                 : base.text ? *base.text
                                  : r->tokenizer ? r->tokenizer->DecodeText((*gen)->prompt_ids())
                                                 : std::string());
       }

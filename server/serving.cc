@@ -21,6 +21,22 @@ std::string PolicyKey(const blockzoo::ResolvePolicy& p) {
                          p.min_top1);
 }
 
+namespace {
+
+// `token`'s log-probabilities and its alternatives', each with the bytes it adds to the text
+// after `after` (llama2.c drops a space after BOS); no bytes without a tokenizer.
+TokenLogprobs WithText(const runtime::Tokenizer* tokenizer, int32_t after, int32_t token,
+                       const runtime::Logprobs& lp) {
+  auto info = [&](int32_t t, float logprob) {
+    return TokenInfo{t, logprob, tokenizer ? tokenizer->Decode(after, t) : std::string()};
+  };
+  TokenLogprobs out{info(token, lp.logprob), {}};
+  for (const runtime::TokenLogprob& t : lp.top) out.top.push_back(info(t.token, t.logprob));
+  return out;
+}
+
+}  // namespace
+
 // ---- Generation ----
 
 void Generation::Push(Delta d) {
@@ -371,20 +387,14 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   const bool has_tok = m->tokenizer != nullptr;
   auto sink = [this, gen, st, t, gid, n_prompt, reserved, has_tok, m, score_only = p.score_only,
                min_tokens = p.sampling.min_tokens,
-               prompt = gen->prompt_ids_,
                series = metrics_.Started(m->name, tenant.name, n_prompt)](const Event& e) {
     if (st->done) return;
     Delta d;
-    for (size_t i = 0; i < e.prompt_logprobs.size(); ++i) {  // of prompt[i + 1], after prompt[i]
-      const int32_t after = prompt[i];
-      auto info = [&](int32_t token, float logprob) {
-        return TokenInfo{token, logprob,
-                         has_tok ? m->tokenizer->Decode(after, token) : std::string()};
-      };
-      const runtime::Logprobs& lp = e.prompt_logprobs[i];
-      TokenLogprobs out{info(prompt[i + 1], lp.logprob), {}};
-      for (const runtime::TokenLogprob& t : lp.top) out.top.push_back(info(t.token, t.logprob));
-      d.prompt_logprobs.push_back(std::move(out));
+    // Of prompt[i + 1], after prompt[i] (the generation's prompt ids, set before it started).
+    const std::vector<int32_t>& prompt = gen->prompt_ids_;
+    for (size_t i = 0; i < e.prompt_logprobs.size(); ++i) {
+      d.prompt_logprobs.push_back(
+          WithText(m->tokenizer.get(), prompt[i], prompt[i + 1], e.prompt_logprobs[i]));
     }
     if (e.token >= 0 && !score_only) {
       const auto now = std::chrono::steady_clock::now();
@@ -394,16 +404,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
       st->last = now;
       ++st->completion;
       d.tokens.push_back(e.token);
-      if (e.logprobs) {
-        // Each token's bytes as it follows the previous one (llama2.c drops a space after BOS).
-        auto info = [&](int32_t token, float logprob) {
-          return TokenInfo{token, logprob,
-                           has_tok ? m->tokenizer->Decode(st->prev, token) : std::string()};
-        };
-        TokenLogprobs lp{info(e.token, e.logprobs->logprob), {}};
-        for (const runtime::TokenLogprob& t : e.logprobs->top) lp.top.push_back(info(t.token, t.logprob));
-        d.logprobs.push_back(std::move(lp));
-      }
+      if (e.logprobs) d.logprobs.push_back(WithText(m->tokenizer.get(), st->prev, e.token, *e.logprobs));
       st->prev = e.token;
       if (has_tok) {
         bool stopped = false;

@@ -1,5 +1,6 @@
 #include "scheduler/zoo_engine.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <tuple>
@@ -7,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "blockzoo/zoo_model.h"
+#include "runtime/host_memory.h"
 #include "runtime/status_macros.h"
 
 namespace blockserve::scheduler {
@@ -19,9 +21,12 @@ struct Recipe {
   runtime::ModelConfig family;
 };
 
+// Every load checks the block's content hash: the bytes are read anyway, and a flipped bit must
+// fail that model's requests with a clear error instead of serving garbage (bench/load_bench
+// prints what the check costs next to the load itself).
 absl::StatusOr<std::shared_ptr<runtime::Block>> Build(const blockzoo::Zoo& zoo, const Recipe& r,
                                                       const runtime::BlockOptions& opt) {
-  return blockzoo::LoadBlock(zoo, r.entry, r.family, opt, false);
+  return blockzoo::LoadBlock(zoo, r.entry, r.family, opt, /*verify_hash=*/true);
 }
 
 }  // namespace
@@ -70,7 +75,7 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
         if (em.adapter == 0) em.adapter = next_key++;
         AdapterSlot& a = slot->adapters[em.adapter];
         const runtime::ModelConfig family = m.family;
-        a.load = [&zoo, e, family]() { return blockzoo::LoadLora(zoo, e, family, false); };
+        a.load = [&zoo, e, family]() { return blockzoo::LoadLora(zoo, e, family, /*verify_hash=*/true); };
         std::error_code ec;
         a.bytes = std::filesystem::file_size(zoo.BlockPath(e.lora), ec);
       }
@@ -92,6 +97,27 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
     }
   }
   return out;
+}
+
+uint64_t DefaultKvBudget(const std::vector<EngineModel>& models, int max_running,
+                         runtime::DType kv_dtype, std::string* why) {
+  uint64_t per_seq = 0;  // KV bytes of one full-context sequence, the largest model's
+  for (const EngineModel& m : models) {
+    int attn = 0;
+    for (const auto& slot : m.chain) attn += slot->kind == runtime::BlockKind::kAttn;
+    per_seq = std::max(per_seq, uint64_t{2} * attn * m.config.kv_dim() *
+                                    std::max(0, m.config.max_seq_len) * runtime::DTypeSize(kv_dtype));
+  }
+  const uint64_t want = per_seq * std::max(1, max_running) * 2;
+  const runtime::HostMemory mem = runtime::ReadHostMemory();
+  const uint64_t cap = mem.limit / 4;
+  const uint64_t budget = std::max(std::min(want, cap), per_seq);
+  if (why) {
+    *why = absl::StrCat(budget >> 20, " MiB = min(2 x ", max_running, " running x ", per_seq >> 10,
+                        " KiB per full-context sequence, a quarter of ", mem.limit >> 20,
+                        " MiB (", mem.source, ")), at least one sequence");
+  }
+  return budget;
 }
 
 }  // namespace blockserve::scheduler

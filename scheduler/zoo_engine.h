@@ -35,4 +35,11 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
                                                           const runtime::BlockOptions& opt,
                                                           bool lazy = false, bool share = true);
 
+// The KV budget when none is configured: room for `max_running` sequences at full context of
+// the model that needs the most KV per sequence, twice over (the rest caches prefixes), and at
+// most a quarter of the memory this process may use (runtime/host_memory.h) — the bound that
+// keeps a server with a prefix cache from growing without end. `why` gets the arithmetic.
+uint64_t DefaultKvBudget(const std::vector<EngineModel>& models, int max_running,
+                         runtime::DType kv_dtype, std::string* why);
+
 }  // namespace blockserve::scheduler

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "blockzoo/file_util.h"
+#include "blockzoo/sha256.h"
 #include "nlohmann/json.hpp"
 #include "runtime/status_macros.h"
 
@@ -137,7 +138,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax, or a number past a double's range
     return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
   }
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": must be a JSON object"));
@@ -249,6 +250,13 @@ bool TokenBucket::Take(double n, double* retry_after) {
   return false;
 }
 
+bool TokenBucket::Has(double n, double* retry_after) {
+  Refill();
+  if (level_ >= std::min(n, burst_)) return true;
+  if (retry_after) *retry_after = (std::min(n, burst_) - level_) / rate_;
+  return false;
+}
+
 void TokenBucket::Refund(double n) {
   Refill();
   level_ = std::min(burst_, level_ + n);
@@ -263,7 +271,7 @@ Tenants::Tenants(const ServerConfig& config) : open_(config.open()), tenants_(co
     tenants_.push_back(t);
   }
   for (size_t i = 0; i < tenants_.size(); ++i) {
-    for (const std::string& k : tenants_[i].api_keys) by_key_[k] = static_cast<int>(i);
+    for (const std::string& k : tenants_[i].api_keys) AddKey(k, static_cast<int>(i));
     State& s = state_[tenants_[i].name];
     if (tenants_[i].requests_per_second > 0) {
       const double r = tenants_[i].requests_per_second;
@@ -274,7 +282,24 @@ Tenants::Tenants(const ServerConfig& config) : open_(config.open()), tenants_(co
       s.tokens.emplace(r / 60.0, r);
     }
   }
-  for (const std::string& k : config.admin_keys) by_key_[k] = -1;
+  for (const std::string& k : config.admin_keys) AddKey(k, -1);
+}
+
+void Tenants::AddKey(const std::string& key, int tenant) {
+  keys_.push_back({blockzoo::Sha256Hex(key.data(), key.size()), tenant});
+}
+
+std::optional<int> Tenants::FindKey(const std::string& key) const {
+  // Every stored digest is compared in full, whatever matches: the time taken says nothing
+  // about how much of a key was right (the digests also hide the keys' lengths).
+  const std::string digest = blockzoo::Sha256Hex(key.data(), key.size());
+  std::optional<int> found;
+  for (const KeyEntry& e : keys_) {
+    unsigned char diff = 0;
+    for (size_t i = 0; i < digest.size(); ++i) diff |= digest[i] ^ e.digest[i];
+    if (diff == 0) found = e.tenant;  // a later entry wins (an admin key over a tenant's)
+  }
+  return found;
 }
 
 absl::StatusOr<Tenants::Identity> Tenants::Authenticate(std::string_view authorization) const {
@@ -289,17 +314,25 @@ absl::StatusOr<Tenants::Identity> Tenants::Authenticate(std::string_view authori
     return absl::UnauthenticatedError("The Authorization header must be 'Bearer YOUR_KEY'.");
   }
   const std::string key(Strip(v.substr(7)));
-  auto it = by_key_.find(key);
-  if (it == by_key_.end()) {
+  const std::optional<int> found = FindKey(key);
+  if (!found) {
     return absl::UnauthenticatedError(
         absl::StrCat("Incorrect API key provided: ", RedactKey(key), "."));
   }
-  if (it->second < 0) return Identity{nullptr, true};
-  const TenantConfig* t = &tenants_[it->second];
+  if (*found < 0) return Identity{nullptr, true};
+  const TenantConfig* t = &tenants_[*found];
   return Identity{t, t->admin};
 }
 
 absl::Status Tenants::Admit(const TenantConfig& t, double tokens, double* retry_after) {
+  return Check(t, tokens, /*take=*/true, retry_after);
+}
+
+absl::Status Tenants::Precheck(const TenantConfig& t, double min_tokens, double* retry_after) {
+  return Check(t, min_tokens, /*take=*/false, retry_after);
+}
+
+absl::Status Tenants::Check(const TenantConfig& t, double tokens, bool take, double* retry_after) {
   std::lock_guard<std::mutex> lock(mu_);
   State& s = state_[t.name];
   *retry_after = 0;
@@ -308,18 +341,19 @@ absl::Status Tenants::Admit(const TenantConfig& t, double tokens, double* retry_
     return absl::ResourceExhaustedError(absl::StrCat(
         "Too many concurrent requests for tenant ", t.name, ": limit ", t.max_concurrent, "."));
   }
-  if (s.requests && !s.requests->Take(1, retry_after)) {
+  if (s.requests && !(take ? s.requests->Take(1, retry_after) : s.requests->Has(1, retry_after))) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "Rate limit reached for requests per second of tenant ", t.name, ": limit ",
         t.requests_per_second, ". Please try again in ", *retry_after, "s."));
   }
-  if (s.tokens && !s.tokens->Take(tokens, retry_after)) {
-    if (s.requests) s.requests->Refund(1);
+  if (s.tokens &&
+      !(take ? s.tokens->Take(tokens, retry_after) : s.tokens->Has(tokens, retry_after))) {
+    if (s.requests && take) s.requests->Refund(1);
     return absl::ResourceExhaustedError(absl::StrCat(
         "Rate limit reached for tokens per min (TPM) of tenant ", t.name, ": limit ",
         t.tokens_per_minute, ", requested ", tokens, ". Please try again in ", *retry_after, "s."));
   }
-  ++s.in_flight;
+  if (take) ++s.in_flight;
   return absl::OkStatus();
 }
 

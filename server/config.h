@@ -40,7 +40,7 @@ struct ServerConfig {
   // Engine.
   int threads = 0;                  // compute threads (0: all cores)
   uint64_t memory_budget = 0;       // weight bytes resident at most (0: unbounded)
-  uint64_t kv_budget = 0;           // KV bytes across attn instances (0: per-instance pages)
+  uint64_t kv_budget = 0;           // KV bytes across attn instances (0: derived, DefaultKvBudget)
   int kv_page_size = 16;
   runtime::DType kv_dtype = runtime::DType::kF32;  // "f32" (exact) or "bf16" (half the KV memory)
   int max_running = 256;
@@ -75,6 +75,8 @@ class TokenBucket {
   TokenBucket(double rate, double burst);
   // Takes `n` when available; otherwise false and the seconds until it would be.
   bool Take(double n, double* retry_after);
+  // Whether Take(n) would succeed now (nothing taken); otherwise false and the seconds to wait.
+  bool Has(double n, double* retry_after);
   void Refund(double n);
 
  private:
@@ -100,6 +102,9 @@ class Tenants {
   // RESOURCE_EXHAUSTED (rate or concurrency limit) with a message saying which and when to retry.
   // On success the caller must call Finish with the tokens really used.
   absl::Status Admit(const TenantConfig& t, double tokens, double* retry_after);
+  // The same checks with nothing taken, for a request of at least `min_tokens`: run before
+  // the expensive preparation (tokenizing), so a tenant over its limits costs a lookup.
+  absl::Status Precheck(const TenantConfig& t, double min_tokens, double* retry_after);
   void Finish(const TenantConfig& t, double reserved_tokens, double used_tokens);
   int in_flight(const std::string& tenant) const;
 
@@ -111,9 +116,19 @@ class Tenants {
     std::optional<TokenBucket> requests, tokens;
     int in_flight = 0;
   };
+  struct KeyEntry {
+    std::string digest;  // SHA-256 of the key, hex
+    int tenant;          // index in tenants_; -1: an admin key
+  };
+  void AddKey(const std::string& key, int tenant);
+  // Admit (`take`) or Precheck.
+  absl::Status Check(const TenantConfig& t, double tokens, bool take, double* retry_after);
+  // The key's entry, found by a constant-time comparison against every stored digest.
+  std::optional<int> FindKey(const std::string& key) const;
+
   bool open_;
   std::vector<TenantConfig> tenants_;
-  std::map<std::string, int> by_key_;  // api key -> tenant index (-1: admin key)
+  std::vector<KeyEntry> keys_;
   mutable std::mutex mu_;
   std::map<std::string, State> state_;
 };

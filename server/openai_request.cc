@@ -75,12 +75,42 @@ void Bad(const std::string& param, const std::string& message, const std::string
   throw BadRequest{ApiError{400, message, param, code}};
 }
 
-// A request body that must be a JSON object.
+int JsonNestingDepth(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 json ParseObject(const std::string& text) {
+  if (JsonNestingDepth(text) > kMaxJsonDepth) {
+    Bad("", absl::StrCat("The JSON body nests deeper than ", kMaxJsonDepth, " levels."),
+        "invalid_json");
+  }
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error&) {
+  } catch (const json::out_of_range&) {  // a number past a double's range (1e400)
+    Bad("", "The JSON body has a number out of range (beyond a double's range).", "invalid_json");
+  } catch (const json::exception&) {
     Bad("",
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
         "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "

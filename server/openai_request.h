@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -46,7 +47,13 @@ struct BadRequest {
 // "Invalid type for 'param': expected ..., but got ... instead."
 [[noreturn]] void BadType(const std::string& param, const json& v, const std::string& expected);
 
-// A request body that must be a JSON object.
+// Deepest nesting of arrays and objects in `text` (strings skipped; linear, no allocation): a
+// bound checked before a parser builds anything.
+int JsonNestingDepth(std::string_view text);
+inline constexpr int kMaxJsonDepth = 64;
+
+// A request body that must be a JSON object, nested at most kMaxJsonDepth deep, with numbers a
+// double can hold.
 json ParseObject(const std::string& text);
 // Fields of `body`: absent or null is nullptr / nullopt / false / ""; the wrong type or a value
 // out of [lo, hi] throws.

@@ -163,6 +163,12 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   eo.kv_page_size = c.kv_page_size;
   eo.kv_dtype = c.kv_dtype;
   eo.kv_budget_bytes = c.kv_budget;
+  if (eo.kv_budget_bytes == 0) {
+    std::string why;
+    eo.kv_budget_bytes =
+        scheduler::DefaultKvBudget(engine_models, c.max_running, c.kv_dtype, &why);
+    spdlog::info("KV budget (engine.kv_budget_mib not set): {}", why);
+  }
   eo.memory_budget = c.memory_budget;
   eo.background_loads = c.background_loads;
   eo.profile_max_batch = c.profile_max_batch;
@@ -197,24 +203,27 @@ absl::Status ServingCore::ApplyChat(const ServedModel& m, const std::vector<Chat
                                     GenerateParams* p) const {
   const std::string text = RenderChat(m.chat_format, messages);
   for (const std::string& s : ChatStops(m.chat_format)) p->stop.push_back(s);
-  p->text.reset();
   p->token_ids.clear();
-  if (m.marker_ids.empty() || !m.tokenizer) {
-    p->text = text;
-    return absl::OkStatus();
-  }
+  p->text = text;
+  p->chat_markers = !m.marker_ids.empty() && m.tokenizer != nullptr;
+  return absl::OkStatus();
+}
+
+std::vector<int32_t> ServingCore::EncodeChat(const ServedModel& m, const std::string& text,
+                                             bool add_bos) {
   std::vector<std::string> markers;
   for (const auto& [mk, id] : m.marker_ids) markers.push_back(mk);
-  if (m.tokenizer->bos_id() >= 0 && p->add_bos) p->token_ids.push_back(m.tokenizer->bos_id());
+  std::vector<int32_t> out;
+  if (m.tokenizer->bos_id() >= 0 && add_bos) out.push_back(m.tokenizer->bos_id());
   for (const auto& [piece, is_marker] : SplitAtMarkers(text, markers)) {
     if (is_marker) {
-      p->token_ids.push_back(m.marker_ids.at(piece));
+      out.push_back(m.marker_ids.at(piece));
     } else {
       const std::vector<int32_t> ids = m.tokenizer->Encode(piece, /*add_bos=*/false);
-      p->token_ids.insert(p->token_ids.end(), ids.begin(), ids.end());
+      out.insert(out.end(), ids.begin(), ids.end());
     }
   }
-  return absl::OkStatus();
+  return out;
 }
 
 bool ServingCore::loaded(const ServedModel& m) const {
@@ -235,8 +244,11 @@ void ServingCore::Forget(uint64_t id, const ServedModel& m) {
 
 namespace {
 
+// A model that does not exist and one the tenant may not use get the same answer (OpenAI's
+// words), so a tenant cannot learn which names other tenants serve.
 absl::Status ModelNotFound(const std::string& name) {
-  return absl::NotFoundError(absl::StrCat("The model `", name, "` does not exist."));
+  return absl::NotFoundError(
+      absl::StrCat("The model `", name, "` does not exist or you do not have access to it."));
 }
 
 }  // namespace
@@ -244,12 +256,33 @@ absl::Status ModelNotFound(const std::string& name) {
 absl::StatusOr<const ServedModel*> ServingCore::ModelFor(const TenantConfig& tenant,
                                                          const std::string& name) const {
   const ServedModel* m = FindModel(name);
-  if (m == nullptr) return ModelNotFound(name);
-  if (!tenant.Allows(m->name)) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("Tenant `", tenant.name, "` does not have access to model `", m->name, "`."));
-  }
+  if (m == nullptr || !tenant.Allows(m->name)) return ModelNotFound(name);
   return m;
+}
+
+int64_t ServingCore::MinPromptTokens(const ServedModel& m, const GenerateParams& p) {
+  if (!p.text) return static_cast<int64_t>(p.token_ids.size());
+  if (!m.tokenizer) return 0;
+  const size_t per_token = std::max<size_t>(1, m.tokenizer->max_token_bytes());
+  return static_cast<int64_t>((p.text->size() + per_token - 1) / per_token);
+}
+
+absl::Status ServingCore::Prechecks(const TenantConfig& tenant, const ServedModel& m,
+                                    const GenerateParams& p) {
+  // What costs a lookup comes before what costs work: the tenant's limits (a request over them
+  // is a 429 whatever its prompt), then a prompt that cannot fit the context even at the most
+  // bytes a token can cover (a 400 without encoding it).
+  const int64_t min_prompt = MinPromptTokens(m, p);
+  double retry = 0;
+  RETURN_IF_ERROR(tenants_.Precheck(tenant, static_cast<double>(min_prompt) + std::max(1, p.max_tokens),
+                                    &retry));
+  if (min_prompt >= m.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "This model's maximum context length is ", m.context_length,
+        " tokens. However, your prompt is at least ", min_prompt, " tokens (",
+        p.text ? p.text->size() : 0, " bytes). Please reduce the prompt."));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<int32_t>> ServingCore::PromptTokens(const ServedModel& m,
@@ -259,6 +292,7 @@ absl::StatusOr<std::vector<int32_t>> ServingCore::PromptTokens(const ServedModel
       return absl::InvalidArgumentError(
           absl::StrCat("The model `", m.name, "` has no tokenizer: send token ids."));
     }
+    if (p.chat_markers) return EncodeChat(m, *p.text, p.add_bos);
     return m.tokenizer->Encode(*p.text, p.add_bos);
   }
   for (int32_t t : p.token_ids) {
@@ -286,6 +320,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   if (!engine_->loaded(engine_model)) {
     return absl::UnavailableError(absl::StrCat("The model `", m->name, "` is not loaded."));
   }
+  RETURN_IF_ERROR(Prechecks(tenant, *m, p));
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*m, p));
   const int n_prompt = static_cast<int>(prompt.size());
   if (n_prompt == 0) return absl::InvalidArgumentError("The prompt is empty.");

@@ -49,6 +49,9 @@ struct GenerateParams {
   std::optional<std::string> text;   // prompt text, or
   std::vector<int32_t> token_ids;    // prompt tokens
   bool add_bos = true;               // for a text prompt
+  // The text is a rendered chat: its turn markers that are single tokens encode as those
+  // tokens (set by ApplyChat; encoding waits for Generate's cheap checks).
+  bool chat_markers = false;
   int max_tokens = 0;                // 0: the configured default; capped by the context
   bool max_tokens_to_context = false;  // 0 means "the rest of the context" (chat)
   runtime::SamplingParams sampling;
@@ -130,18 +133,22 @@ class ServingCore {
   ~ServingCore();
 
   // Admits and starts a generation. Errors carry the status code the API returns:
-  // NOT_FOUND (model), PERMISSION_DENIED (tenant may not use it), INVALID_ARGUMENT (prompt,
-  // max_tokens, sampling), RESOURCE_EXHAUSTED (rate limits), UNAVAILABLE (draining, unloaded).
+  // NOT_FOUND (no such model, or the tenant may not use it: the same answer), INVALID_ARGUMENT
+  // (prompt, max_tokens, sampling), RESOURCE_EXHAUSTED (rate limits, checked before the prompt
+  // is encoded), UNAVAILABLE (draining, unloaded).
   absl::StatusOr<std::shared_ptr<Generation>> Generate(const TenantConfig& tenant,
                                                        GenerateParams params);
 
   const std::vector<ServedModel>& models() const { return models_; }
   const ServedModel* FindModel(const std::string& name) const;
-  // The model `name` if `tenant` may use it: NOT_FOUND or PERMISSION_DENIED otherwise.
+  // The model `name` if `tenant` may use it; NOT_FOUND otherwise (either way).
   absl::StatusOr<const ServedModel*> ModelFor(const TenantConfig& tenant,
                                               const std::string& name) const;
   // The prompt of `p` as `m`'s tokens (its text encoded, or its token ids checked); moves from p.
   absl::StatusOr<std::vector<int32_t>> PromptTokens(const ServedModel& m, GenerateParams& p) const;
+  // The fewest tokens the prompt of `p` can encode to (its bytes over the tokenizer's longest
+  // token), known without encoding it.
+  static int64_t MinPromptTokens(const ServedModel& m, const GenerateParams& p);
   // Each token's bytes for `m`'s tokenizer (structured output), built on first use.
   std::shared_ptr<const runtime::TokenBytes> TokenBytesOf(const ServedModel& m);
   // A chat request's prompt for `m` (its chat format; markers that are tokens become those
@@ -170,6 +177,10 @@ class ServingCore {
   bool draining() const { return draining_; }
 
  private:
+  // The tenant's limits and the prompt's cheap length bound, before any expensive work.
+  // A rendered chat's tokens: its marker strings as their tokens, the rest encoded.
+  static std::vector<int32_t> EncodeChat(const ServedModel& m, const std::string& text, bool add_bos);
+  absl::Status Prechecks(const TenantConfig& tenant, const ServedModel& m, const GenerateParams& p);
   ServingCore(ServerConfig config);
   // A generation ended (or never started): no longer in flight, its adapter count dropped.
   void Forget(uint64_t id, const ServedModel& m);

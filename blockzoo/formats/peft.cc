@@ -78,7 +78,10 @@ absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir) {
   }
   ASSIGN_OR_RETURN(out.file, ReadSafetensors(weights.string()));
   constexpr absl::string_view kPrefix = "base_model.model.model.layers.";
-  for (const auto& [name, t] : out.file.tensors) {
+  for (const auto& entry : out.file.tensors) {
+    // A plain reference, not a structured binding: clang 14 cannot capture bindings in a lambda.
+    const std::string& name = entry.first;
+    const runtime::Tensor& t = entry.second;
     // base_model.model.model.layers.<L>.<module>.lora_<A|B>[.<adapter>].weight
     auto bad = [&](absl::string_view what) {
       return absl::InvalidArgumentError(

@@ -1,6 +1,7 @@
 #include "runtime/tokenizer/byte_level_bpe.h"
 
-#include <limits>
+#include <algorithm>
+#include <queue>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/tokenizer/unicode.h"
@@ -109,45 +110,87 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpe>> ByteLevelBpe::Create(
     t->merge_rank_.emplace(std::move(key), static_cast<int32_t>(r));
   }
   BuildByteMap(t->byte_to_unicode_, t->unicode_to_byte_);
+  for (int32_t i = 0; i < static_cast<int32_t>(t->tokens_.size()); ++i) {
+    t->max_token_bytes_ = std::max(t->max_token_bytes_, t->Decode(-1, i).size());
+  }
   const int32_t n = static_cast<int32_t>(t->tokens_.size());
   t->bos_ = bos >= 0 && bos < n ? bos : -1;
   t->eos_ = eos >= 0 && eos < n ? eos : -1;
   return t;
 }
 
-void ByteLevelBpe::EncodeWord(std::string_view word, std::vector<int32_t>& out) const {
-  std::vector<std::string> sym;
-  for (unsigned char b : word) sym.push_back(byte_to_unicode_[b]);
-  std::string key;
-  while (sym.size() > 1) {
-    int32_t best = std::numeric_limits<int32_t>::max();
-    size_t best_i = 0;
-    for (size_t i = 0; i + 1 < sym.size(); ++i) {
-      key = sym[i];
-      key += '\x01';
-      key += sym[i + 1];
-      auto it = merge_rank_.find(key);
-      if (it != merge_rank_.end() && it->second < best) {
-        best = it->second;
-        best_i = i;
-      }
-    }
-    if (best == std::numeric_limits<int32_t>::max()) break;
-    // Merge every non-overlapping occurrence of the best pair, left to right.
-    const std::string left = sym[best_i], right = sym[best_i + 1];
-    std::vector<std::string> next;
-    next.reserve(sym.size());
-    for (size_t i = 0; i < sym.size(); ++i) {
-      if (i + 1 < sym.size() && sym[i] == left && sym[i + 1] == right) {
-        next.push_back(left + right);
-        ++i;
-      } else {
-        next.push_back(std::move(sym[i]));
-      }
-    }
-    sym = std::move(next);
+namespace {
+
+// An adjacent pair of symbols with a merge rank: the symbol starting at byte `left`, and the
+// one after it, which started at `right` and ended at `end` (-1: the word's end) when pushed.
+struct Pair {
+  int32_t rank;
+  int left, right, end;
+};
+// Lowest rank first; among equal ranks (the same pair) the leftmost.
+struct Later {
+  bool operator()(const Pair& x, const Pair& y) const {
+    return x.rank > y.rank || (x.rank == y.rank && x.left > y.left);
   }
-  for (const std::string& s : sym) {
+};
+
+}  // namespace
+
+// GPT-2 merges, repeatedly, every non-overlapping occurrence (left to right) of the adjacent
+// pair with the lowest rank. Here the pairs wait in a heap over a linked list of symbols (each
+// symbol named by the byte it starts at): the lowest-ranked pair that still holds is found,
+// every still-holding pair of that rank is merged in order, then the pairs the merged symbols
+// form with their neighbours are pushed. O(n log n) per word, where rescanning after every merge
+// was O(n^2) (one long run of letters is one word).
+void ByteLevelBpe::EncodeWord(std::string_view word, std::vector<int32_t>& out) const {
+  const int n = static_cast<int>(word.size());
+  std::vector<std::string> sym(n);
+  std::vector<int> prev(n), next(n);
+  for (int i = 0; i < n; ++i) {
+    sym[i] = byte_to_unicode_[static_cast<unsigned char>(word[i])];
+    prev[i] = i - 1;
+    next[i] = i + 1 < n ? i + 1 : -1;
+  }
+  std::priority_queue<Pair, std::vector<Pair>, Later> heap;
+  std::string key;
+  auto push = [&](int left) {
+    if (left < 0 || next[left] < 0) return;
+    const int right = next[left];
+    key = sym[left];
+    key += '\x01';
+    key += sym[right];
+    auto it = merge_rank_.find(key);
+    if (it != merge_rank_.end()) heap.push({it->second, left, right, next[right]});
+  };
+  // Still two adjacent symbols spanning the same bytes as when pushed (removed symbols are
+  // never a `left` again: their next is set to -2).
+  auto holds = [&](const Pair& p) {
+    return next[p.left] == p.right && next[p.right] == p.end;
+  };
+  for (int i = 0; i + 1 < n; ++i) push(i);
+  std::vector<int> merged;
+  while (true) {
+    while (!heap.empty() && !holds(heap.top())) heap.pop();
+    if (heap.empty()) break;
+    const int32_t rank = heap.top().rank;
+    merged.clear();
+    while (!heap.empty() && heap.top().rank == rank) {
+      const Pair p = heap.top();
+      heap.pop();
+      if (!holds(p)) continue;  // overlapped an occurrence merged just before
+      sym[p.left] += sym[p.right];
+      next[p.left] = p.end;
+      if (p.end >= 0) prev[p.end] = p.left;
+      next[p.right] = -2;
+      merged.push_back(p.left);
+    }
+    for (int s : merged) {
+      push(prev[s]);
+      push(s);
+    }
+  }
+  for (int i = n > 0 ? 0 : -1; i >= 0; i = next[i]) {
+    const std::string& s = sym[i];
     auto it = vocab_.find(s);
     if (it != vocab_.end()) {
       out.push_back(it->second);

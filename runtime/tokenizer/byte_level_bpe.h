@@ -26,6 +26,7 @@ class ByteLevelBpe final : public Tokenizer {
   int vocab_size() const override { return static_cast<int>(tokens_.size()); }
   int32_t bos_id() const override { return bos_; }
   int32_t eos_id() const override { return eos_; }
+  size_t max_token_bytes() const override { return max_token_bytes_; }
 
  private:
   ByteLevelBpe() = default;
@@ -37,6 +38,7 @@ class ByteLevelBpe final : public Tokenizer {
   std::string byte_to_unicode_[256];                     // UTF-8 of each byte's character
   absl::flat_hash_map<uint32_t, uint8_t> unicode_to_byte_;
   int32_t bos_ = -1, eos_ = -1;
+  size_t max_token_bytes_ = 1;
 };
 
 // Splits text the way GPT-2's pre-tokenizer regex does:

@@ -26,14 +26,18 @@ class SentencePieceBpe final : public Tokenizer {
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   int32_t bos_id() const override { return bos_; }
   int32_t eos_id() const override { return eos_; }
+  size_t max_token_bytes() const override { return max_token_bytes_; }
 
  private:
   int32_t Lookup(std::string_view s) const;
+  // The score-ordered merges over `toks`, in place.
+  void Merge(std::vector<int32_t>& toks) const;
 
   std::vector<Piece> pieces_;
   absl::flat_hash_map<std::string, int32_t> index_;
   int32_t byte_ids_[256];  // id of "<0xNN>", or -1
   int32_t bos_, eos_;
+  size_t max_token_bytes_ = 1;
 };
 
 // Parses a llama2.c tokenizer file (tokenizer.bin / tok512.bin) with `vocab_size` entries.

@@ -19,6 +19,9 @@ class Tokenizer {
   virtual int vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when none
   virtual int32_t eos_id() const = 0;  // -1 when none
+  // The most text bytes one token of Encode covers (at least 1): a text of n bytes encodes to
+  // at least ceil(n / max_token_bytes()) tokens, a bound checked before encoding a prompt.
+  virtual size_t max_token_bytes() const = 0;
 
   // Decode of a whole sequence (each token after its predecessor).
   std::string DecodeAll(const std::vector<int32_t>& ids, int32_t prev = -1) const;

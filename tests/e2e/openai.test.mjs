@@ -144,7 +144,7 @@ test('errors come back as the SDK error classes with OpenAI codes', { skip }, as
   await assert.rejects(client('sk-wrong-000000000').completions.create({ model: 'stories260K', prompt: 'x' }),
                        (e) => e instanceof OpenAI.AuthenticationError && e.status === 401);
   await assert.rejects(client(KEYS.beta).completions.create({ model: 'ft1', prompt: 'x' }),
-                       (e) => e instanceof OpenAI.PermissionDeniedError && e.status === 403);
+                       (e) => e instanceof OpenAI.NotFoundError && e.status === 404);  // as a missing model
   await assert.rejects(client().completions.create({ model: 'stories260K', prompt: 'x', max_tokens: 0 }),
                        (e) => e instanceof OpenAI.BadRequestError && e.param === 'max_tokens');
   await assert.rejects(client().completions.create({ model: 'stories260K', prompt: 'x', max_tokens: 1e6 }),

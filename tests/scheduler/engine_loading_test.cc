@@ -3,6 +3,7 @@
 // instances load, and a block or adapter that fails to load fails only its model's requests —
 // every other request exact, the budget and KV accounting held at every step.
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 
@@ -229,31 +230,36 @@ TEST_F(EngineTest, MaxBatchIsMeasuredWhenALazyInstanceLoads) {
 // A block file that cannot be loaded (damaged on disk after the engine started) fails the
 // requests of the model that needs it — not the other tenants' requests planned in the same
 // step, which then give exactly their tokens — and the engine keeps serving.
-TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
-  testing::TempDir tmp;
-  auto z = ZooWithBase(tmp);
-  ASSERT_NE(z, nullptr);
-  blockzoo::Zoo& zoo = *z;
+// Derives "ft" from "base" in `zoo` (its top layer its own); the paths of ft's own block files
+// (the ones the base does not use).
+std::vector<std::string> DeriveFtOwnBlocks(blockzoo::Zoo& zoo) {
   blockzoo::DeriveOptions d;
   d.base = "base";
   d.name = "ft";
   d.top_layers = 1;
   d.rel_norm = 0.1;
-  ASSERT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
-  // Truncate the fine-tune's own blocks (the ones the base does not use).
+  EXPECT_THAT(blockzoo::DeriveModel(zoo, d), IsOk());
   auto base = zoo.GetManifest("base");
   auto ft = zoo.GetManifest("ft");
-  ASSERT_THAT(base, IsOk());
-  ASSERT_THAT(ft, IsOk());
+  if (!base.ok() || !ft.ok()) return {};
   std::set<std::string> base_blocks;
   for (const auto& entry : base->chain) base_blocks.insert(entry.block);
-  int damaged = 0;
+  std::vector<std::string> own;
   for (const auto& entry : ft->chain) {
-    if (base_blocks.count(entry.block)) continue;
-    std::filesystem::resize_file(zoo.BlockPath(entry.block), 16);
-    ++damaged;
+    if (!base_blocks.count(entry.block)) own.push_back(zoo.BlockPath(entry.block));
   }
-  ASSERT_GT(damaged, 0);
+  return own;
+}
+
+TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
+  testing::TempDir tmp;
+  auto z = ZooWithBase(tmp);
+  ASSERT_NE(z, nullptr);
+  blockzoo::Zoo& zoo = *z;
+  // Truncate the fine-tune's own blocks.
+  const std::vector<std::string> own = DeriveFtOwnBlocks(zoo);
+  ASSERT_FALSE(own.empty());
+  for (const std::string& path : own) std::filesystem::resize_file(path, 16);
   auto plain = MakeEngine();
   const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
   for (bool background : {false, true}) {
@@ -274,6 +280,40 @@ TEST_F(EngineTest, ABlockThatFailsToLoadFailsOnlyTheRequestsThatNeedIt) {
     EXPECT_EQ(again[0].tokens, alone[0].tokens);
     EXPECT_EQ(again[1].finish, Finish::kError);
     for (const auto& st : e.stats().instances) EXPECT_EQ(st.kv_pages_used, 0) << st.name;
+  }
+}
+
+// One flipped bit in a tensor of a block file (its size and header intact): the load checks
+// the block's content hash, so the model's requests fail with a clear error instead of being
+// answered from corrupt weights; the other model's requests are untouched.
+TEST_F(EngineTest, AFlippedBitInABlockFailsItsModelsRequests) {
+  testing::TempDir tmp;
+  auto z = ZooWithBase(tmp);
+  ASSERT_NE(z, nullptr);
+  blockzoo::Zoo& zoo = *z;
+  const std::vector<std::string> own = DeriveFtOwnBlocks(zoo);
+  ASSERT_FALSE(own.empty());
+  {
+    std::fstream f(own.back(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-3, std::ios::end);
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(-3, std::ios::end);
+    f.write(&c, 1);
+  }
+  auto plain = MakeEngine();
+  const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(LoadMode(background));
+    auto engine = LazyEngine(zoo, {"base", "ft"}, background);
+    ASSERT_NE(engine, nullptr);
+    Engine& e = *engine;
+    const auto got = Run(e, {Spec(e, "ft", 4, 12), Spec(e, "base", 4, 12)});
+    EXPECT_EQ(got[0].finish, Finish::kError);
+    EXPECT_TRUE(got[0].tokens.empty());
+    EXPECT_EQ(got[0].error, "model ft is unavailable: one of its blocks failed to load");
+    EXPECT_EQ(got[1].tokens, alone[0].tokens);
   }
 }
 

@@ -313,7 +313,7 @@ TEST_F(ServingTest, TokenizeAndDetokenizeUseTheModelsTokenizer) {
     EXPECT_EQ(r.status, want[i]) << bad[i].second.dump() << ": " << r.body;
     EXPECT_TRUE(Body(r).contains("error")) << r.body;
   }
-  EXPECT_EQ(Post("/tokenize", {{"model", "ft1"}, {"prompt", "x"}}, kBeta).status, 403);
+  EXPECT_EQ(Post("/tokenize", {{"model", "ft1"}, {"prompt", "x"}}, kBeta).status, 404);
   EXPECT_EQ(Post("/tokenize", {{"model", "stories260K"}, {"prompt", "x"}}, "").status, 401);
 
   // gRPC: the same answers, the same access rules.
@@ -330,7 +330,7 @@ TEST_F(ServingTest, TokenizeAndDetokenizeUseTheModelsTokenizer) {
   ASSERT_EQ(tokenize(kAcme, "stories260K", &tr), grpc::StatusCode::OK);
   EXPECT_EQ(std::vector<int32_t>(tr.token_ids().begin(), tr.token_ids().end()), c.prompt_ids);
   EXPECT_EQ(tr.max_model_len(), 512);
-  EXPECT_EQ(tokenize(kBeta, "ft1", &tr), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(tokenize(kBeta, "ft1", &tr), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(tokenize(kAcme, "nope", &tr), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(tokenize("", "stories260K", &tr), grpc::StatusCode::UNAUTHENTICATED);
   grpc::ClientContext ctx;

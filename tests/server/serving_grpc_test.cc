@@ -79,7 +79,7 @@ TEST_F(ServingTest, GrpcCompleteModelsAndErrors) {
   EXPECT_EQ(code("", "stories260K"), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(code("sk-nope-000000000", "stories260K"), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(code(kAcme, "nope"), grpc::StatusCode::NOT_FOUND);
-  EXPECT_EQ(code(kBeta, "ft1"), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(kBeta, "ft1"), grpc::StatusCode::NOT_FOUND);  // as a missing model
   EXPECT_EQ(code(kAcme, "stories260K", 100000), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(code(kAcme, "stories260K", -1), grpc::StatusCode::INVALID_ARGUMENT);
   {

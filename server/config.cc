@@ -179,8 +179,11 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
     if (!g.is_object()) return f.Error("gateway", "must be an object");
     Fields gf(g, source, "gateway.");
     RETURN_IF_ERROR(gf.Known({"max_body_bytes", "http_threads", "default_max_tokens",
-                              "drain_seconds", "read_timeout_s"}));
+                              "drain_seconds", "read_timeout_s", "idle_timeout_s",
+                              "max_connections"}));
     RETURN_IF_ERROR(gf.Number("read_timeout_s", &c.read_timeout_s, 1, 3600));
+    RETURN_IF_ERROR(gf.Number("idle_timeout_s", &c.idle_timeout_s, 1, 3600));
+    RETURN_IF_ERROR(gf.Number("max_connections", &c.max_connections, 16, 1 << 20));
     RETURN_IF_ERROR(gf.Number("max_body_bytes", &c.max_body_bytes, 1024, 1 << 30));
     RETURN_IF_ERROR(gf.Number("http_threads", &c.http_threads, 4, 4096));
     RETURN_IF_ERROR(gf.Number("default_max_tokens", &c.default_max_tokens, 1, 1 << 20));

@@ -57,7 +57,9 @@ struct ServerConfig {
   int http_threads = 128;
   int default_max_tokens = 16;      // /v1/completions and gRPC when not given
   double drain_seconds = 30;        // SIGTERM: in-flight requests get this long
-  int read_timeout_s = 10;          // a client sending its request slower is disconnected
+  int read_timeout_s = 10;          // a request (headers and body) must arrive within this
+  double idle_timeout_s = 60;       // an idle keep-alive connection is closed after this
+  int max_connections = 10000;      // open HTTP connections (the slowest is dropped past it)
   // Tenants; none configured: the server is open (one "default" tenant, all models).
   std::vector<TenantConfig> tenants;
   std::vector<std::string> admin_keys;

@@ -112,7 +112,9 @@ void Fill(const Delta& d, v1::GenerateResponse* out) {
 }
 
 grpc::Status FinalStatus(const Delta& d) {
-  if (d.finish_reason == "error") return grpc::Status(grpc::StatusCode::INTERNAL, d.error);
+  if (d.finish_reason == "error") {
+    return grpc::Status(d.unavailable ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::INTERNAL, d.error);
+  }
   if (d.finish_reason == "abort") return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
   return grpc::Status::OK;
 }

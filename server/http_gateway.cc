@@ -11,9 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "httplib.h"
+#include "server/http_server.h"
 #include "nlohmann/json.hpp"
 #include "server/openai_request.h"
+#include "runtime/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace blockserve::server {
@@ -39,7 +40,7 @@ using openai::String;
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-void SendError(httplib::Response& res, const ApiError& e) {
+void SendError(http::Response& res, const ApiError& e) {
   res.status = e.http;
   res.set_content(Dump(ErrorJson(e)), "application/json");
 }
@@ -150,6 +151,7 @@ struct Reply {
   std::vector<bool> echoed;                     // per choice: the prompt went out (streams)
   int prompt_tokens = 0, completion_tokens = 0;
   std::string error;
+  bool unavailable = false;  // the error: the server stopped it (shutting down)
   int done = 0;
   bool finished = false;
   Waker waker;
@@ -250,7 +252,7 @@ struct Reply {
 std::string PublicReason(const std::string& r) { return r == "abort" ? "stop" : r; }
 
 // One provider call: waits for output, writes what came. False ends the response (error).
-bool Provide(Reply& r, httplib::DataSink& sink) {
+bool Provide(Reply& r, http::DataSink& sink) {
   if (r.finished) return false;
   r.waker.Wait(&r.seen, std::chrono::milliseconds(200));
   std::string out;
@@ -262,7 +264,10 @@ bool Provide(Reply& r, httplib::DataSink& sink) {
       r.finish[i] = d.finish_reason;
       r.prompt_tokens += d.prompt_tokens;
       r.completion_tokens += d.completion_tokens;
-      if (d.finish_reason == "error") r.error = d.error;
+      if (d.finish_reason == "error") {
+        r.error = d.error;
+        r.unavailable |= d.unavailable;
+      }
       ++r.done;
     }
     if (r.stream) {
@@ -286,7 +291,9 @@ bool Provide(Reply& r, httplib::DataSink& sink) {
   if (all_done) {
     if (!r.error.empty()) {
       // Headers are out already (200): the error travels in the body, as OpenAI streams do.
-      ApiError e{500, "The server had an error while processing your request: " + r.error, "", ""};
+      ApiError e = r.unavailable
+                       ? ApiError{503, "The server stopped this request: " + r.error, "", "server_shutting_down"}
+                       : ApiError{500, "The server had an error while processing your request: " + r.error, "", ""};
       out += r.stream ? "data: " + Dump(ErrorJson(e)) + "\n\n" : Dump(ErrorJson(e));
     } else if (r.stream) {
       if (r.include_usage) {
@@ -329,63 +336,67 @@ std::string RoutePath(const std::string& path) {
 
 }  // namespace
 
-HttpGateway::HttpGateway(ServingCore* core) : core_(core), http_(std::make_unique<httplib::Server>()) {
+HttpGateway::HttpGateway(ServingCore* core) : core_(core) {
+  const ServerConfig& cfg = core_->config();
+  http::HttpServerOptions o;
+  o.limits.max_body_bytes = cfg.max_body_bytes;
+  o.threads = cfg.http_threads;
+  o.request_timeout_s = cfg.read_timeout_s;
+  o.idle_timeout_s = cfg.idle_timeout_s;
+  o.max_connections = cfg.max_connections;
+  http_ = std::make_unique<http::HttpServer>(o);
   Routes();
 }
 
 HttpGateway::~HttpGateway() { Stop(); }
 
-void HttpGateway::Routes() {
-  httplib::Server& s = *http_;
-  const ServerConfig& cfg = core_->config();
-  s.set_payload_max_length(cfg.max_body_bytes);
-  s.set_read_timeout(cfg.read_timeout_s, 0);
-  s.set_write_timeout(10, 0);
-  s.set_keep_alive_timeout(5);
-  const int threads = cfg.http_threads;
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  s.set_socket_options([this](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd_ = sock;  // the listening socket: its backlog is raised after bind (Start)
-  });
-  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    core_->metrics().HttpRequest(RoutePath(req.path), res.status);
-  });
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    ApiError e;
-    e.http = res.status;
-    if (res.status == 404) {
+namespace {
+
+// An error the server answers itself (no route, a request it could not read): OpenAI's shape.
+void ErrorPage(const http::Request& req, http::Response& res, const std::string& why) {
+  ApiError e;
+  e.http = res.status;
+  switch (res.status) {
+    case 404:
       e.message = absl::StrCat("Unknown request URL: ", req.method, " ", req.path, ".");
       e.code = "unknown_url";
-    } else if (res.status == 413) {
-      e.message = "The request body is too large.";
+      break;
+    case 405: e.message = absl::StrCat("Method ", req.method, " is not allowed on ", req.path, "."); break;
+    case 408: e.message = absl::StrCat("The request was sent too slowly: ", why, "."); break;
+    case 413:
+      e.message = absl::StrCat("The request body is too large: ", why, ".");
       e.code = "request_too_large";
-    } else if (res.status == 400) {
-      e.message = "The request could not be read: malformed HTTP, or sent too slowly.";
-    } else if (res.status == 405) {
-      e.message = absl::StrCat("Method ", req.method, " is not allowed on ", req.path, ".");
-    } else {
-      e.message = absl::StrCat("HTTP ", res.status);
-    }
-    SendError(res, e);
+      break;
+    case 500: e.message = "The server had an error while processing your request."; break;
+    default:
+      e.message = why.empty() ? absl::StrCat("HTTP ", res.status)
+                              : absl::StrCat("The request could not be read: ", why, ".");
+  }
+  SendError(res, e);
+}
+
+}  // namespace
+
+void HttpGateway::Routes() {
+  http::HttpServer& s = *http_;
+  s.OnLog([this](const http::Request& req, int status) {
+    core_->metrics().HttpRequest(RoutePath(req.path), status);
   });
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    spdlog::error("http handler failed: {}", what);
-    SendError(res, ApiError{500, "The server had an error while processing your request.", "", ""});
+  s.OnError(ErrorPage);
+  // The API key is checked as soon as the headers are in: an unauthenticated client's body is
+  // never read (probes and /metrics excepted: they carry no key).
+  s.OnHeaders([this](const http::Request& req, http::Response& res) {
+    if (req.path == "/health" || req.path == "/ready" || req.path == "/metrics") return true;
+    auto a = core_->tenants().Authenticate(req.header("authorization"));
+    if (a.ok()) return true;
+    core_->metrics().Rejected("unknown", 401);
+    SendError(res, FromStatus(a.status()));
+    return false;
   });
 
-  auto authenticate = [this](const httplib::Request& req, httplib::Response& res,
+  auto authenticate = [this](const http::Request& req, http::Response& res,
                              Tenants::Identity* id) {
-    auto a = core_->tenants().Authenticate(req.get_header_value("Authorization"));
+    auto a = core_->tenants().Authenticate(req.header("authorization"));
     if (!a.ok()) {
       core_->metrics().Rejected("unknown", 401);
       SendError(res, FromStatus(a.status()));
@@ -399,18 +410,18 @@ void HttpGateway::Routes() {
     return true;
   };
 
-  s.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+  s.Route("GET", "/health", [](const http::Request&, http::Response& res) {
     res.set_content("ok\n", "text/plain");
-  });
-  s.Get("/ready", [this](const httplib::Request&, httplib::Response& res) {
+  }, /*inline_handler=*/true);
+  s.Route("GET", "/ready", [this](const http::Request&, http::Response& res) {
     if (core_->draining()) {
       res.status = 503;
       res.set_content("draining\n", "text/plain");
     } else {
       res.set_content("ready\n", "text/plain");
     }
-  });
-  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+  }, /*inline_handler=*/true);
+  s.Route("GET", "/metrics", [this](const http::Request&, http::Response& res) {
     res.set_content(core_->RenderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
   });
 
@@ -426,8 +437,8 @@ void HttpGateway::Routes() {
                 {"chat_format", ChatFormatName(m.chat_format)},
                 {"max_model_len", m.context_length}};
   };
-  s.Get("/v1/models", [this, authenticate, model_json](const httplib::Request& req,
-                                                        httplib::Response& res) {
+  s.Route("GET", "/v1/models", [this, authenticate, model_json](const http::Request& req,
+                                                        http::Response& res) {
     Tenants::Identity id;
     if (!authenticate(req, res, &id)) return;
     json data = json::array();
@@ -436,11 +447,11 @@ void HttpGateway::Routes() {
     }
     res.set_content(Dump({{"object", "list"}, {"data", data}}), "application/json");
   });
-  s.Get(R"(/v1/models/([A-Za-z0-9._\-]+))", [this, authenticate, model_json](
-                                                 const httplib::Request& req, httplib::Response& res) {
+  s.Route("GET", "/v1/models/{}", [this, authenticate, model_json](
+                                                 const http::Request& req, http::Response& res) {
     Tenants::Identity id;
     if (!authenticate(req, res, &id)) return;
-    const std::string name = req.matches[1];
+    const std::string name = req.params[0];
     const ServedModel* m = core_->FindModel(name);
     if (m == nullptr || !id.tenant->Allows(name)) {
       SendError(res, ApiError{404, absl::StrCat("The model `", name, "` does not exist or you do not have access to it."), "", "model_not_found"});
@@ -449,7 +460,7 @@ void HttpGateway::Routes() {
     res.set_content(Dump(model_json(*m)), "application/json");
   });
 
-  auto generate = [this, authenticate](const httplib::Request& req, httplib::Response& res,
+  auto generate = [this, authenticate](const http::Request& req, http::Response& res,
                                        bool chat) {
     Tenants::Identity id;
     if (!authenticate(req, res, &id)) return;
@@ -533,10 +544,13 @@ void HttpGateway::Routes() {
         if (auto p = weak.lock()) p->waker.Notify();
       });
     }
+    // Output that came before the notifiers were set (a short generation may be finished by
+    // now) is looked at without waiting for a notification that will not come.
+    r->waker.Notify();
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         r->stream ? "text/event-stream" : "application/json",
-        [r](size_t, httplib::DataSink& sink) { return Provide(*r, sink); },
+        [r](http::DataSink& sink) { return Provide(*r, sink); },
         [r](bool success) {
           // A client gone before the end: its requests are aborted (pages freed).
           for (auto& g : r->gens) g->SetNotify(nullptr);
@@ -545,7 +559,7 @@ void HttpGateway::Routes() {
   };
   // vLLM's /tokenize and /detokenize (also under /v1/): the model's tokenizer, for clients that
   // count or inspect tokens, with generation's authentication and model access.
-  auto tokens = [this, authenticate](const httplib::Request& req, httplib::Response& res,
+  auto tokens = [this, authenticate](const http::Request& req, http::Response& res,
                                      bool detokenize) {
     Tenants::Identity id;
     if (!authenticate(req, res, &id)) return;
@@ -602,43 +616,29 @@ void HttpGateway::Routes() {
     }
   };
   for (const char* prefix : {"", "/v1"}) {
-    s.Post(absl::StrCat(prefix, "/tokenize"), [tokens](const httplib::Request& req, httplib::Response& res) {
+    s.Route("POST", absl::StrCat(prefix, "/tokenize"), [tokens](const http::Request& req, http::Response& res) {
       tokens(req, res, false);
     });
-    s.Post(absl::StrCat(prefix, "/detokenize"), [tokens](const httplib::Request& req, httplib::Response& res) {
+    s.Route("POST", absl::StrCat(prefix, "/detokenize"), [tokens](const http::Request& req, http::Response& res) {
       tokens(req, res, true);
     });
   }
-  s.Post("/v1/completions", [generate](const httplib::Request& req, httplib::Response& res) {
+  s.Route("POST", "/v1/completions", [generate](const http::Request& req, http::Response& res) {
     generate(req, res, false);
   });
-  s.Post("/v1/chat/completions", [generate](const httplib::Request& req, httplib::Response& res) {
+  s.Route("POST", "/v1/chat/completions", [generate](const http::Request& req, http::Response& res) {
     generate(req, res, true);
   });
 }
 
 absl::Status HttpGateway::Start(const std::string& host, int port) {
-  if (port == 0) {
-    port_ = http_->bind_to_any_port(host);
-    if (port_ <= 0) return absl::UnavailableError(absl::StrCat("HTTP: cannot bind ", host));
-  } else {
-    if (!http_->bind_to_port(host, port)) {
-      return absl::UnavailableError(absl::StrCat("HTTP: cannot bind ", host, ":", port));
-    }
-    port_ = port;
-  }
-  // cpp-httplib listens with a backlog of 5; a thousand clients connecting at once need more.
-  if (listen_fd_ >= 0) ::listen(listen_fd_, 4096);
-  thread_ = std::thread([this] { http_->listen_after_bind(); });
-  for (int i = 0; i < 500 && !http_->is_running(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  RETURN_IF_ERROR(http_->Start(host, port));
+  port_ = http_->port();
   return absl::OkStatus();
 }
 
 void HttpGateway::Stop() {
-  if (http_) http_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (http_) http_->Stop();
 }
 
 }  // namespace blockserve::server

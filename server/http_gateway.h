@@ -1,4 +1,4 @@
-// The OpenAI-compatible HTTP gateway (cpp-httplib): /v1/models, /v1/completions,
+// The OpenAI-compatible HTTP gateway (on server/http_server.h): /v1/models, /v1/completions,
 // /v1/chat/completions (JSON or server-sent events), /tokenize, /detokenize, /metrics, /health,
 // /ready. OpenAI-style error objects with the HTTP codes OpenAI uses (request parsing and errors:
 // server/openai_request.h); a client that disconnects aborts its request.
@@ -6,13 +6,12 @@
 
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "server/serving.h"
 
-namespace httplib {
-class Server;
+namespace blockserve::server::http {
+class HttpServer;
 }
 
 namespace blockserve::server {
@@ -32,10 +31,8 @@ class HttpGateway {
   void Routes();
 
   ServingCore* core_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread thread_;
+  std::unique_ptr<http::HttpServer> http_;
   int port_ = 0;
-  int listen_fd_ = -1;
 };
 
 }  // namespace blockserve::server

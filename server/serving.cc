@@ -61,6 +61,7 @@ void Delta::Append(Delta&& d) {
   if (d.done()) {
     finish_reason = std::move(d.finish_reason);
     error = std::move(d.error);
+    unavailable = d.unavailable;
     prompt_tokens = d.prompt_tokens;
     completion_tokens = d.completion_tokens;
   }
@@ -81,6 +82,11 @@ void Generation::SetNotify(std::function<void()> notify) {
 
 void Generation::Cancel() {
   if (cancel_) cancel_();
+}
+
+void Generation::Shutdown() {
+  shutdown_ = true;
+  Cancel();
 }
 
 // ---- ServingCore ----
@@ -457,7 +463,16 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
         case Finish::kStop: d.finish_reason = score_only ? "length" : "stop"; break;
         case Finish::kLength:
         case Finish::kContextFull: d.finish_reason = "length"; break;
-        case Finish::kAbort: d.finish_reason = "abort"; break;
+        case Finish::kAbort:
+          if (!gen->shutdown_) {
+            d.finish_reason = "abort";
+            break;
+          }
+          d.finish_reason = "error";
+          d.unavailable = true;
+          d.error = absl::StrCat("the server is shutting down: this request was stopped at the "
+                                 "drain deadline after ", st->completion, " tokens; retry it");
+          break;
         default:
           d.finish_reason = "error";
           d.error = e.error.empty() ? "the engine failed while running this request" : e.error;
@@ -547,7 +562,7 @@ int ServingCore::Drain(std::chrono::duration<double> deadline) {
       if (auto g = w.lock()) rest.push_back(g);
     }
     lock.unlock();
-    for (auto& g : rest) g->Cancel();
+    for (auto& g : rest) g->Shutdown();
     aborted = static_cast<int>(rest.size());
     rest.clear();
     lock.lock();

@@ -94,6 +94,7 @@ struct Delta {
   std::string text;
   std::string finish_reason;  // "stop", "length", "abort", "error"
   std::string error;          // with "error"
+  bool unavailable = false;   // with "error": the server stopped it (shutting down); retry elsewhere
   int prompt_tokens = 0, completion_tokens = 0;
   bool done() const { return !finish_reason.empty(); }
   // Appends the next delta `d` of the same generation (its ending, when it has one).
@@ -109,6 +110,9 @@ class Generation {
   void SetNotify(std::function<void()> notify);
   // Aborts the request (a client went away); its last delta follows with "abort".
   void Cancel();
+  // Aborts the request because the server is shutting down (the drain deadline passed): its
+  // last delta is an error (`unavailable`) the client sees, never a normal end.
+  void Shutdown();
   int prompt_tokens() const { return static_cast<int>(prompt_ids_.size()); }
   const std::vector<int32_t>& prompt_ids() const { return prompt_ids_; }
   const std::string& model() const { return model_; }
@@ -118,6 +122,7 @@ class Generation {
   void Push(Delta d);
 
   std::function<void()> cancel_;
+  std::atomic<bool> shutdown_{false};
   std::string model_;
   std::vector<int32_t> prompt_ids_;
   std::mutex mu_;

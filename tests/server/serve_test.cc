@@ -123,6 +123,49 @@ TEST(Serve, SigtermLetsTheStreamFinishRefusesNewRequestsAndExitsZero) {
   EXPECT_NE(log.find("OPEN"), std::string::npos) << "an open server says so at start-up";
 }
 
+// Past the drain deadline a stream is cut — and says so: its last event is an error the client
+// sees (503, server_shutting_down), never a finish_reason of "stop" that reads as success.
+TEST(Serve, AStreamCutAtTheDrainDeadlineEndsWithAnError) {
+  BS_REQUIRE_MODELS(models);
+  testing::TempDir tmp;
+  const std::string zoo = ImportZoo(models, tmp.path());
+  const std::string config = tmp.path() + "/config.json";
+  std::ofstream(config) << R"({"gateway": {"drain_seconds": 0}})";
+  ServeProcess p({"--zoo", zoo, "--http_port", "0", "--grpc_port", "0", "--threads", "2",
+                  "--config", config},
+                 tmp.path() + "/serve.log");
+  const int port = p.HttpPort();
+  ASSERT_GT(port, 0) << testing::ReadFile(tmp.path() + "/serve.log");
+  const int fd = testing::Connect(port);
+  ASSERT_GE(fd, 0);
+  const nlohmann::json req = {{"model", "stories260K"}, {"prompt", "Once upon a time"},
+                              {"max_tokens", 480}, {"stream", true}, {"ignore_eos", true}};
+  ASSERT_TRUE(testing::SendAll(fd, testing::Request("POST", "/v1/completions", req.dump())));
+  char first[64];
+  ASSERT_GT(recv(fd, first, sizeof(first), MSG_PEEK), 0);
+  p.Signal(SIGTERM);
+  const HttpReply stream = testing::ParseReply(testing::ReadAll(fd));
+  close(fd);
+  const auto events = testing::SseData(stream.body);
+  ASSERT_GE(events.size(), 2u) << stream.body;
+  // With ignore_eos a stream that ran to its end finishes with "length" after 480 tokens; one
+  // cut by the deadline must end with the error event instead.
+  for (const std::string& e : events) {
+    const auto j = nlohmann::json::parse(e, nullptr, false);
+    if (j.is_object() && j.contains("choices") && !j["choices"].empty()) {
+      EXPECT_NE(j["choices"][0]["finish_reason"], "stop") << "a cut stream read as a normal end";
+    }
+  }
+  const auto last = nlohmann::json::parse(events[events.size() - 2], nullptr, false);
+  if (last.contains("error")) {
+    EXPECT_EQ(last["error"]["code"], "server_shutting_down");
+    EXPECT_NE(last["error"]["message"].get<std::string>().find("drain deadline"), std::string::npos);
+  } else {  // finished before the signal landed (a fast machine): then it must be whole
+    EXPECT_EQ(last["choices"][0]["finish_reason"], "length") << events[events.size() - 2];
+  }
+  EXPECT_EQ(p.Wait(), 0);
+}
+
 TEST(Serve, BadConfigurationIsAClearError) {
   BS_REQUIRE_MODELS(models);
   testing::TempDir tmp;

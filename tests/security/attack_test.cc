@@ -1,0 +1,271 @@
+// The attacks that once worked (issue 16), each run against a real server on loopback (the
+// serving fixture: HTTP gateway and gRPC on a real zoo with the real model), and a
+// well-behaved tenant's throughput while they run. Each case failed before its fix.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "tests/server/serving_test_fixture.h"
+
+namespace blockserve::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using testing::Connect;
+using testing::ParseReply;
+using testing::ReadAll;
+using testing::SendAll;
+
+// This process's resident memory (the server runs in it), bytes.
+uint64_t Rss() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// Reads one reply's head and as much body as has come within `ms` (the connection may stay
+// open).
+HttpReply ReadSome(int fd, int ms) {
+  std::string raw;
+  char buf[65536];
+  const auto end = Clock::now() + std::chrono::milliseconds(ms);
+  while (Clock::now() < end) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 20) <= 0) {
+      if (raw.find("\r\n\r\n") != std::string::npos) break;
+      continue;
+    }
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    raw.append(buf, n);
+    const size_t head = raw.find("\r\n\r\n");
+    const HttpReply r = ParseReply(raw);
+    if (head != std::string::npos && r.headers.count("content-length") &&
+        raw.size() - head - 4 >= std::stoul(r.headers.at("content-length"))) {
+      break;  // one whole reply
+    }
+  }
+  return ParseReply(raw);
+}
+
+class AttackTest : public ServingTest {
+ protected:
+  // `n` sequential short completions of the well-behaved tenant; seconds they took.
+  static double WellBehaved(int n) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      const HttpReply r = Post("/v1/completions", {{"model", "stories260K"},
+                                                   {"prompt", "Once upon a time"},
+                                                   {"max_tokens", 16}});
+      EXPECT_EQ(r.status, 200) << r.body;
+    }
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+};
+
+// A chunked body without a key is answered 401 as soon as the headers are in, and not read: the
+// client has sent 1 MiB of an announced endless body when the answer comes, and the server's
+// memory has not grown by it. With a key, a chunked body past max_body_bytes is a 413 at the
+// limit; a compressed body is a 415 (never inflated).
+TEST_F(AttackTest, BodiesAreBoundedAndUnauthenticatedOnesNeverRead) {
+  const uint64_t rss0 = Rss();
+  const std::string chunk = absl::StrCat(absl::Hex(64 << 10), "\r\n", std::string(64 << 10, 'x'), "\r\n");
+  for (const char* key : {"", kAcme}) {
+    const int fd = Connect(port());
+    ASSERT_GE(fd, 0);
+    std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n";
+    if (*key) absl::StrAppend(&head, "Authorization: Bearer ", key, "\r\n");
+    ASSERT_TRUE(SendAll(fd, head + "\r\n"));
+    int sent = 0;
+    for (; sent < 256; ++sent) {  // up to 16 MiB; the server stops it long before
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 0) > 0) break;  // an answer (or a close) has come
+      if (!SendAll(fd, chunk)) break;
+    }
+    const HttpReply r = ReadSome(fd, 2000);
+    EXPECT_EQ(r.status, *key ? 413 : 401) << "key '" << key << "'";
+    // The server stops reading and closes: sends fail long before the 16 MiB (what was sent
+    // is what the kernels' socket buffers took).
+    EXPECT_LT(sent, 256) << "the server kept reading";
+    close(fd);
+  }
+  const int fd = Connect(port());
+  SendAll(fd, testing::Request("POST", "/v1/completions", std::string(100, '\x1f'), kAcme,
+                               "Content-Encoding: gzip\r\n"));
+  EXPECT_EQ(ParseReply(ReadAll(fd, 2000)).status, 415);
+  close(fd);
+  EXPECT_LT(Rss(), rss0 + (32 << 20));
+}
+
+// Two thousand connections that send a header byte now and then hold no worker: /health and a
+// completion are answered while they are open, and each slow request ends with a 408 at its
+// deadline (1 s here), not after each byte.
+TEST_F(AttackTest, SlowClientsHoldNoWorkerAndTimeOutWhole) {
+  rlimit l{};
+  getrlimit(RLIMIT_NOFILE, &l);
+  const int n = static_cast<int>(std::min<rlim_t>(2000, l.rlim_cur / 2 - 64));
+  ASSERT_GE(n, 200) << "open-file limit " << l.rlim_cur;
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    const int fd = Connect(port());
+    ASSERT_GE(fd, 0);
+    SendAll(fd, "POST /v1/completions HTTP/1.1\r\nHo");
+    fds.push_back(fd);
+  }
+  const auto t0 = Clock::now();
+  EXPECT_EQ(Http(port(), "GET", "/health").status, 200);
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 4}}).status, 200);
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(900)) << "answered only after the slow clients' deadline";
+  // One byte every 300 ms: the deadline is for the whole request.
+  for (int step = 0; step < 3; ++step) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    for (int i = 0; i < 10; ++i) SendAll(fds[i], "s");
+  }
+  int timed_out = 0;
+  for (int fd : fds) {
+    timed_out += ParseReply(ReadAll(fd, 3000)).status == 408;
+    close(fd);
+  }
+  EXPECT_EQ(timed_out, n);
+}
+
+// The well-behaved tenant keeps at least half its throughput while a thousand slow clients
+// hold connections open and unauthenticated clients send 100 bodies a second (attackers in this
+// process, on the same cores).
+TEST_F(AttackTest, AWellBehavedTenantKeepsItsThroughputUnderAttack) {
+  const double alone = WellBehaved(20);
+  std::atomic<bool> stop{false};
+  std::thread slow([&] {
+    std::vector<int> fds;
+    while (!stop) {
+      if (fds.size() < 1000) {
+        const int fd = Connect(port());
+        if (fd >= 0) {
+          SendAll(fd, "GET /v1/models HTTP/1.1\r\n");
+          fds.push_back(fd);
+        }
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    for (int fd : fds) close(fd);
+  });
+  std::thread flood([&] {  // 100 unauthenticated 60 kB bodies a second
+    const std::string body(60000, 'x');
+    while (!stop) {
+      const auto next = Clock::now() + std::chrono::milliseconds(10);
+      const int fd = Connect(port());
+      if (fd < 0) continue;
+      SendAll(fd, testing::Request("POST", "/v1/chat/completions", body, "sk-nope-00000000"));
+      ReadAll(fd, 1000);
+      close(fd);
+      std::this_thread::sleep_until(next);
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double attacked = WellBehaved(20);
+  stop = true;
+  slow.join();
+  flood.join();
+  std::printf("20 completions: %.3f s alone, %.3f s under attack (%.0f%% throughput)\n", alone,
+              attacked, 100 * alone / attacked);
+  EXPECT_LT(attacked, 2 * alone + 0.1);  // at least half the throughput (and 100 ms of noise)
+}
+
+// Limits before work: a prompt longer than the context by its bytes alone is refused without
+// being encoded, and a tenant with an empty request bucket gets a 429 for it, not a 400.
+TEST_F(AttackTest, LimitsComeBeforeTokenizing) {
+  const std::string huge(60000, 'a');  // one 60,000-letter word: the worst case for BPE
+  const HttpReply r = Post("/v1/completions", {{"model", "stories260K"}, {"prompt", huge}, {"max_tokens", 4}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(Body(r)["error"]["code"], "context_length_exceeded") << r.body;
+  // Tenant "tiny": 0.2 requests/s; the first takes the bucket's only token.
+  const json ok = {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 2}};
+  HttpReply first = Post("/v1/completions", ok, kTiny);
+  if (first.status == 429) {  // another test used the bucket: wait for it to refill
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    first = Post("/v1/completions", ok, kTiny);
+  }
+  EXPECT_EQ(first.status, 200);
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", huge}}, kTiny).status, 429);
+}
+
+// A tenant cannot tell another tenant's model from a missing one: same status, same body but
+// for the name.
+TEST_F(AttackTest, OtherTenantsModelsLookMissing) {
+  const HttpReply theirs = Post("/v1/completions", {{"model", "ft1"}, {"prompt", "x"}}, kBeta);
+  const HttpReply missing = Post("/v1/completions", {{"model", "zz9"}, {"prompt", "x"}}, kBeta);
+  EXPECT_EQ(theirs.status, 404);
+  EXPECT_EQ(missing.status, 404);
+  std::string a = theirs.body, b = missing.body;
+  a.replace(a.find("ft1"), 3, "zz9");
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(Http(port(), "GET", "/v1/models/ft1", "", kBeta).body,
+            [&] { std::string s = Http(port(), "GET", "/v1/models/zz9", "", kBeta).body;
+                  s.replace(s.find("zz9"), 3, "ft1"); return s; }());
+}
+
+// JSON that a parser could choke on is a 400 with an OpenAI error, never a 500 or a crash.
+TEST_F(AttackTest, HostileJsonIsA400) {
+  for (const std::string& body :
+       {std::string(R"({"model":"stories260K","prompt":"x","temperature":1e400})"),
+        std::string(R"({"model":"stories260K","prompt":"x","max_tokens":-1e400})"),
+        std::string(R"({"model":"stories260K","prompt":"x","metadata":)") + std::string(10000, '[') +
+            std::string(10000, ']') + "}"}) {
+    const HttpReply r = Http(port(), "POST", "/v1/completions", body, kAcme);
+    EXPECT_EQ(r.status, 400) << body.substr(0, 80) << ": " << r.body;
+    EXPECT_EQ(Body(r)["error"]["code"], "invalid_json") << r.body;
+  }
+}
+
+// HTTP framing: many requests on one kept-alive connection, pipelined requests answered in
+// order, request smuggling shapes refused, Expect: 100-continue honoured.
+TEST_F(AttackTest, HttpFramingIsStrict) {
+  const int fd = Connect(port());
+  ASSERT_GE(fd, 0);
+  const std::string get = absl::StrCat("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ", kAcme, "\r\n\r\n");
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(SendAll(fd, get));
+    const HttpReply r = ReadSome(fd, 2000);
+    ASSERT_EQ(r.status, 200) << "request " << i << " on one connection";
+    ASSERT_EQ(r.headers.at("connection"), "keep-alive");
+  }
+  ASSERT_TRUE(SendAll(fd, get + get + "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"));
+  const std::string raw = ReadAll(fd, 2000);
+  EXPECT_EQ(std::count(raw.begin(), raw.end(), 'H') >= 3, true);
+  EXPECT_NE(raw.rfind("ok\n"), std::string::npos);
+  EXPECT_EQ(raw.find("HTTP/1.1 200", raw.find("HTTP/1.1 200", raw.find("HTTP/1.1 200") + 1) + 1) != std::string::npos, true);
+  close(fd);
+  auto raw_status = [&](const std::string& request) {
+    const int c = Connect(port());
+    SendAll(c, request);
+    const int s = ParseReply(ReadAll(c, 2000)).status;
+    close(c);
+    return s;
+  };
+  const std::string auth = absl::StrCat("Authorization: Bearer ", kAcme, "\r\n");
+  EXPECT_EQ(raw_status("POST /v1/completions HTTP/1.1\r\n" + auth +
+                       "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400);
+  EXPECT_EQ(raw_status("POST /v1/completions HTTP/1.1\r\n" + auth + "Transfer-Encoding: gzip\r\n\r\n"), 501);
+  EXPECT_EQ(raw_status("POST /v1/completions HTTP/1.1\r\n" + auth +
+                       "Content-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"), 400);
+  EXPECT_EQ(raw_status("GET /health HTTP/2.0\r\n\r\n"), 505);
+  EXPECT_EQ(raw_status("GET /health HTTP/1.1\r\nX: " + std::string(40000, 'a') + "\r\n\r\n"), 431);
+  // Expect: 100-continue: the interim answer comes before the body is sent.
+  const int e = Connect(port());
+  const std::string body = R"({"model":"stories260K","prompt":"Tom","max_tokens":2})";
+  SendAll(e, absl::StrCat("POST /v1/completions HTTP/1.1\r\n", auth, "Connection: close\r\n",
+                          "Expect: 100-continue\r\nContent-Length: ", body.size(), "\r\n\r\n"));
+  EXPECT_EQ(ReadSome(e, 1000).status, 100);
+  SendAll(e, body);
+  const std::string rest = ReadAll(e, 5000);
+  EXPECT_NE(rest.find("HTTP/1.1 200"), std::string::npos) << rest;
+  close(e);
+}
+
+}  // namespace
+}  // namespace blockserve::server

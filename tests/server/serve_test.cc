@@ -81,6 +81,21 @@ std::string ImportZoo(const std::string& models, const std::string& dir) {
   return zoo;
 }
 
+// A 480-token stream started on `port`, its first bytes in; the socket (-1 on failure).
+int StartStream(int port, bool ignore_eos) {
+  const int fd = testing::Connect(port);
+  if (fd < 0) return -1;
+  const nlohmann::json req = {{"model", "stories260K"}, {"prompt", "Once upon a time"},
+                              {"max_tokens", 480}, {"stream", true}, {"ignore_eos", ignore_eos}};
+  char first[64];
+  if (!testing::SendAll(fd, testing::Request("POST", "/v1/completions", req.dump())) ||
+      recv(fd, first, sizeof(first), MSG_PEEK) <= 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 TEST(Serve, SigtermLetsTheStreamFinishRefusesNewRequestsAndExitsZero) {
   BS_REQUIRE_MODELS(models);
   testing::TempDir tmp;
@@ -90,13 +105,8 @@ TEST(Serve, SigtermLetsTheStreamFinishRefusesNewRequestsAndExitsZero) {
   const int port = p.HttpPort();
   ASSERT_GT(port, 0) << testing::ReadFile(tmp.path() + "/serve.log");
   // A long stream starts; SIGTERM arrives mid-way.
-  const int fd = testing::Connect(port);
+  const int fd = StartStream(port, false);
   ASSERT_GE(fd, 0);
-  const nlohmann::json req = {{"model", "stories260K"}, {"prompt", "Once upon a time"},
-                              {"max_tokens", 480}, {"stream", true}};
-  ASSERT_TRUE(testing::SendAll(fd, testing::Request("POST", "/v1/completions", req.dump())));
-  char first[64];
-  ASSERT_GT(recv(fd, first, sizeof(first), MSG_PEEK), 0);
   p.Signal(SIGTERM);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   // New work is refused while draining (or the connection is refused once stopped).
@@ -136,13 +146,8 @@ TEST(Serve, AStreamCutAtTheDrainDeadlineEndsWithAnError) {
                  tmp.path() + "/serve.log");
   const int port = p.HttpPort();
   ASSERT_GT(port, 0) << testing::ReadFile(tmp.path() + "/serve.log");
-  const int fd = testing::Connect(port);
+  const int fd = StartStream(port, /*ignore_eos=*/true);
   ASSERT_GE(fd, 0);
-  const nlohmann::json req = {{"model", "stories260K"}, {"prompt", "Once upon a time"},
-                              {"max_tokens", 480}, {"stream", true}, {"ignore_eos", true}};
-  ASSERT_TRUE(testing::SendAll(fd, testing::Request("POST", "/v1/completions", req.dump())));
-  char first[64];
-  ASSERT_GT(recv(fd, first, sizeof(first), MSG_PEEK), 0);
   p.Signal(SIGTERM);
   const HttpReply stream = testing::ParseReply(testing::ReadAll(fd));
   close(fd);

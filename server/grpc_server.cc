@@ -418,6 +418,11 @@ class GrpcServer::AdminService : public v1::Admin::CallbackService {
     resp->set_adapters_resident(st.adapters_resident);
     resp->set_waiting(st.waiting);
     resp->set_running(st.running);
+    for (const auto& [name, reason] : core_->unavailable()) {
+      v1::UnavailableModel* u = resp->add_unavailable();
+      u->set_name(name);
+      u->set_reason(reason);
+    }
     return Done(ctx, grpc::Status::OK);
   }
 

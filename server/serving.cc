@@ -115,48 +115,24 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   for (const TenantConfig& t : core->tenants_.all()) policies[PolicyKey(t.policy)] = t.policy;
   std::vector<scheduler::ModelRef> refs;
   for (const std::string& n : names) {
-    ServedModel sm;
-    sm.name = n;
-    ASSIGN_OR_RETURN(blockzoo::Manifest m, core->zoo_->GetManifest(n));
-    sm.parent = m.parent;
-    sm.context_length = m.family.max_seq_len;
-    sm.vocab_size = m.family.vocab_size;
-    for (const auto& e : m.chain) sm.adapter |= !e.lora.empty();
-    if (!m.tokenizer.empty()) {
-      ASSIGN_OR_RETURN(auto tok, core->zoo_->LoadTokenizer(m));
-      sm.tokenizer = std::move(tok);
-      for (int32_t id : {sm.tokenizer->eos_id(), sm.tokenizer->bos_id()}) {
-        if (id >= 0) sm.stop_tokens.push_back(id);
-      }
-      std::string chat_template = m.chat_template;
-      if (chat_template.empty() && m.tokenizer_format == "gguf") {
-        // A GGUF tokenizer given at import (--tokenizer) keeps its template.
-        const std::string path = core->zoo_->TokenizerPath(m.tokenizer, m.tokenizer_format);
-        ASSIGN_OR_RETURN(std::string bytes, blockzoo::ReadWholeFile(path, size_t{1} << 30));
-        ASSIGN_OR_RETURN(blockzoo::GgufFile g,
-                         blockzoo::ParseGguf(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                             bytes.size(), path));
-        chat_template = g.GetString("tokenizer.chat_template").value_or("");
-      }
-      if (!chat_template.empty()) {
-        sm.chat_format = DetectChatFormat(chat_template);
-        if (sm.chat_format == ChatFormat::kPlain) {
-          spdlog::warn("{}: chat template not recognised; chat uses the plain template", n);
-        }
-      }
-      const std::vector<std::string> markers = ChatMarkers(sm.chat_format);
-      for (int32_t id = 0; id < sm.tokenizer->vocab_size() && !markers.empty(); ++id) {
-        const std::string piece = sm.tokenizer->Decode(-1, id);
-        for (const std::string& mk : markers) {
-          if (piece == mk && !sm.marker_ids.count(mk)) sm.marker_ids[mk] = id;
-        }
-      }
+    auto described = DescribeModel(*core->zoo_, n, policies);
+    if (!described.ok()) {
+      // One damaged model is down alone: the log and the admin API say which and why.
+      spdlog::error("model {} is unavailable: {}", n, std::string(described.status().message()));
+      core->unavailable_[n] = std::string(described.status().message());
+      continue;
     }
+    ServedModel sm = std::move(*described);
     for (const auto& [key, policy] : policies) {
       sm.engine_model[key] = static_cast<int>(refs.size());
       refs.push_back({n, policy, key == "exact" ? n : absl::StrCat(n, "@", key)});
     }
     core->models_.push_back(std::move(sm));
+  }
+  if (core->models_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        zoo_dir, ": no model can be served (", core->unavailable_.begin()->first, ": ",
+        core->unavailable_.begin()->second, ")"));
   }
   runtime::BlockOptions bo;
   bo.kv_page_size = c.kv_page_size;

@@ -26,23 +26,10 @@
 #include "server/chat_template.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/served_model.h"
 #include "server/text_stream.h"
 
 namespace blockserve::server {
-
-struct ServedModel {
-  std::string name;
-  std::string parent;       // base it derives from ("" for none)
-  bool adapter = false;     // a LoRA model on its parent's blocks
-  int context_length = 0;
-  int vocab_size = 0;
-  std::shared_ptr<const runtime::Tokenizer> tokenizer;
-  std::vector<int32_t> stop_tokens;  // EOS (and BOS, as llama2.c) end a completion
-  std::map<std::string, int> engine_model;  // policy key -> engine model index
-  std::vector<std::string> blocks;          // instance names of its exact chain
-  ChatFormat chat_format = ChatFormat::kPlain;  // from its tokenizer's chat template
-  std::map<std::string, int32_t> marker_ids;    // chat markers that are single tokens
-};
 
 struct GenerateParams {
   std::string model;
@@ -145,6 +132,9 @@ class ServingCore {
                                                        GenerateParams params);
 
   const std::vector<ServedModel>& models() const { return models_; }
+  // Models of the zoo that could not be read at start (damaged manifest, tokenizer, chain):
+  // name -> the file and reason. They answer as missing; the others serve.
+  const std::map<std::string, std::string>& unavailable() const { return unavailable_; }
   const ServedModel* FindModel(const std::string& name) const;
   // The model `name` if `tenant` may use it; NOT_FOUND otherwise (either way).
   absl::StatusOr<const ServedModel*> ModelFor(const TenantConfig& tenant,
@@ -195,6 +185,7 @@ class ServingCore {
   ServerConfig config_;
   std::unique_ptr<blockzoo::Zoo> zoo_;
   std::vector<ServedModel> models_;
+  std::map<std::string, std::string> unavailable_;
   std::unique_ptr<scheduler::Engine> engine_;
   Tenants tenants_;
   Metrics metrics_;

@@ -267,5 +267,54 @@ TEST_F(AttackTest, HttpFramingIsStrict) {
   close(e);
 }
 
+// One damaged manifest takes down that model alone: the server starts, serves the others,
+// answers for the damaged one as for a missing model, and names the file and the reason in the
+// admin API (and the log).
+TEST_F(AttackTest, ADamagedManifestTakesDownOnlyItsModel) {
+  testing::TempDir tmp;
+  std::string manifest;
+  {
+    auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
+    ASSERT_THAT(zoo, IsOk());
+    blockzoo::ImportOptions io;
+    io.name = "stories260K";
+    ASSERT_THAT(blockzoo::ImportModel(**zoo, *testing::ModelsDir() + "/stories260K/stories260K.bin", io),
+                IsOk());
+    blockzoo::DeriveOptions d;
+    d.base = "stories260K";
+    d.name = "ft";
+    d.top_layers = 1;
+    d.rel_norm = 0.1;
+    ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
+    manifest = (*zoo)->ManifestPath("ft");
+  }
+  std::ofstream(manifest, std::ios::trunc) << "{\"name\": \"ft\", \"chain\": [";
+  auto config = ParseServerConfig(R"({"engine": {"threads": 2}, "admin_keys": ["sk-admin-0123456789"],
+      "tenants": [{"name": "acme", "api_keys": ["sk-acme-0123456789"]}]})", "manifest-config");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp.path(), *config);
+  ASSERT_THAT(core, IsOk());
+  ASSERT_EQ((*core)->unavailable().count("ft"), 1u);
+  EXPECT_NE((*core)->unavailable().at("ft").find("ft.json"), std::string::npos)
+      << (*core)->unavailable().at("ft");
+  auto ok = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K", "Once upon a time", 8);
+  ASSERT_THAT(ok, IsOk());
+  EXPECT_EQ(ok->finish_reason, "length");
+  auto gone = GenerateAll(**core, (*core)->tenants().all()[0], "ft", "Once upon a time", 8);
+  EXPECT_THAT(gone.status(), testing::StatusIs(absl::StatusCode::kNotFound, "does not exist"));
+  GrpcServer grpc(core->get());
+  ASSERT_THAT(grpc.Start("127.0.0.1:0"), IsOk());
+  auto admin = v1::Admin::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc.port()),
+                                                      grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  Auth(&ctx, kAdmin);
+  v1::ResidencyResponse r;
+  ASSERT_TRUE(admin->Residency(&ctx, v1::ResidencyRequest(), &r).ok());
+  ASSERT_EQ(r.unavailable_size(), 1);
+  EXPECT_EQ(r.unavailable(0).name(), "ft");
+  EXPECT_NE(r.unavailable(0).reason().find("ft.json"), std::string::npos) << r.unavailable(0).reason();
+  (*core)->Drain(std::chrono::seconds(1));
+}
+
 }  // namespace
 }  // namespace blockserve::server

@@ -272,22 +272,8 @@ TEST_F(AttackTest, HttpFramingIsStrict) {
 // admin API (and the log).
 TEST_F(AttackTest, ADamagedManifestTakesDownOnlyItsModel) {
   testing::TempDir tmp;
-  std::string manifest;
-  {
-    auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
-    ASSERT_THAT(zoo, IsOk());
-    blockzoo::ImportOptions io;
-    io.name = "stories260K";
-    ASSERT_THAT(blockzoo::ImportModel(**zoo, *testing::ModelsDir() + "/stories260K/stories260K.bin", io),
-                IsOk());
-    blockzoo::DeriveOptions d;
-    d.base = "stories260K";
-    d.name = "ft";
-    d.top_layers = 1;
-    d.rel_norm = 0.1;
-    ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
-    manifest = (*zoo)->ManifestPath("ft");
-  }
+  ZooWithFineTune(tmp.path());
+  const std::string manifest = (*blockzoo::Zoo::Open(tmp.path(), false))->ManifestPath("ft");
   std::ofstream(manifest, std::ios::trunc) << "{\"name\": \"ft\", \"chain\": [";
   auto config = ParseServerConfig(R"({"engine": {"threads": 2}, "admin_keys": ["sk-admin-0123456789"],
       "tenants": [{"name": "acme", "api_keys": ["sk-acme-0123456789"]}]})", "manifest-config");

@@ -414,21 +414,7 @@ TEST_F(ServingTest, ProfileMaxBatchConfigMeasuresLoadedBlocks) {
 // answers with an OpenAI-style error naming the model, the base model keeps answering.
 TEST_F(ServingTest, AModelWithADamagedBlockFailsAloneWithAClearError) {
   testing::TempDir tmp;
-  std::string damaged_id;
-  {
-    auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
-    ASSERT_THAT(zoo, IsOk());
-    blockzoo::ImportOptions io;
-    io.name = "stories260K";
-    const std::string bin = *testing::ModelsDir() + "/stories260K/stories260K.bin";
-    ASSERT_THAT(blockzoo::ImportModel(**zoo, bin, io), IsOk());
-    blockzoo::DeriveOptions d;
-    d.base = "stories260K";
-    d.name = "ft";
-    d.top_layers = 1;
-    d.rel_norm = 0.1;
-    ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
-  }
+  ZooWithFineTune(tmp.path());
   auto config = ParseServerConfig(R"({"engine": {"threads": 2},
       "tenants": [{"name": "acme", "api_keys": ["sk-acme-0123456789"]}]})", "damage-config");
   ASSERT_THAT(config, IsOk());

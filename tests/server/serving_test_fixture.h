@@ -160,6 +160,21 @@ class ServingTest : public ::testing::Test {
   static void Auth(grpc::ClientContext* ctx, const std::string& key) {
     ctx->AddMetadata("authorization", "Bearer " + key);
   }
+  // A zoo in `dir` holding the real stories260K and "ft", a fine-tune with its top layer its own.
+  static void ZooWithFineTune(const std::string& dir) {
+    auto zoo = blockzoo::Zoo::Open(dir, true);
+    ASSERT_THAT(zoo, IsOk());
+    blockzoo::ImportOptions io;
+    io.name = "stories260K";
+    const std::string bin = *testing::ModelsDir() + "/stories260K/stories260K.bin";
+    ASSERT_THAT(blockzoo::ImportModel(**zoo, bin, io), IsOk());
+    blockzoo::DeriveOptions d;
+    d.base = "stories260K";
+    d.name = "ft";
+    d.top_layers = 1;
+    d.rel_norm = 0.1;
+    ASSERT_THAT(blockzoo::DeriveModel(**zoo, d), IsOk());
+  }
   // Waits until no request is in flight (the engine has released everything).
   static void WaitIdle() {
     for (int i = 0; i < 500 && core_->in_flight() > 0; ++i) {

@@ -180,7 +180,15 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& text, const st
     Fields gf(g, source, "gateway.");
     RETURN_IF_ERROR(gf.Known({"max_body_bytes", "http_threads", "default_max_tokens",
                               "drain_seconds", "read_timeout_s", "idle_timeout_s",
-                              "max_connections"}));
+                              "max_connections", "metrics_port", "metrics_keys",
+                              "grpc_reflection"}));
+    RETURN_IF_ERROR(gf.Number("metrics_port", &c.metrics_port, 0, 65535));
+    RETURN_IF_ERROR(gf.Strings("metrics_keys", &c.metrics_keys));
+    if (g.contains("grpc_reflection")) {
+      bool on = false;
+      RETURN_IF_ERROR(gf.Bool("grpc_reflection", &on));
+      c.grpc_reflection = on;
+    }
     RETURN_IF_ERROR(gf.Number("read_timeout_s", &c.read_timeout_s, 1, 3600));
     RETURN_IF_ERROR(gf.Number("idle_timeout_s", &c.idle_timeout_s, 1, 3600));
     RETURN_IF_ERROR(gf.Number("max_connections", &c.max_connections, 16, 1 << 20));
@@ -285,7 +293,8 @@ Tenants::Tenants(const ServerConfig& config) : open_(config.open()), tenants_(co
       s.tokens.emplace(r / 60.0, r);
     }
   }
-  for (const std::string& k : config.admin_keys) AddKey(k, -1);
+  for (const std::string& k : config.metrics_keys) AddKey(k, kMetricsKey);
+  for (const std::string& k : config.admin_keys) AddKey(k, kAdminKey);
 }
 
 void Tenants::AddKey(const std::string& key, int tenant) {
@@ -306,7 +315,7 @@ std::optional<int> Tenants::FindKey(const std::string& key) const {
 }
 
 absl::StatusOr<Tenants::Identity> Tenants::Authenticate(std::string_view authorization) const {
-  if (open_) return Identity{&tenants_[0], true};
+  if (open_) return Identity{&tenants_[0], true, true};
   std::string_view v = Strip(authorization);
   if (v.empty()) {
     return absl::UnauthenticatedError(
@@ -322,9 +331,10 @@ absl::StatusOr<Tenants::Identity> Tenants::Authenticate(std::string_view authori
     return absl::UnauthenticatedError(
         absl::StrCat("Incorrect API key provided: ", RedactKey(key), "."));
   }
-  if (*found < 0) return Identity{nullptr, true};
+  if (*found == kAdminKey) return Identity{nullptr, true, true};
+  if (*found == kMetricsKey) return Identity{nullptr, false, true};
   const TenantConfig* t = &tenants_[*found];
-  return Identity{t, t->admin};
+  return Identity{t, t->admin, t->admin};
 }
 
 absl::Status Tenants::Admit(const TenantConfig& t, double tokens, double* retry_after) {

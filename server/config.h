@@ -63,8 +63,16 @@ struct ServerConfig {
   // Tenants; none configured: the server is open (one "default" tenant, all models).
   std::vector<TenantConfig> tenants;
   std::vector<std::string> admin_keys;
+  // /metrics: on its own port (>= 0; 0: any free port), the Prometheus convention — then not on
+  // the API port; or (-1) on the API port, where a configured server asks for an admin key or
+  // one of `metrics_keys` (Bearer).
+  int metrics_port = -1;
+  std::vector<std::string> metrics_keys;
+  // gRPC server reflection; unset: on for an open server, off once tenants are configured.
+  std::optional<bool> grpc_reflection;
 
   bool open() const { return tenants.empty() && admin_keys.empty(); }
+  bool reflection() const { return grpc_reflection.value_or(open()); }
 };
 
 // Parses the configuration; errors name the file and the field.
@@ -93,8 +101,9 @@ class Tenants {
   explicit Tenants(const ServerConfig& config);
 
   struct Identity {
-    const TenantConfig* tenant = nullptr;  // null: an admin-only key
+    const TenantConfig* tenant = nullptr;  // null: an admin-only or metrics-only key
     bool admin = false;
+    bool metrics = false;  // may read /metrics (admin keys, metrics keys, open servers)
   };
   // From an `Authorization` header value (or gRPC metadata). Open servers accept anything.
   // Errors: UNAUTHENTICATED (missing or unknown key; the key itself is never echoed in full).
@@ -118,9 +127,10 @@ class Tenants {
     std::optional<TokenBucket> requests, tokens;
     int in_flight = 0;
   };
+  static constexpr int kAdminKey = -1, kMetricsKey = -2;
   struct KeyEntry {
     std::string digest;  // SHA-256 of the key, hex
-    int tenant;          // index in tenants_; -1: an admin key
+    int tenant;          // index in tenants_, or kAdminKey / kMetricsKey
   };
   void AddKey(const std::string& key, int tenant);
   // Admit (`take`) or Precheck.

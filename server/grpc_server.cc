@@ -440,6 +440,19 @@ class GrpcServer::AdminService : public v1::Admin::CallbackService {
   ServingCore* core_;
 };
 
+namespace {
+
+// Drops gRPC's server reflection plugin from one server's builder.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const auto& p) { return p->name() == "proto_server_reflection"; });
+  }
+};
+
+}  // namespace
+
 GrpcServer::GrpcServer(ServingCore* core)
     : core_(core),
       generation_(std::make_unique<GenerationService>(core)),
@@ -449,8 +462,15 @@ GrpcServer::~GrpcServer() { Shutdown(std::chrono::seconds(0)); }
 
 absl::Status GrpcServer::Start(const std::string& address) {
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // Reflection lists every service and message: on for an open server, off once tenants are
+  // configured unless asked for. Linking gRPC's reflection library registers its plugin for
+  // every server of the process; an option takes it out of this one.
   grpc::ServerBuilder b;
+  if (core_->config().reflection()) {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  } else {
+    b.SetOption(std::make_unique<WithoutReflection>());
+  }
   b.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
   b.RegisterService(generation_.get());
   b.RegisterService(admin_.get());

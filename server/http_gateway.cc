@@ -336,20 +336,6 @@ std::string RoutePath(const std::string& path) {
 
 }  // namespace
 
-HttpGateway::HttpGateway(ServingCore* core) : core_(core) {
-  const ServerConfig& cfg = core_->config();
-  http::HttpServerOptions o;
-  o.limits.max_body_bytes = cfg.max_body_bytes;
-  o.threads = cfg.http_threads;
-  o.request_timeout_s = cfg.read_timeout_s;
-  o.idle_timeout_s = cfg.idle_timeout_s;
-  o.max_connections = cfg.max_connections;
-  http_ = std::make_unique<http::HttpServer>(o);
-  Routes();
-}
-
-HttpGateway::~HttpGateway() { Stop(); }
-
 namespace {
 
 // An error the server answers itself (no route, a request it could not read): OpenAI's shape.
@@ -377,7 +363,56 @@ void ErrorPage(const http::Request& req, http::Response& res, const std::string&
 
 }  // namespace
 
+HttpGateway::HttpGateway(ServingCore* core) : core_(core) {
+  const ServerConfig& cfg = core_->config();
+  http::HttpServerOptions o;
+  o.limits.max_body_bytes = cfg.max_body_bytes;
+  o.threads = cfg.http_threads;
+  o.request_timeout_s = cfg.read_timeout_s;
+  o.idle_timeout_s = cfg.idle_timeout_s;
+  o.max_connections = cfg.max_connections;
+  http_ = std::make_unique<http::HttpServer>(o);
+  Routes();
+  if (cfg.metrics_port >= 0) {  // Prometheus' convention: a port of its own, no key
+    http::HttpServerOptions m = o;
+    m.threads = 2;
+    m.max_connections = 256;
+    metrics_http_ = std::make_unique<http::HttpServer>(m);
+    metrics_http_->OnError(ErrorPage);
+    ProbeRoutes(*metrics_http_, /*metrics=*/true, /*metrics_key=*/false);
+  }
+}
+
+HttpGateway::~HttpGateway() { Stop(); }
+
+
+void HttpGateway::ProbeRoutes(http::HttpServer& s, bool metrics, bool metrics_key) {
+  s.Route("GET", "/health", [](const http::Request&, http::Response& res) {
+    res.set_content("ok\n", "text/plain");
+  }, /*inline_handler=*/true);
+  s.Route("GET", "/ready", [this](const http::Request&, http::Response& res) {
+    if (core_->draining()) {
+      res.status = 503;
+      res.set_content("draining\n", "text/plain");
+    } else {
+      res.set_content("ready\n", "text/plain");
+    }
+  }, /*inline_handler=*/true);
+  if (!metrics) return;
+  s.Route("GET", "/metrics", [this, metrics_key](const http::Request& req, http::Response& res) {
+    if (metrics_key) {
+      auto id = core_->tenants().Authenticate(req.header("authorization"));
+      if (!id.ok()) return SendError(res, FromStatus(id.status()));
+      if (!id->metrics) {
+        return SendError(res, ApiError{403, "This key may not read the metrics.", "", "metrics_key"});
+      }
+    }
+    res.set_content(core_->RenderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+}
+
 void HttpGateway::Routes() {
+  const ServerConfig& cfg = core_->config();
   http::HttpServer& s = *http_;
   s.OnLog([this](const http::Request& req, int status) {
     core_->metrics().HttpRequest(RoutePath(req.path), status);
@@ -410,20 +445,8 @@ void HttpGateway::Routes() {
     return true;
   };
 
-  s.Route("GET", "/health", [](const http::Request&, http::Response& res) {
-    res.set_content("ok\n", "text/plain");
-  }, /*inline_handler=*/true);
-  s.Route("GET", "/ready", [this](const http::Request&, http::Response& res) {
-    if (core_->draining()) {
-      res.status = 503;
-      res.set_content("draining\n", "text/plain");
-    } else {
-      res.set_content("ready\n", "text/plain");
-    }
-  }, /*inline_handler=*/true);
-  s.Route("GET", "/metrics", [this](const http::Request&, http::Response& res) {
-    res.set_content(core_->RenderMetrics(), "text/plain; version=0.0.4; charset=utf-8");
-  });
+  // /metrics here when it has no port of its own; a configured server asks for a key.
+  ProbeRoutes(s, /*metrics=*/cfg.metrics_port < 0, /*metrics_key=*/!core_->tenants().open());
 
   auto model_json = [this](const ServedModel& m) {
     return json{{"id", m.name},
@@ -634,11 +657,16 @@ void HttpGateway::Routes() {
 absl::Status HttpGateway::Start(const std::string& host, int port) {
   RETURN_IF_ERROR(http_->Start(host, port));
   port_ = http_->port();
+  if (metrics_http_) {
+    RETURN_IF_ERROR(metrics_http_->Start(host, core_->config().metrics_port));
+    metrics_port_ = metrics_http_->port();
+  }
   return absl::OkStatus();
 }
 
 void HttpGateway::Stop() {
   if (http_) http_->Stop();
+  if (metrics_http_) metrics_http_->Stop();
 }
 
 }  // namespace blockserve::server

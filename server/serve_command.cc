@@ -93,6 +93,10 @@ int RunServe() {
                  config.admin_keys.size());
   }
   spdlog::info("{} models from {}", (*core)->models().size(), zoo);
+  for (const auto& [name, why] : (*core)->unavailable()) {
+    spdlog::error("model {} is not served: {}", name, why);
+  }
+  if (http.metrics_port() > 0) spdlog::info("/metrics on port {}", http.metrics_port());
   // One line for scripts and tests to read the ports from.
   std::printf("blockserve listening http=%s:%d grpc=%s:%d\n", host.c_str(), http.port(),
               host.c_str(), grpc.port());

@@ -68,7 +68,7 @@ test('ListModels, GetModel and status codes', { skip }, async () => {
                        (e) => e.code === grpc.status.INVALID_ARGUMENT);
 });
 
-test('server reflection lists the services', { skip }, async () => {
+test('server reflection (asked for in the config) lists the services', { skip }, async () => {
   const r = new GrpcReflection(`127.0.0.1:${server.grpc}`, grpc.credentials.createInsecure());
   const services = await r.listServices();
   for (const s of ['blockserve.v1.Generation', 'blockserve.v1.Admin', 'grpc.health.v1.Health']) {

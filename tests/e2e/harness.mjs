@@ -47,6 +47,7 @@ export async function startServer() {
      '--lora_rank', '4', '--seed', '4');
   const config = {
     engine: { threads: 2 },
+    gateway: { grpc_reflection: true },  // off by default once tenants are configured
     admin_keys: [KEYS.admin],
     tenants: [
       { name: 'acme', api_keys: [KEYS.acme] },

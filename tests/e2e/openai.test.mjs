@@ -156,7 +156,8 @@ test('errors come back as the SDK error classes with OpenAI codes', { skip }, as
 
 test('aborting a stream aborts the request', { skip }, async () => {
   const metric = async () => {
-    const text = await (await fetch(`${server.base}/metrics`)).text();
+    const text = await (await fetch(`${server.base}/metrics`,
+                                    { headers: { Authorization: `Bearer ${KEYS.admin}` } })).text();
     const m = /blockserve_requests_total\{finish_reason="abort",model="stories260K",tenant="acme"\} (\S+)/.exec(text);
     return m ? Number(m[1]) : 0;
   };

@@ -302,5 +302,68 @@ TEST_F(AttackTest, ADamagedManifestTakesDownOnlyItsModel) {
   (*core)->Drain(std::chrono::seconds(1));
 }
 
+// With tenants configured, /metrics (every tenant's names and counts) needs an admin or
+// metrics key; on a port of its own (Prometheus' convention) it needs none and leaves the API
+// port. gRPC reflection is off unless asked for.
+TEST_F(AttackTest, MetricsAndReflectionAreNotOpenToAnyone) {
+  EXPECT_EQ(Http(port(), "GET", "/metrics").status, 401);
+  EXPECT_EQ(Http(port(), "GET", "/metrics", "", kAcme).status, 403);
+  const HttpReply admin = Http(port(), "GET", "/metrics", "", kAdmin);
+  EXPECT_EQ(admin.status, 200);
+  EXPECT_NE(admin.body.find("blockserve_"), std::string::npos);
+  // A metrics key reads /metrics and nothing else.
+  auto config = ParseServerConfig(R"({"engine": {"threads": 1},
+      "gateway": {"metrics_keys": ["sk-prom-0000000000"]},
+      "tenants": [{"name": "acme", "api_keys": ["sk-acme-0123456789"]}]})", "metrics-key");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp_->path(), *config);
+  ASSERT_THAT(core, IsOk());
+  {
+    HttpGateway http(core->get());
+    ASSERT_THAT(http.Start("127.0.0.1", 0), IsOk());
+    EXPECT_EQ(Http(http.port(), "GET", "/metrics", "", "sk-prom-0000000000").status, 200);
+    EXPECT_EQ(Http(http.port(), "GET", "/v1/models", "", "sk-prom-0000000000").status, 403);
+  }
+  // A port of its own.
+  config = ParseServerConfig(R"({"engine": {"threads": 1}, "gateway": {"metrics_port": 0},
+      "tenants": [{"name": "acme", "api_keys": ["sk-acme-0123456789"]}]})", "metrics-port");
+  ASSERT_THAT(config, IsOk());
+  auto core2 = ServingCore::Create(tmp_->path(), *config);
+  ASSERT_THAT(core2, IsOk());
+  {
+    HttpGateway http(core2->get());
+    ASSERT_THAT(http.Start("127.0.0.1", 0), IsOk());
+    ASSERT_GT(http.metrics_port(), 0);
+    EXPECT_EQ(Http(http.metrics_port(), "GET", "/metrics").status, 200);
+    EXPECT_EQ(Http(http.metrics_port(), "GET", "/health").status, 200);
+    EXPECT_EQ(Http(http.metrics_port(), "GET", "/v1/models", "", kAcme).status, 404);
+    EXPECT_EQ(Http(http.port(), "GET", "/metrics", "", kAcme).status, 404);
+  }
+  // Reflection: the fixture's server has tenants, so the service is not there.
+  grpc::GenericStub stub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_->port()),
+                                             grpc::InsecureChannelCredentials()));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  auto call = stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  // An unknown method is refused when its headers arrive: no message needs to be sent.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(10);
+  auto wait = [&](intptr_t want) {  // one operation at a time, as the async API requires
+    void* tag = nullptr;
+    bool ok = false;
+    while (tag != reinterpret_cast<void*>(want) &&
+           cq.AsyncNext(&tag, &ok, deadline) == grpc::CompletionQueue::GOT_EVENT) {
+    }
+    return tag == reinterpret_cast<void*>(want);
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(wait(1));
+  call->WritesDone(reinterpret_cast<void*>(2));
+  ASSERT_TRUE(wait(2));
+  grpc::Status st;
+  call->Finish(&st, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(wait(3)) << "no answer from the gRPC server";
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED) << st.error_message();
+}
+
 }  // namespace
 }  // namespace blockserve::server

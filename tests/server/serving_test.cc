@@ -300,11 +300,11 @@ TEST_F(ServingTest, DrainAbortsWhatOutlivesTheDeadlineAndRefusesNewWork) {
   EXPECT_EQ((*core)->Drain(std::chrono::seconds(0)), 1);
   EXPECT_EQ((*core)->in_flight(), 0);
   Delta d, all;
-  while ((*gen)->Pop(&d, std::chrono::milliseconds(100))) {
-    all.finish_reason = d.finish_reason;
-    all.completion_tokens = d.completion_tokens;
-  }
-  EXPECT_EQ(all.finish_reason, "abort");
+  while ((*gen)->Pop(&d, std::chrono::milliseconds(100))) all.Append(std::move(d));
+  // Cut by the server: an error the client sees, not a client's abort or a normal end.
+  EXPECT_EQ(all.finish_reason, "error");
+  EXPECT_TRUE(all.unavailable);
+  EXPECT_NE(all.error.find("drain deadline"), std::string::npos) << all.error;
   EXPECT_LT(all.completion_tokens, 500);
   EXPECT_THAT((*core)->Generate(t, p).status(),
               testing::StatusIs(absl::StatusCode::kUnavailable, "shutting down"));
@@ -570,13 +570,13 @@ double MetricValue(const std::string& text, const std::string& series) {
 TEST_F(ServingTest, MetricsMoveAsRequestsFlowAndPassPromtool) {
   const std::string series =
       "blockserve_requests_total{finish_reason=\"length\",model=\"stories260K\",tenant=\"acme\"}";
-  const HttpReply before = Http(port(), "GET", "/metrics");
+  const HttpReply before = Http(port(), "GET", "/metrics", "", kAdmin);
   ASSERT_EQ(before.status, 200);
   const double n0 = std::max(0.0, MetricValue(before.body, series));
   for (int i = 0; i < 3; ++i) {
     ASSERT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 5}}).status, 200);
   }
-  const HttpReply after = Http(port(), "GET", "/metrics");
+  const HttpReply after = Http(port(), "GET", "/metrics", "", kAdmin);
   EXPECT_EQ(MetricValue(after.body, series), n0 + 3);
   for (const char* name :
        {"blockserve_time_to_first_token_seconds_bucket", "blockserve_inter_token_latency_seconds_count",

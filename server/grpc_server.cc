@@ -472,6 +472,8 @@ absl::Status GrpcServer::Start(const std::string& address) {
     b.SetOption(std::make_unique<WithoutReflection>());
   }
   b.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
+  // A request message is held to the HTTP gateway's body limit (gRPC's default is 4 MiB).
+  b.SetMaxReceiveMessageSize(static_cast<int>(std::min<size_t>(core_->config().max_body_bytes, INT32_MAX)));
   b.RegisterService(generation_.get());
   b.RegisterService(admin_.get());
   server_ = b.BuildAndStart();

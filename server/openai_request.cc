@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/request_limits.h"
 
 namespace blockserve::server {
 
@@ -336,6 +337,10 @@ std::vector<GenerateParams> Prompts(const json& body, const GenerateParams& base
     }
     out.push_back(std::move(g));
   };
+  if (p->is_array() && p->size() > kMaxPromptsPerRequest && !(*p)[0].is_number()) {
+    Bad("prompt", absl::StrCat("Invalid 'prompt': at most ", kMaxPromptsPerRequest,
+                               " prompts per request; got ", p->size(), "."));
+  }
   if (p->is_string()) {
     text(*p);
   } else if (p->is_array() && !p->empty() && (*p)[0].is_number()) {
@@ -354,7 +359,6 @@ std::vector<GenerateParams> Prompts(const json& body, const GenerateParams& base
     if (p->is_array()) Bad("prompt", "Invalid 'prompt': must not be empty.");
     BadType("prompt", *p, "a string or an array");
   }
-  if (out.size() > 16) Bad("prompt", "Invalid 'prompt': at most 16 prompts per request.");
   return out;
 }
 
@@ -364,6 +368,10 @@ std::vector<ChatMessage> ChatMessages(const json& body) {
   if (!msgs) Bad("messages", "Missing required parameter: 'messages'.", "missing_required_parameter");
   if (!msgs->is_array()) BadType("messages", *msgs, "an array");
   if (msgs->empty()) Bad("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1.", "empty_array");
+  if (msgs->size() > kMaxChatMessages) {
+    Bad("messages", absl::StrCat("Invalid 'messages': at most ", kMaxChatMessages, " messages; got ",
+                                 msgs->size(), "."));
+  }
   static const std::set<std::string> kRoles = {"system", "developer", "user", "assistant"};
   std::vector<ChatMessage> parts;
   for (size_t i = 0; i < msgs->size(); ++i) {

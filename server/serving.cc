@@ -8,6 +8,7 @@
 #include "blockzoo/formats/gguf.h"
 #include "runtime/status_macros.h"
 #include "scheduler/zoo_engine.h"
+#include "server/request_limits.h"
 #include "spdlog/spdlog.h"
 
 namespace blockserve::server {
@@ -295,6 +296,7 @@ std::shared_ptr<const runtime::TokenBytes> ServingCore::TokenBytesOf(const Serve
 
 absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantConfig& tenant,
                                                                   GenerateParams p) {
+  RETURN_IF_ERROR(CheckRequestLimits(p));
   ASSIGN_OR_RETURN(const ServedModel* m, ModelFor(tenant, p.model));
   if (draining_) return absl::UnavailableError("The server is shutting down.");
   auto key = m->engine_model.find(PolicyKey(tenant.policy));

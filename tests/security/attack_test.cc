@@ -194,6 +194,49 @@ TEST_F(AttackTest, LimitsComeBeforeTokenizing) {
   EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", huge}}, kTiny).status, 429);
 }
 
+// Lists are bounded in both APIs before any work grows with them (a constraint's tables, stop
+// strings matched on the engine thread): past a bound is a 400 / INVALID_ARGUMENT naming the
+// field, and a gRPC message past the body limit is refused by size.
+TEST_F(AttackTest, EveryListIsBoundedInBothApis) {
+  json many_stops = json::array(), many_choices = json::array();
+  for (int i = 0; i < 17; ++i) many_stops.push_back(absl::StrCat("s", i));
+  for (int i = 0; i < 300; ++i) many_choices.push_back(absl::StrCat("c", i));
+  const json base = {{"model", "stories260K"}, {"prompt", "Tom"}, {"max_tokens", 2}};
+  for (const auto& [field, value] : std::vector<std::pair<std::string, json>>{
+           {"stop", many_stops}, {"guided_choice", many_choices},
+           {"stop", json::array({std::string(300, 'x')})}}) {
+    json body = base;
+    body[field] = value;
+    const HttpReply r = Post("/v1/completions", body);
+    EXPECT_EQ(r.status, 400) << field << ": " << r.body;
+    EXPECT_NE(r.body.find("'" + field + "'"), std::string::npos) << r.body;
+    EXPECT_NE(r.body.find("at most"), std::string::npos) << r.body;
+  }
+  json prompts = json::array();
+  for (int i = 0; i < 17; ++i) prompts.push_back("x");
+  EXPECT_EQ(Post("/v1/completions", {{"model", "stories260K"}, {"prompt", prompts}}).status, 400);
+  auto stub = Stub();
+  auto complete = [&](const v1::GenerateRequest& req) {
+    grpc::ClientContext ctx;
+    Auth(&ctx, kAcme);
+    v1::GenerateResponse resp;
+    return stub->Complete(&ctx, req, &resp);
+  };
+  v1::GenerateRequest req;
+  req.set_model("stories260K");
+  req.set_text("Tom");
+  req.set_max_tokens(2);
+  for (int i = 0; i < 17; ++i) req.add_stop(absl::StrCat("s", i));
+  grpc::Status st = complete(req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("'stop' takes at most 16"), std::string::npos) << st.error_message();
+  req.clear_stop();
+  for (int i = 0; i < 20000; ++i) req.add_stop("stop");  // ~120 kB: past the 64 kB limit
+  EXPECT_EQ(complete(req).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  req.clear_stop();
+  EXPECT_TRUE(complete(req).ok());
+}
+
 // A tenant cannot tell another tenant's model from a missing one: same status, same body but
 // for the name.
 TEST_F(AttackTest, OtherTenantsModelsLookMissing) {

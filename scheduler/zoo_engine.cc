@@ -57,7 +57,10 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
     em.config = m.family;
     for (const blockzoo::ResolvedBlock& rb : rc.blocks) {
       const blockzoo::ChainEntry& e = rb.entry;
-      auto& [slot, recipe] = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
+      // References, not a structured binding: clang 14 cannot capture bindings in a lambda.
+      auto& entry = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
+      std::shared_ptr<BlockSlot>& slot = entry.first;
+      std::shared_ptr<Recipe>& recipe = entry.second;
       if (!slot) {
         slot = std::make_shared<BlockSlot>();
         recipe = std::make_shared<Recipe>();

@@ -1,20 +1,17 @@
 #include "server/http_gateway.h"
 
-#include <sys/socket.h>
-
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <cmath>
-#include <condition_variable>
 #include <ctime>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/http_server.h"
 #include "nlohmann/json.hpp"
-#include "server/openai_request.h"
 #include "runtime/status_macros.h"
+#include "server/http_server.h"
+#include "server/openai_request.h"
+#include "server/openai_response.h"
 #include "spdlog/spdlog.h"
 
 namespace blockserve::server {
@@ -29,299 +26,22 @@ using openai::BadType;
 using openai::Bool;
 using openai::ChatMessages;
 using openai::Common;
+using openai::Dump;
 using openai::ErrorJson;
 using openai::Field;
 using openai::FromStatus;
+using openai::Id;
 using openai::Integer;
 using openai::ParseCommon;
 using openai::ParseObject;
 using openai::Prompts;
+using openai::Provide;
+using openai::Reply;
 using openai::String;
-
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 void SendError(http::Response& res, const ApiError& e) {
   res.status = e.http;
   res.set_content(Dump(ErrorJson(e)), "application/json");
-}
-
-std::string Id(const char* prefix) {
-  static std::atomic<uint64_t> n{0};
-  return absl::StrCat(prefix, std::time(nullptr), "-", ++n);
-}
-
-// Wakes a response provider when any of its generations has output.
-struct Waker {
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t seq = 0;
-  void Notify() {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      ++seq;
-    }
-    cv.notify_all();
-  }
-  // Waits until a notify after `*seen` or the timeout.
-  void Wait(uint64_t* seen, std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait_for(lock, timeout, [&] { return seq != *seen; });
-    *seen = seq;
-  }
-};
-
-// Characters (code points) in UTF-8 bytes, as clients count offsets into the text.
-int64_t Utf8Chars(const std::string& bytes) {
-  int64_t n = 0;
-  for (unsigned char ch : bytes) n += (ch & 0xC0) != 0x80;
-  return n;
-}
-
-// Chat's `logprobs` for `lps`, a choice's next tokens: each token with its bytes and the most
-// likely alternatives.
-json ChatLogprobs(const std::vector<TokenLogprobs>& lps) {
-  auto entry = [](const TokenInfo& t) {
-    json bytes = json::array();
-    for (unsigned char ch : t.bytes) bytes.push_back(static_cast<int>(ch));
-    return json{{"token", SanitizeUtf8(t.bytes)}, {"logprob", t.logprob}, {"bytes", bytes}};
-  };
-  json content = json::array();
-  for (const TokenLogprobs& lp : lps) {
-    json e = entry(lp.chosen);
-    e["top_logprobs"] = json::array();
-    for (const TokenInfo& t : lp.top) e["top_logprobs"].push_back(entry(t));
-    content.push_back(std::move(e));
-  }
-  return {{"content", std::move(content)}, {"refusal", nullptr}};
-}
-
-// The completions' (legacy) `logprobs`: parallel arrays, token by token; `top_logprobs` maps
-// the alternatives and the chosen token to their log-probabilities; `text_offset` counts
-// characters into the choice's text.
-struct LegacyLogprobs {
-  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
-       text_offset = json::array();
-
-  // A prompt's first token (echo): nothing before it, so no log-probability.
-  void AddFirst(const std::string& bytes, int64_t* offset) {
-    tokens.push_back(SanitizeUtf8(bytes));
-    token_logprobs.push_back(nullptr);
-    top_logprobs.push_back(nullptr);
-    text_offset.push_back(*offset);
-    *offset += Utf8Chars(bytes);
-  }
-  void Add(const TokenLogprobs& lp, int64_t* offset) {
-    const std::string text = SanitizeUtf8(lp.chosen.bytes);
-    tokens.push_back(text);
-    token_logprobs.push_back(lp.chosen.logprob);
-    json alternatives = json::object();
-    for (const TokenInfo& t : lp.top) {
-      const std::string k = SanitizeUtf8(t.bytes);
-      if (!alternatives.contains(k)) alternatives[k] = t.logprob;  // two tokens, one text: the likelier
-    }
-    if (!alternatives.contains(text)) alternatives[text] = lp.chosen.logprob;
-    top_logprobs.push_back(std::move(alternatives));
-    text_offset.push_back(*offset);
-    *offset += Utf8Chars(lp.chosen.bytes);
-  }
-  json ToJson() {
-    return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(token_logprobs)},
-            {"top_logprobs", std::move(top_logprobs)}, {"text_offset", std::move(text_offset)}};
-  }
-};
-
-// One response: every choice's generation, what was sent, and how the response ends.
-struct Reply {
-  bool chat = false, stream = false, include_usage = false;
-  bool logprobs = false;  // the request asked for them
-  bool echo = false;      // completions: each choice's text starts with its prompt
-  // Per prompt, best_of generations run and the n best (mean log-probability per token) answer.
-  int n = 1, best_of = 1;
-  std::string id, model;
-  const runtime::Tokenizer* tokenizer = nullptr;  // the model's (echoed prompt tokens' text)
-  int64_t created = 0;
-  std::vector<std::shared_ptr<Generation>> gens;
-  std::vector<std::string> text;
-  std::vector<std::string> finish;
-  std::vector<bool> role_sent;
-  std::vector<std::vector<TokenLogprobs>> lps;  // per choice, until the whole response is written
-  std::vector<std::vector<TokenLogprobs>> prompt_lps;  // the same, of the echoed prompt
-  std::vector<int64_t> offset;                  // per choice: characters streamed so far
-  std::vector<std::string> prompt_text;         // per choice: the prompt, for echo
-  std::vector<bool> echoed;                     // per choice: the prompt went out (streams)
-  int prompt_tokens = 0, completion_tokens = 0;
-  std::string error;
-  bool unavailable = false;  // the error: the server stopped it (shutting down)
-  int done = 0;
-  bool finished = false;
-  Waker waker;
-  uint64_t seen = 0;
-  std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
-
-  void CancelAll() {
-    for (size_t i = 0; i < gens.size(); ++i) {
-      if (finish[i].empty()) gens[i]->Cancel();
-    }
-  }
-  json Usage() const {
-    return {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}};
-  }
-  json Base(const char* object) const {
-    return {{"id", id}, {"object", object}, {"created", created}, {"model", model}};
-  }
-  std::string Chunk(size_t i, const std::string& piece, const std::string& reason,
-                    json logprobs_json = nullptr) {
-    json j = Base(chat ? "chat.completion.chunk" : "text_completion");
-    json choice = {{"index", i}, {"logprobs", std::move(logprobs_json)},
-                   {"finish_reason", reason.empty() ? json(nullptr) : json(reason)}};
-    if (chat) {
-      json delta = json::object();
-      if (!role_sent[i]) {
-        delta["role"] = "assistant";
-        role_sent[i] = true;
-      }
-      if (!piece.empty() || reason.empty()) delta["content"] = piece;
-      choice["delta"] = delta;
-    } else {
-      choice["text"] = piece;
-    }
-    j["choices"] = json::array({choice});
-    if (include_usage) j["usage"] = nullptr;
-    return "data: " + Dump(j) + "\n\n";
-  }
-  // Choice i's `logprobs` for its next tokens `gen`, after its prompt's (`prompt`, when the
-  // prompt is echoed here: the first piece of the choice).
-  json LogprobsFor(size_t i, const std::vector<TokenLogprobs>* prompt,
-                   const std::vector<TokenLogprobs>& gen) {
-    if (!logprobs) return nullptr;
-    if (chat) return ChatLogprobs(gen);
-    LegacyLogprobs l;
-    if (prompt != nullptr) {
-      const auto& ids = gens[i]->prompt_ids();
-      l.AddFirst(tokenizer ? tokenizer->DecodeText({ids[0]}) : std::string(), &offset[i]);
-      for (const TokenLogprobs& lp : *prompt) l.Add(lp, &offset[i]);
-      offset[i] = Utf8Chars(prompt_text[i]);  // the completion follows the prompt's text
-    }
-    for (const TokenLogprobs& lp : gen) l.Add(lp, &offset[i]);
-    return l.ToJson();
-  }
-  // The generations that answer, in order: all of them, or per prompt the n of its best_of
-  // with the highest mean log-probability per token (one with no tokens last).
-  std::vector<size_t> Answering() const {
-    std::vector<size_t> out;
-    for (size_t p = 0; p < gens.size(); p += best_of) {
-      std::vector<std::pair<double, size_t>> ranked;
-      for (size_t i = p; i < p + best_of && i < gens.size(); ++i) {
-        double sum = 0;
-        for (const TokenLogprobs& lp : lps[i]) sum += lp.chosen.logprob;
-        ranked.push_back({lps[i].empty() ? -INFINITY : sum / lps[i].size(), i});
-      }
-      if (best_of > n) {
-        std::stable_sort(ranked.begin(), ranked.end(),
-                         [](const auto& a, const auto& b) { return a.first > b.first; });
-      }
-      for (int k = 0; k < n && k < static_cast<int>(ranked.size()); ++k) out.push_back(ranked[k].second);
-    }
-    return out;
-  }
-  std::string Whole() {
-    json j = Base(chat ? "chat.completion" : "text_completion");
-    json choices = json::array();
-    const std::vector<size_t> answering = Answering();
-    for (size_t index = 0; index < answering.size(); ++index) {
-      const size_t i = answering[index];
-      json c = {{"index", index},
-                {"logprobs", LogprobsFor(i, echo ? &prompt_lps[i] : nullptr, lps[i])},
-                {"finish_reason", finish[i]}};
-      if (chat) {
-        c["message"] = {{"role", "assistant"}, {"content", text[i]}};
-      } else {
-        c["text"] = (echo ? prompt_text[i] : std::string()) + text[i];
-      }
-      choices.push_back(c);
-    }
-    j["choices"] = choices;
-    j["usage"] = Usage();
-    return Dump(j);
-  }
-};
-
-// OpenAI reports these; "abort" only happens when the client is gone.
-std::string PublicReason(const std::string& r) { return r == "abort" ? "stop" : r; }
-
-// One provider call: waits for output, writes what came. False ends the response (error).
-bool Provide(Reply& r, http::DataSink& sink) {
-  if (r.finished) return false;
-  r.waker.Wait(&r.seen, std::chrono::milliseconds(200));
-  std::string out;
-  for (size_t i = 0; i < r.gens.size(); ++i) {
-    if (!r.finish[i].empty()) continue;
-    Delta d;
-    if (!r.gens[i]->Pop(&d, std::chrono::milliseconds(0))) continue;
-    if (d.done()) {
-      r.finish[i] = d.finish_reason;
-      r.prompt_tokens += d.prompt_tokens;
-      r.completion_tokens += d.completion_tokens;
-      if (d.finish_reason == "error") {
-        r.error = d.error;
-        r.unavailable |= d.unavailable;
-      }
-      ++r.done;
-    }
-    if (r.stream) {
-      // A chunk per batch of tokens, even before they make whole characters (or when the model
-      // has no tokenizer): clients see progress at the rate tokens come. An echoed prompt
-      // goes first, in the choice's first chunk.
-      const bool echo_now = r.echo && !r.echoed[i];
-      r.echoed[i] = true;
-      if (!d.text.empty() || !d.tokens.empty() || echo_now) {
-        out += r.Chunk(i, (echo_now ? r.prompt_text[i] : std::string()) + d.text, "",
-                       r.LogprobsFor(i, echo_now ? &d.prompt_logprobs : nullptr, d.logprobs));
-      }
-      if (d.done() && d.finish_reason != "error") out += r.Chunk(i, "", PublicReason(d.finish_reason));
-    } else {
-      r.text[i] += d.text;
-      r.lps[i].insert(r.lps[i].end(), d.logprobs.begin(), d.logprobs.end());
-      r.prompt_lps[i].insert(r.prompt_lps[i].end(), d.prompt_logprobs.begin(), d.prompt_logprobs.end());
-    }
-  }
-  const bool all_done = r.done == static_cast<int>(r.gens.size());
-  if (all_done) {
-    if (!r.error.empty()) {
-      // Headers are out already (200): the error travels in the body, as OpenAI streams do.
-      ApiError e = r.unavailable
-                       ? ApiError{503, "The server stopped this request: " + r.error, "", "server_shutting_down"}
-                       : ApiError{500, "The server had an error while processing your request: " + r.error, "", ""};
-      out += r.stream ? "data: " + Dump(ErrorJson(e)) + "\n\n" : Dump(ErrorJson(e));
-    } else if (r.stream) {
-      if (r.include_usage) {
-        json j = r.Base(r.chat ? "chat.completion.chunk" : "text_completion");
-        j["choices"] = json::array();
-        j["usage"] = r.Usage();
-        out += "data: " + Dump(j) + "\n\n";
-      }
-    } else {
-      for (auto& f : r.finish) f = PublicReason(f);
-      out += r.Whole();
-    }
-    if (r.stream) out += "data: [DONE]\n\n";
-  }
-  const auto now = std::chrono::steady_clock::now();
-  if (out.empty() && now - r.last_write > std::chrono::milliseconds(1000)) {
-    // Keep-alive (and the way a vanished client is noticed): an SSE comment, or JSON whitespace.
-    out = r.stream ? ": keep-alive\n\n" : " ";
-  }
-  if (!out.empty()) {
-    r.last_write = now;
-    if (!sink.write(out.data(), out.size())) return false;
-  }
-  if (all_done) {
-    r.finished = true;
-    sink.done();
-  }
-  return true;
 }
 
 std::string RoutePath(const std::string& path) {

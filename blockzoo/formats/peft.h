@@ -24,4 +24,10 @@ struct PeftAdapter {
 
 absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir);
 
+// The parts of it, for callers with the bytes in hand (and the fuzzer): adapter_config.json's
+// text into rank, alpha and config (errors name `cfg_path` and the field), and the tensors of
+// `out->file` into out->blocks (errors name `source` and the tensor).
+absl::Status ParsePeftConfig(const std::string& text, const std::string& cfg_path, PeftAdapter* out);
+absl::Status MapPeftTensors(const std::string& source, PeftAdapter* out);
+
 }  // namespace blockserve::blockzoo

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "blockzoo/derive.h"
+#include "blockzoo/formats/peft.h"
 #include "blockzoo/formats/safetensors.h"
 #include "blockzoo/importer.h"
 #include "blockzoo/model_loader.h"
@@ -247,6 +248,31 @@ TEST_F(LoraTest, PeftAdapterOnHfAndLlama2cBasesMatchesTheMergedModel) {
   ASSERT_THAT(m, IsOk());
   EXPECT_EQ(m->parent, "base");
   EXPECT_EQ(m->provenance["format"], "peft");
+}
+
+}  // namespace
+}  // namespace blockserve::blockzoo
+
+namespace blockserve::blockzoo {
+namespace {
+
+// adapter_config.json from someone else: wrong types are errors naming the field, never an
+// exception (use_rslora: "yes" once threw out of json::value and killed the importer).
+TEST(PeftConfig, WrongTypesAreErrorsNamingTheField) {
+  const std::string base = R"("peft_type": "LORA", "r": 4, "lora_alpha": 8)";
+  for (const auto& [extra, field] : std::vector<std::pair<std::string, std::string>>{
+           {R"("use_rslora": "yes")", "use_rslora"},
+           {R"("fan_in_fan_out": 1)", "fan_in_fan_out"},
+           {R"("bias": 3)", "bias"},
+           {R"("r": "4")", "r"}}) {
+    PeftAdapter a;
+    const absl::Status s = ParsePeftConfig("{" + base + ", " + extra + "}", "adapter_config.json", &a);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << extra;
+    EXPECT_NE(s.message().find(field), std::string::npos) << s.message();
+  }
+  PeftAdapter ok;
+  EXPECT_TRUE(ParsePeftConfig("{" + base + R"(, "use_rslora": true})", "c.json", &ok).ok());
+  EXPECT_FLOAT_EQ(ok.alpha, 16.0f);  // rsLoRA: alpha * sqrt(r)
 }
 
 }  // namespace

@@ -307,6 +307,7 @@ class GrpcServer::GenerationService : public v1::Generation::CallbackService {
     if (!t.ok()) return t.status();
     auto p = ParamsFromProto(req);
     if (!p.ok()) return p.status();
+    p->client_gone = [ctx] { return ctx->IsCancelled(); };
     return core_->Generate(**t, std::move(*p));
   }
 

@@ -257,6 +257,7 @@ void HttpGateway::Routes() {
         if (k > 0 && g.sampling.seed == 0) g.sampling.seed = 0x9e3779b97f4a7c15ull * k;
         // best_of ranks the candidates by their log-probabilities.
         if (r->best_of > n) g.sampling.logprobs = std::max(g.sampling.logprobs, 0);
+        g.client_gone = req.client_gone;
         auto gen = core_->Generate(tenant, std::move(g));
         if (!gen.ok()) {
           r->CancelAll();

@@ -22,6 +22,9 @@ struct Request {
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
   std::string body;     // decoded (chunked transfer coding removed)
   std::vector<std::string> params;  // route captures ({model} of /v1/models/{model})
+  // Set by the server while a handler runs: whether the client has closed its connection (so
+  // that work for it can stop). Null outside a handler.
+  std::function<bool()> client_gone;
 
   // The first header `name` (lower-case), or "".
   std::string header(std::string_view name) const;

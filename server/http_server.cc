@@ -476,6 +476,14 @@ void HttpServer::Work() {
 void HttpServer::Serve(Task& task) {
   Conn& c = *task.conn;
   Request& req = c.parser->request();
+  const int fd = c.fd;
+  req.client_gone = [fd] {  // the peer closed (or reset): readable with nothing to read
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return true;
+    char b;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+  };
   Response res;
   try {
     task.route->handler(req, res);

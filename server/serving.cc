@@ -306,6 +306,9 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   }
   RETURN_IF_ERROR(Prechecks(tenant, *m, p));
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(*m, p));
+  if (p.client_gone && p.client_gone()) {
+    return absl::CancelledError("The client went away before its request started.");
+  }
   const int n_prompt = static_cast<int>(prompt.size());
   if (n_prompt == 0) return absl::InvalidArgumentError("The prompt is empty.");
   if (p.max_tokens < 0) {

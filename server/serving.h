@@ -58,6 +58,9 @@ struct GenerateParams {
   // response_format json_object), or exactly one of these strings (vLLM's guided_choice).
   bool json_object = false;
   std::vector<std::string> guided_choice;
+  // Whether the client has gone away (null: never asked): checked once the prompt is encoded,
+  // before the request reaches the engine.
+  std::function<bool()> client_gone;
 };
 
 // A token and its log-probability, with the bytes it adds to the text (after the token before it).

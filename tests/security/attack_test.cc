@@ -67,6 +67,42 @@ class AttackTest : public ServingTest {
   }
 };
 
+// With no kv_budget_mib (the default config) the KV cache is still bounded — by a budget
+// derived from max_running and the model (scheduler::DefaultKvBudget) — and finished
+// requests' cached prefixes are evicted when new requests need the room: many distinct
+// prompts later every attn instance holds at most its share, and requests still complete.
+TEST_F(AttackTest, TheKvCacheIsBoundedWithoutAConfiguredBudget) {
+  auto config = ParseServerConfig(R"({"engine": {"threads": 2, "max_running": 1}})", "kv-default");
+  ASSERT_THAT(config, IsOk());
+  auto core = ServingCore::Create(tmp_->path(), *config);
+  ASSERT_THAT(core, IsOk());
+  auto pages = [&](bool used_only) {
+    int n = 0;
+    for (const auto& i : (*core)->engine().stats().instances) {
+      if (i.kind != runtime::BlockKind::kAttn) continue;
+      EXPECT_GE(i.kv_pages_free, 0) << i.name << ": unbounded";
+      n += i.kv_pages_used + (used_only ? 0 : i.kv_pages_free);
+    }
+    return n;
+  };
+  const int cap = pages(false);
+  // 2 x 1 running x 512 tokens, in pages of 16: 64 pages of each of stories260K's 5 attn
+  // blocks, split with the fine-tunes' own attn blocks in the test zoo.
+  EXPECT_GT(cap, 0);
+  EXPECT_LE(cap, 5 * 64);
+  for (int i = 0; i < 24; ++i) {
+    auto all = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K",
+                           absl::StrCat("Story ", i, ": once upon a time there was a little girl "
+                                        "named Lily who loved to play in the park with her dog"),
+                           16);
+    ASSERT_THAT(all, IsOk());
+    EXPECT_EQ(all->finish_reason, "length") << i;
+    EXPECT_LE(pages(true), cap);
+  }
+  EXPECT_EQ(pages(false), cap);
+  (*core)->Drain(std::chrono::seconds(1));
+}
+
 // A chunked body without a key is answered 401 as soon as the headers are in, and not read: the
 // client has sent 1 MiB of an announced endless body when the answer comes, and the server's
 // memory has not grown by it. With a key, a chunked body past max_body_bytes is a 413 at the

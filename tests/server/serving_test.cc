@@ -338,42 +338,6 @@ TEST_F(ServingTest, Bf16KvConfigHalvesPagesAndServes) {
   EXPECT_NEAR(free_pages[1], 2 * free_pages[0], 2 * 5);  // rounding per instance
 }
 
-// With no kv_budget_mib (the default config) the KV cache is still bounded — by a budget
-// derived from max_running and the model (scheduler::DefaultKvBudget) — and finished
-// requests' cached prefixes are evicted when new requests need the room: many distinct
-// prompts later every attn instance holds at most its share, and requests still complete.
-TEST_F(ServingTest, TheKvCacheIsBoundedWithoutAConfiguredBudget) {
-  auto config = ParseServerConfig(R"({"engine": {"threads": 2, "max_running": 1}})", "kv-default");
-  ASSERT_THAT(config, IsOk());
-  auto core = ServingCore::Create(tmp_->path(), *config);
-  ASSERT_THAT(core, IsOk());
-  auto pages = [&](bool used_only) {
-    int n = 0;
-    for (const auto& i : (*core)->engine().stats().instances) {
-      if (i.kind != runtime::BlockKind::kAttn) continue;
-      EXPECT_GE(i.kv_pages_free, 0) << i.name << ": unbounded";
-      n += i.kv_pages_used + (used_only ? 0 : i.kv_pages_free);
-    }
-    return n;
-  };
-  const int cap = pages(false);
-  // 2 x 1 running x 512 tokens, in pages of 16: 64 pages of each of stories260K's 5 attn
-  // blocks, split with the fine-tunes' own attn blocks in the test zoo.
-  EXPECT_GT(cap, 0);
-  EXPECT_LE(cap, 5 * 64);
-  for (int i = 0; i < 24; ++i) {
-    auto all = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K",
-                           absl::StrCat("Story ", i, ": once upon a time there was a little girl "
-                                        "named Lily who loved to play in the park with her dog"),
-                           16);
-    ASSERT_THAT(all, IsOk());
-    EXPECT_EQ(all->finish_reason, "length") << i;
-    EXPECT_LE(pages(true), cap);
-  }
-  EXPECT_EQ(pages(false), cap);
-  (*core)->Drain(std::chrono::seconds(1));
-}
-
 // engine.profile_max_batch: the blocks a request loads get measured limits (at most 512,
 // against the configured 100000) and the answer is the same.
 TEST_F(ServingTest, ProfileMaxBatchConfigMeasuresLoadedBlocks) {

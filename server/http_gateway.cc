@@ -37,6 +37,7 @@ using openai::ParseObject;
 using openai::Prompts;
 using openai::Provide;
 using openai::Reply;
+using openai::WaitWhole;
 using openai::String;
 
 void SendError(http::Response& res, const ApiError& e) {
@@ -292,6 +293,20 @@ void HttpGateway::Routes() {
     // now) is looked at without waiting for a notification that will not come.
     r->waker.Notify();
     res.set_header("Cache-Control", "no-cache");
+    if (!r->stream) {
+      // A whole response is sent once it is known, so its status says how it went: 200 with the
+      // completion, or a 5xx error object (the failure is logged with the request's id).
+      std::string body;
+      const bool ok = WaitWhole(*r, req.client_gone, &body);
+      for (auto& g : r->gens) g->SetNotify(nullptr);
+      if (!r->finished) r->CancelAll();  // the client went away: its requests are aborted
+      if (!ok) {
+        res.status = 499;  // nginx's "client closed request": only the log sees it
+        return;
+      }
+      if (!r->error.empty()) return SendError(res, r->Error());
+      return res.set_content(std::move(body), "application/json");
+    }
     res.set_chunked_content_provider(
         r->stream ? "text/event-stream" : "application/json",
         [r](http::DataSink& sink) { return Provide(*r, sink); },

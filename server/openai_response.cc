@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/openai_request.h"
 #include "server/text_stream.h"
+#include "spdlog/spdlog.h"
 
 namespace blockserve::server::openai {
 
@@ -157,6 +158,28 @@ std::string Reply::Whole() {
   return Dump(j);
 }
 
+ApiError Reply::Error() const {
+  return unavailable ? ApiError{503, "The server stopped this request: " + error, "",
+                                "server_shutting_down"}
+                     : ApiError{500, "The server had an error while processing your request: " +
+                                         error, "", ""};
+}
+
+bool WaitWhole(Reply& r, const std::function<bool()>& client_gone, std::string* body) {
+  bool done = false;
+  http::DataSink sink;
+  sink.write = [&](const char* data, size_t n) {
+    body->append(data, n);
+    return true;
+  };
+  sink.done = [&] { done = true; };
+  while (!done) {
+    if (client_gone && client_gone()) return false;
+    if (!Provide(r, sink)) return false;
+  }
+  return true;
+}
+
 // OpenAI reports these; "abort" only happens when the client is gone.
 std::string PublicReason(const std::string& r) { return r == "abort" ? "stop" : r; }
 
@@ -199,11 +222,11 @@ bool Provide(Reply& r, http::DataSink& sink) {
   const bool all_done = r.done == static_cast<int>(r.gens.size());
   if (all_done) {
     if (!r.error.empty()) {
-      // Headers are out already (200): the error travels in the body, as OpenAI streams do.
-      ApiError e = r.unavailable
-                       ? ApiError{503, "The server stopped this request: " + r.error, "", "server_shutting_down"}
-                       : ApiError{500, "The server had an error while processing your request: " + r.error, "", ""};
-      out += r.stream ? "data: " + Dump(ErrorJson(e)) + "\n\n" : Dump(ErrorJson(e));
+      // One log line per failed request, with its id (the client sees the same id).
+      spdlog::error("request {} ({}) failed: {}", r.id, r.model, r.error);
+      // A stream's headers are out already (200): the error travels as its last event, as
+      // OpenAI's and vLLM's streams do. A whole response answers it with its own status.
+      if (r.stream) out += "data: " + Dump(ErrorJson(r.Error())) + "\n\n";
     } else if (r.stream) {
       if (r.include_usage) {
         json j = r.Base(r.chat ? "chat.completion.chunk" : "text_completion");
@@ -218,7 +241,7 @@ bool Provide(Reply& r, http::DataSink& sink) {
     if (r.stream) out += "data: [DONE]\n\n";
   }
   const auto now = std::chrono::steady_clock::now();
-  if (out.empty() && now - r.last_write > std::chrono::milliseconds(1000)) {
+  if (out.empty() && r.stream && now - r.last_write > std::chrono::milliseconds(1000)) {
     // Keep-alive (and the way a vanished client is noticed): an SSE comment, or JSON whitespace.
     out = r.stream ? ": keep-alive\n\n" : " ";
   }

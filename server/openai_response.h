@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include "nlohmann/json.hpp"
 #include "server/http_parser.h"
+#include "server/openai_request.h"
 #include "server/serving.h"
 
 namespace blockserve::server::openai {
@@ -96,12 +98,20 @@ struct Reply {
   // with the highest mean log-probability per token (one with no tokens last).
   std::vector<size_t> Answering() const;
   std::string Whole();
+  // The error object for `error` (503 when the server stopped the request, else 500).
+  ApiError Error() const;
 };
 
 // OpenAI reports these; "abort" only happens when the client is gone.
 std::string PublicReason(const std::string& r);
 
 // One provider call: waits for output, writes what came. False ends the response (error).
+// A stream gets SSE chunks (and a keep-alive comment every second of silence, which is how a
+// vanished client is noticed); a whole response gets its body once, and nothing on an error.
 bool Provide(Reply& r, http::DataSink& sink);
+
+// A whole (non-streaming) response: waits for every generation, asking `client_gone` between
+// waits; the body (on success) into `body`. False when the client went away (or failed).
+bool WaitWhole(Reply& r, const std::function<bool()>& client_gone, std::string* body);
 
 }  // namespace blockserve::server::openai

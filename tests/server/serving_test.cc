@@ -403,6 +403,7 @@ TEST_F(ServingTest, AModelWithADamagedBlockFailsAloneWithAClearError) {
     return Http(http.port(), "POST", "/v1/completions", body.dump(), kAcme);
   };
   const HttpReply bad = complete("ft");
+  EXPECT_EQ(bad.status, 500) << "a failure after the request was accepted is a 5xx, not a 200";
   const json err = Body(bad);
   ASSERT_TRUE(err.contains("error")) << bad.body;
   EXPECT_NE(err["error"]["message"].get<std::string>().find("model ft is unavailable"),

@@ -74,6 +74,9 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
                                   e.block.substr(0, 8));
         slot->load = [&zoo, recipe, opt]() { return Build(zoo, *recipe, opt); };
       }
+      // A block shared by models that declare different contexts serves the longest of them
+      // (its weights do not depend on it; each model's own limit is the scheduler's).
+      recipe->family.max_seq_len = std::max(recipe->family.max_seq_len, m.family.max_seq_len);
       if (!e.lora.empty()) {
         if (em.adapter == 0) em.adapter = next_key++;
         AdapterSlot& a = slot->adapters[em.adapter];

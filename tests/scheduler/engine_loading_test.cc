@@ -439,3 +439,41 @@ void EngineTest::PressureRun(bool background) {
 }
 
 }  // namespace blockserve::scheduler
+
+namespace blockserve::scheduler {
+namespace {
+
+// The same weights imported twice with different declared contexts (llama2.c: 512, the GGUF:
+// 2048) share their block instances; the shared instances are sized for the longest user, so
+// the 2048-context model runs past 512 tokens (it failed there when the instances took the
+// context of whichever model came first).
+TEST_F(EngineTest, SharedInstancesServeTheLongestContextOfTheirModels) {
+  testing::TempDir tmp;
+  auto z = blockzoo::Zoo::Open(tmp.path(), true);
+  ASSERT_THAT(z, IsOk());
+  blockzoo::ImportOptions a, b;
+  a.name = "a-llama2c";
+  b.name = "b-gguf";
+  ASSERT_THAT(blockzoo::ImportModel(**z, *models_dir_ + "/stories260K/stories260K.bin", a), IsOk());
+  ASSERT_THAT(blockzoo::ImportModel(**z, *models_dir_ + "/stories260K-gguf/stories260K.gguf", b), IsOk());
+  auto models = LoadEngineModels(**z, std::vector<std::string>{"a-llama2c", "b-gguf"},
+                                 runtime::BlockOptions{}, /*lazy=*/true);
+  ASSERT_THAT(models, IsOk());
+  ASSERT_EQ((*models)[0].config.max_seq_len, 512);
+  ASSERT_EQ((*models)[1].config.max_seq_len, 2048);
+  int shared = 0;
+  for (size_t i = 0; i < (*models)[0].chain.size(); ++i) shared += (*models)[0].chain[i] == (*models)[1].chain[i];
+  ASSERT_GT(shared, 0) << "the two imports should share blocks";
+  EngineOptions opt;
+  opt.threads = 2;
+  Engine e(opt, std::move(*models));
+  const auto got = Run(e, {Spec(e, "b-gguf", 4, 700)});
+  EXPECT_EQ(got[0].finish, Finish::kLength) << got[0].error;
+  EXPECT_EQ(got[0].tokens.size(), 700u);
+  // The 512-context model still stops at its own context.
+  const auto short_ctx = Run(e, {Spec(e, "a-llama2c", 4, 700)});
+  EXPECT_LE(short_ctx[0].tokens.size(), 512u);
+}
+
+}  // namespace
+}  // namespace blockserve::scheduler

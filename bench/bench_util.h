@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,16 @@ class ScratchDir {
  private:
   std::string path_;
 };
+
+// Resident memory of process `pid` ("self": this one), MiB; 0 when it cannot be read.
+inline double RssMiB(const std::string& pid = "self") {
+  std::ifstream f("/proc/" + pid + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
 
 // The p-quantile (0..1) by nearest rank; 0 for no samples.
 inline double Percentile(std::vector<double> v, double p) {

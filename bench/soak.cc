@@ -44,15 +44,6 @@ struct Sample {
   long kv_used, kv_total;
 };
 
-double ProcRssMiB(pid_t pid) {
-  std::ifstream f(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  }
-  return 0;
-}
-
 int ProcFds(pid_t pid) {
   int n = 0;
   if (DIR* d = opendir(absl::StrCat("/proc/", pid, "/fd").c_str())) {
@@ -198,7 +189,7 @@ int Main(int argc, char** argv) {
     const std::string page = testing::Http(s.port, "GET", "/metrics", "", kAdmin).body;
     const long used = MetricSum(page, "blockserve_block_kv_pages_used");
     const long free = MetricSum(page, "blockserve_block_kv_pages_free");
-    samples.push_back({std::chrono::duration<double>(Clock::now() - t0).count(), ProcRssMiB(s.pid),
+    samples.push_back({std::chrono::duration<double>(Clock::now() - t0).count(), RssMiB(std::to_string(s.pid)),
                        ProcFds(s.pid), used, used + free});
     const Sample& x = samples.back();
     std::fprintf(stderr, "  t=%4.0f s  RSS %7.1f MiB  fds %5d  KV pages %6ld / %ld  requests %llu\n", x.t,
@@ -208,7 +199,7 @@ int Main(int argc, char** argv) {
   stop = true;
   for (auto& t : threads) t.join();
   std::this_thread::sleep_for(std::chrono::seconds(2));  // hung-up requests end, connections close
-  const double idle_rss = ProcRssMiB(s.pid);
+  const double idle_rss = RssMiB(std::to_string(s.pid));
   const int idle_fds = ProcFds(s.pid);
   kill(s.pid, SIGTERM);
   int status = 0;

@@ -53,7 +53,6 @@ absl::StatusOr<GenerateParams> ParamsFromProto(const v1::GenerateRequest& r) {
   }
   if (r.logprobs()) p.sampling.logprobs = r.top_logprobs();
   if (r.prompt_logprobs()) p.prompt_logprobs = r.top_logprobs();
-  RETURN_IF_ERROR(CheckRequestLimits(p));
   return p;
 }
 

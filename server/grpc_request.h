@@ -1,6 +1,6 @@
 // blockserve.v1.GenerateRequest -> GenerateParams: every field checked (INVALID_ARGUMENT naming
-// it), the request limits included (server/request_limits.h). Shared by Generate and Complete,
-// and fuzzed (tests/fuzz/grpc_request_fuzz.cc).
+// it); the request limits (server/request_limits.h) are ServingCore::Generate's, for both APIs.
+// Shared by Generate and Complete, and fuzzed (tests/fuzz/grpc_request_fuzz.cc).
 #pragma once
 
 #include "absl/status/statusor.h"

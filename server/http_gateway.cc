@@ -195,13 +195,9 @@ void HttpGateway::Routes() {
                                                  const http::Request& req, http::Response& res) {
     Tenants::Identity id;
     if (!authenticate(req, res, &id)) return;
-    const std::string name = req.params[0];
-    const ServedModel* m = core_->FindModel(name);
-    if (m == nullptr || !id.tenant->Allows(name)) {
-      SendError(res, ApiError{404, absl::StrCat("The model `", name, "` does not exist or you do not have access to it."), "", "model_not_found"});
-      return;
-    }
-    res.set_content(Dump(model_json(*m)), "application/json");
+    auto m = core_->ModelFor(*id.tenant, req.params[0]);
+    if (!m.ok()) return SendError(res, FromStatus(m.status()));
+    res.set_content(Dump(model_json(**m)), "application/json");
   });
 
   auto generate = [this, authenticate](const http::Request& req, http::Response& res,

@@ -247,7 +247,6 @@ void HttpServer::Accept() {
     c->deadline = After(opt_.idle_timeout_s);
     conns_[fd] = std::move(c);
     ++open_;
-    ++loop_conns_;
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.fd = fd;
@@ -266,7 +265,6 @@ void HttpServer::CloseConn(int fd) {
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   close(fd);
   conns_[fd].reset();
-  --loop_conns_;
   --open_;
 }
 
@@ -364,7 +362,6 @@ void HttpServer::Dispatch(Conn& c) {
   Task t;
   t.conn = std::move(conns_[fd]);
   t.route = t.conn->route;
-  --loop_conns_;
   {
     std::lock_guard<std::mutex> lock(mu_);
     busy_.insert(fd);
@@ -374,9 +371,7 @@ void HttpServer::Dispatch(Conn& c) {
 }
 
 void HttpServer::Reply(Conn& c, Response& res, bool close) {
-  const Request empty;
-  const Request& req = c.parser ? c.parser->request() : empty;
-  c.out = Head(req, res, close, false) + res.body;
+  c.out = Head(res, close, false) + res.body;
   c.out_off = 0;
   c.close_after = close;
   c.parser.reset();
@@ -448,7 +443,6 @@ void HttpServer::TakeReturned() {
     if (fd >= static_cast<int>(conns_.size())) conns_.resize(fd + 1);
     c->deadline = After(opt_.idle_timeout_s);
     conns_[fd] = std::move(c);
-    ++loop_conns_;
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.fd = fd;
@@ -498,10 +492,10 @@ void HttpServer::Serve(Task& task) {
   if (res.provider) {
     const bool chunked = req.minor_version >= 1;
     close |= !chunked;  // HTTP/1.0: the body ends with the connection
-    const std::string head = Head(req, res, close, chunked);
+    const std::string head = Head(res, close, chunked);
     ok = WriteAll(c.fd, head.data(), head.size()) && Stream(c, res, chunked);
   } else {
-    const std::string out = Head(req, res, close, false) + res.body;
+    const std::string out = Head(res, close, false) + res.body;
     ok = WriteAll(c.fd, out.data(), out.size());
   }
   if (logger_) logger_(req, res.status);
@@ -566,7 +560,7 @@ void HttpServer::Hand(std::unique_ptr<Conn> c, bool keep) {
   --open_;
 }
 
-std::string HttpServer::Head(const Request& req, const Response& res, bool close, bool chunked) const {
+std::string HttpServer::Head(const Response& res, bool close, bool chunked) const {
   std::string h = absl::StrCat("HTTP/1.1 ", res.status, " ", Reason(res.status), "\r\n");
   if (!res.content_type.empty()) absl::StrAppend(&h, "Content-Type: ", res.content_type, "\r\n");
   if (chunked) {
@@ -576,7 +570,6 @@ std::string HttpServer::Head(const Request& req, const Response& res, bool close
   }
   for (const auto& [k, v] : res.headers) absl::StrAppend(&h, k, ": ", v, "\r\n");
   h += close ? "Connection: close\r\n\r\n" : "Connection: keep-alive\r\n\r\n";
-  (void)req;
   return h;
 }
 

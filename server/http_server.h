@@ -102,7 +102,7 @@ class HttpServer {
   // The route for `req` (its captures into req.params); null when none (`method_mismatch`:
   // the path exists for another method).
   const RouteEntry* FindRoute(Request& req, bool* method_mismatch) const;
-  std::string Head(const Request& req, const Response& res, bool close, bool chunked) const;
+  std::string Head(const Response& res, bool close, bool chunked) const;
 
   HttpServerOptions opt_;
   std::vector<RouteEntry> routes_;
@@ -118,7 +118,6 @@ class HttpServer {
   std::atomic<int> open_{0};
   // Connections on the event thread (owned there).
   std::vector<std::unique_ptr<Conn>> conns_;  // by fd
-  int loop_conns_ = 0;
 
   std::mutex mu_;  // guards what follows: the edges between the event thread and the workers
   std::condition_variable work_cv_;

@@ -242,8 +242,8 @@ bool Provide(Reply& r, http::DataSink& sink) {
   }
   const auto now = std::chrono::steady_clock::now();
   if (out.empty() && r.stream && now - r.last_write > std::chrono::milliseconds(1000)) {
-    // Keep-alive (and the way a vanished client is noticed): an SSE comment, or JSON whitespace.
-    out = r.stream ? ": keep-alive\n\n" : " ";
+    // Keep-alive (and the way a vanished client is noticed): an SSE comment.
+    out = ": keep-alive\n\n";
   }
   if (!out.empty()) {
     r.last_write = now;

@@ -302,19 +302,7 @@ TEST_F(EngineTest, AFlippedBitInABlockFailsItsModelsRequests) {
     f.seekp(-3, std::ios::end);
     f.write(&c, 1);
   }
-  auto plain = MakeEngine();
-  const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
-  for (bool background : {false, true}) {
-    SCOPED_TRACE(LoadMode(background));
-    auto engine = LazyEngine(zoo, {"base", "ft"}, background);
-    ASSERT_NE(engine, nullptr);
-    Engine& e = *engine;
-    const auto got = Run(e, {Spec(e, "ft", 4, 12), Spec(e, "base", 4, 12)});
-    EXPECT_EQ(got[0].finish, Finish::kError);
-    EXPECT_TRUE(got[0].tokens.empty());
-    EXPECT_EQ(got[0].error, "model ft is unavailable: one of its blocks failed to load");
-    EXPECT_EQ(got[1].tokens, alone[0].tokens);
-  }
+  ExpectFailsBesideTheBase(zoo, "ft");
 }
 
 // The same for a LoRA adapter: the LoRA model's requests fail, the base's — in the same calls
@@ -341,20 +329,7 @@ TEST_F(EngineTest, AnAdapterThatFailsToLoadFailsOnlyItsModelsRequests) {
     ++damaged;
   }
   ASSERT_GT(damaged, 0);
-  auto plain = MakeEngine();
-  const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
-  for (bool background : {false, true}) {
-    SCOPED_TRACE(LoadMode(background));
-    auto engine = LazyEngine(zoo, {"base", "lora"}, background);
-    ASSERT_NE(engine, nullptr);
-    Engine& e = *engine;
-    const auto got = Run(e, {Spec(e, "lora", 4, 12), Spec(e, "base", 4, 12)});
-    EXPECT_EQ(got[0].finish, Finish::kError);
-    EXPECT_EQ(got[0].error, "model lora is unavailable: one of its blocks failed to load");
-    EXPECT_EQ(got[1].tokens, alone[0].tokens);
-    EXPECT_EQ(got[1].finish, Finish::kLength);
-    EXPECT_EQ(e.stats().adapters_resident, 0);
-  }
+  ExpectFailsBesideTheBase(zoo, "lora", [](Engine& e) { EXPECT_EQ(e.stats().adapters_resident, 0); });
 }
 
 // Background loading under pressure: ten models (fine-tunes and LoRA) behind a budget that

@@ -6,6 +6,7 @@
 
 #include "scheduler/engine.h"
 
+#include <functional>
 #include <atomic>
 #include <filesystem>
 #include <future>
@@ -156,6 +157,28 @@ class EngineTest : public ::testing::Test {
       s.sampling.seed = seed;
     }
     return s;
+  }
+
+  // In both load modes: a request of `model` (whose files are damaged) fails with the load error
+  // and no tokens, and the base's request beside it gives exactly its tokens alone; `also` checks
+  // more on each engine afterwards.
+  void ExpectFailsBesideTheBase(const blockzoo::Zoo& zoo, const std::string& model,
+                                const std::function<void(Engine&)>& also = nullptr) {
+    auto plain = MakeEngine();
+    const auto alone = Run(*plain, {Spec(*plain, "base", 4, 12)});
+    for (bool background : {false, true}) {
+      SCOPED_TRACE(LoadMode(background));
+      auto engine = LazyEngine(zoo, {"base", model}, background);
+      ASSERT_NE(engine, nullptr);
+      Engine& e = *engine;
+      const auto got = Run(e, {Spec(e, model, 4, 12), Spec(e, "base", 4, 12)});
+      EXPECT_EQ(got[0].finish, Finish::kError);
+      EXPECT_TRUE(got[0].tokens.empty());
+      EXPECT_EQ(got[0].error, "model " + model + " is unavailable: one of its blocks failed to load");
+      EXPECT_EQ(got[1].tokens, alone[0].tokens);
+      EXPECT_EQ(got[1].finish, Finish::kLength);
+      if (also) also(e);
+    }
   }
 
   // Runs every spec to completion on `e` (Step() on this thread), checking invariants.

@@ -161,7 +161,13 @@ absl::StatusOr<RequestId> Engine::Submit(RequestSpec spec, Sink sink) {
 
 void Engine::Abort(RequestId id) {
   std::lock_guard<std::mutex> lock(mu_);
-  abort_inbox_.push_back(id);
+  abort_inbox_.push_back({id, Finish::kAbort});
+  cv_.notify_one();
+}
+
+void Engine::StopRequest(RequestId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  abort_inbox_.push_back({id, Finish::kStop});
   cv_.notify_one();
 }
 
@@ -193,7 +199,13 @@ absl::StatusOr<bool> Engine::Step() {
       samplers_.emplace(id, std::move(sampler));
       if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
     }
-    for (RequestId id : abort_inbox_) scheduler_->Abort(id);
+    for (const auto& [id, why] : abort_inbox_) {
+      if (why == Finish::kStop) {
+        scheduler_->Stop(id);
+      } else {
+        scheduler_->Abort(id);
+      }
+    }
     abort_inbox_.clear();
   }
   if (opt_.background_loads) {
@@ -201,7 +213,7 @@ absl::StatusOr<bool> Engine::Step() {
     UpdateReady();
   }
   StepPlan plan = scheduler_->Plan();
-  if (plan.empty() && plan.aborted.empty() && plan.unservable.empty()) {
+  if (plan.empty() && !plan.finishes()) {
     StartLoads(plan);
     if (loading_.empty()) return false;
     // Nothing runs until a load lands (or a request, abort or control arrives).
@@ -243,6 +255,9 @@ absl::StatusOr<bool> Engine::Step() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;
+    for (const Event& e : events) {
+      if (e.finish != Finish::kNone) ++stats_.finished[static_cast<int>(e.finish)];
+    }
     stats_.preemptions += plan.preempted.size();
     for (const auto& s : plan.seqs) stats_.tokens += s.len;
     stats_.prefix_hits = scheduler_->prefix_hits();

@@ -4,6 +4,7 @@
 // model (LoRA adapters applied per slice).
 #pragma once
 
+#include <array>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -105,6 +106,8 @@ struct InstanceStats {
 };
 
 struct EngineStats {
+  // Requests finished, by Finish (indexed by its value).
+  std::array<uint64_t, static_cast<int>(Finish::kContextFull) + 1> finished{};
   uint64_t steps = 0, preemptions = 0, block_calls = 0, tokens = 0, block_loads = 0;
   uint64_t prefix_hits = 0, prefix_hit_tokens = 0;
   uint64_t adapter_loads = 0, adapter_evictions = 0;
@@ -132,6 +135,9 @@ class Engine {
   // that is unloaded refuses new requests (FAILED_PRECONDITION).
   absl::StatusOr<RequestId> Submit(RequestSpec spec, Sink sink);
   void Abort(RequestId id);
+  // Finishes a request as kStop at the next step (a stop string found in its text): its KV
+  // feeds the prefix cache as any other finish does.
+  void StopRequest(RequestId id);
 
   // Serving state of a model (thread-safe). Models start loaded.
   bool loaded(int model) const;
@@ -242,7 +248,7 @@ class Engine {
   std::condition_variable cv_;
   std::deque<std::pair<RequestSpec, Sink>> inbox_;
   std::deque<RequestId> inbox_ids_;
-  std::vector<RequestId> abort_inbox_;
+  std::vector<std::pair<RequestId, Finish>> abort_inbox_;  // Abort (kAbort), StopRequest (kStop)
   struct Control {
     int model = 0;
     bool load = true;

@@ -130,6 +130,7 @@ absl::Status Engine::RunCall(const StepPlan& plan, const BlockCall& call, runtim
 
 absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
                              std::map<RequestId, std::string>* failed) {
+  for (const Fork& f : full.donate) RETURN_IF_ERROR(ForkKv(f));
   for (const Release& r : full.release) ReleaseKv(r);
   std::vector<absl::Status> broken;
   RETURN_IF_ERROR(MakeResident(full, &broken));

@@ -36,6 +36,14 @@ const char* FinishName(Finish f) {
   return "?";
 }
 
+const char* FinishReason(Finish f) {
+  switch (f) {
+    case Finish::kNone: return "";
+    case Finish::kContextFull: return "length";
+    default: return FinishName(f);
+  }
+}
+
 absl::Status Request::TransitionTo(RequestState next) {
   const RequestState s = state;
   const bool ok = (s == RequestState::kQueued && next == RequestState::kRunning) ||

@@ -19,6 +19,9 @@ const char* RequestStateName(RequestState s);
 
 enum class Finish { kNone, kStop, kLength, kAbort, kError, kContextFull };
 const char* FinishName(Finish f);
+// The finish_reason clients see (OpenAI's vocabulary, also the gRPC API's): "stop", "length"
+// (kLength and kContextFull), "abort", "error"; "" for kNone.
+const char* FinishReason(Finish f);
 
 struct RequestSpec {
   std::string tenant = "default";

@@ -62,7 +62,9 @@ absl::Status Scheduler::Validate(const RequestSpec& spec) const {
   return spec.sampling.Validate();
 }
 
-void Scheduler::Abort(RequestId id) { aborts_.insert(id); }
+void Scheduler::Abort(RequestId id) { ends_[id] = Finish::kAbort; }
+
+void Scheduler::Stop(RequestId id) { ends_.try_emplace(id, Finish::kStop); }
 
 Request* Scheduler::Get(RequestId id) {
   auto it = requests_.find(id);
@@ -135,13 +137,15 @@ void Scheduler::Finish(Request& r, ::blockserve::scheduler::Finish f) {
 
 StepPlan Scheduler::Plan() {
   StepPlan plan;
-  for (RequestId id : aborts_) {
+  for (const auto& [id, why] : ends_) {
     Request* r = Get(id);
     if (r == nullptr || r->state == RequestState::kFinished) continue;
-    Finish(*r, Finish::kAbort);
-    plan.aborted.push_back(id);
+    Finish(*r, why);
+    (why == Finish::kStop ? plan.stopped : plan.aborted).push_back(id);
   }
-  aborts_.clear();
+  ends_.clear();
+  // The entries just made from stopped requests: forked before their KV is released.
+  plan.donate = TakeDonations();
 
   int budget = config_.max_step_tokens;
   auto plan_seq = [&](Request& r, int len) {
@@ -404,6 +408,10 @@ std::vector<Event> Scheduler::CommitDecided(const StepPlan& plan) {
   std::vector<Event> events;
   for (RequestId id : plan.aborted) {
     events.push_back({id, -1, Finish::kAbort, {}});
+    requests_.erase(id);
+  }
+  for (RequestId id : plan.stopped) {
+    events.push_back({id, -1, Finish::kStop, {}});
     requests_.erase(id);
   }
   for (RequestId id : plan.unservable) {

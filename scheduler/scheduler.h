@@ -95,9 +95,13 @@ struct Fork {
 };
 
 struct StepPlan {
+  // First: prefix-cache entries made from requests this plan finished (Stop), forked from
+  // their KV before it is released.
+  std::vector<Fork> donate;
   std::vector<Release> release;  // free these sequences' KV in every block of their chain
   std::vector<Fork> forks;       // after the releases: requests starting from cached prefixes
   std::vector<RequestId> admitted, preempted, aborted;
+  std::vector<RequestId> stopped;  // finished by Stop (kStop)
   std::vector<RequestId> unservable;  // can never fit the KV budget: finished (context_full)
   std::vector<InstanceId> pinned;     // instances the running requests need (must be resident)
   // Models not ready (SetReady) that waiting requests need, most deserving first: the executor
@@ -108,7 +112,9 @@ struct StepPlan {
   std::vector<InstanceId> reserved;
   std::vector<PlannedSeq> seqs;
   std::vector<std::vector<BlockCall>> rounds;  // rounds[r]: the calls at chain position r
-  bool empty() const { return seqs.empty() && release.empty(); }
+  bool empty() const { return seqs.empty() && release.empty() && donate.empty(); }
+  // Whether the plan finishes requests without running anything (events to deliver).
+  bool finishes() const { return !aborted.empty() || !stopped.empty() || !unservable.empty(); }
 };
 
 // What the executor produced for one sampled sequence of the plan.
@@ -160,6 +166,9 @@ class Scheduler {
   absl::StatusOr<RequestId> Submit(RequestSpec spec, RequestId id = 0);
   // Aborts at any point; the request finishes with kAbort at the next step (its KV released).
   void Abort(RequestId id);
+  // Finishes a request with kStop at the next step, as a stop token would (a stop string the
+  // output stage found): its KV feeds the prefix cache like every other finish.
+  void Stop(RequestId id);
 
   StepPlan Plan();
   // Applies the executor's sampled tokens; returns the events (tokens, finishes) to deliver.
@@ -229,7 +238,7 @@ class Scheduler {
   std::vector<int> pages_used_;
   std::vector<bool> ready_;  // per model
   std::vector<uint64_t> alone_bytes_;  // per model: its chain and adapter, each instance once
-  std::set<RequestId> aborts_;
+  std::map<RequestId, ::blockserve::scheduler::Finish> ends_;  // Abort / Stop, for the next plan
   std::vector<Release> pending_release_;
   std::map<std::string, double> served_;
   RequestId next_id_ = 1;

@@ -12,7 +12,7 @@
 #include "runtime/status_macros.h"
 #include "runtime/chain.h"
 #include "runtime/device.h"
-#include "scheduler/generator.h"
+#include "scheduler/run_to_completion.h"
 
 ABSL_FLAG(std::string, model, "",
           "model file (llama2.c checkpoint .bin or GGUF), or with --zoo a model name in the zoo");
@@ -109,14 +109,19 @@ int RunGenerate() {
   const runtime::Tokenizer& tok = *loaded->tokenizer;
   const runtime::Chain* chain = loaded->chain.get();
   const int threads = absl::GetFlag(FLAGS_threads);
-  runtime::CpuDevice cpu(threads > 0 ? threads : runtime::DefaultThreadCount());
-  runtime::ExecContext ctx(&cpu);
+  // The server's engine and executor, one model, stepped on this thread.
+  scheduler::EngineOptions opt;
+  opt.threads = threads > 0 ? threads : runtime::DefaultThreadCount();
+  opt.kv_page_size = runtime::BlockOptions{}.kv_page_size;  // the blocks were built with it
+  opt.scheduler.max_running = 1;
+  std::vector<scheduler::EngineModel> models;
+  models.push_back(scheduler::ChainModel(model_path, *chain, loaded->adapter));
+  scheduler::Engine engine(opt, std::move(models));
 
-  scheduler::GenerationRequest req;
+  scheduler::RequestSpec req;
   req.prompt = tok.Encode(absl::GetFlag(FLAGS_prompt), /*add_bos=*/true);
   if (req.prompt.empty()) req.prompt.push_back(0);
-  req.max_tokens = absl::GetFlag(FLAGS_max_tokens);
-  req.adapter = loaded->adapter;
+  req.max_tokens = absl::GetFlag(FLAGS_max_tokens);  // the context ends it sooner
   req.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   req.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   req.sampling.top_k = absl::GetFlag(FLAGS_top_k);
@@ -128,7 +133,7 @@ int RunGenerate() {
   for (size_t i = 1; i < req.prompt.size(); ++i) PrintPiece(tok.Decode(req.prompt[i - 1], req.prompt[i]));
   int32_t prev = req.prompt.back();
   const auto t0 = std::chrono::steady_clock::now();
-  auto result = scheduler::GenerateBatch(*chain, ctx, {req}, [&](int, int32_t id) {
+  auto result = scheduler::RunToCompletion(engine, {req}, [&](int, int32_t id) {
     PrintPiece(tok.Decode(prev, id));
     std::fflush(stdout);
     prev = id;
@@ -141,9 +146,13 @@ int RunGenerate() {
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto& r = (*result)[0];
-  std::fprintf(stderr, "%zu tokens in %.3f s (%.1f tok/s), finish: %s, %s\n", r.tokens.size(),
-               secs, r.tokens.size() / secs,
-               scheduler::FinishReasonName(r.finish), cpu.name().c_str());
+  if (r.finish == scheduler::Finish::kError) {
+    std::fprintf(stderr, "error: %s\n", r.error.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "%zu tokens in %.3f s (%.1f tok/s), finish: %s, cpu (%d threads)\n",
+               r.tokens.size(), secs, r.tokens.size() / secs, scheduler::FinishName(r.finish),
+               opt.threads);
   return 0;
 }
 

@@ -55,7 +55,7 @@ void Fill(const Delta& d, v1::GenerateResponse* out) {
   for (const TokenLogprobs& lp : d.prompt_logprobs) Fill(lp, out->add_prompt_logprobs());
   out->set_text(d.text);
   if (d.done()) {
-    out->set_finish_reason(d.finish_reason);
+    out->set_finish_reason(d.finish_reason());
     out->mutable_usage()->set_prompt_tokens(d.prompt_tokens);
     out->mutable_usage()->set_completion_tokens(d.completion_tokens);
     out->mutable_usage()->set_total_tokens(d.prompt_tokens + d.completion_tokens);
@@ -63,10 +63,10 @@ void Fill(const Delta& d, v1::GenerateResponse* out) {
 }
 
 grpc::Status FinalStatus(const Delta& d) {
-  if (d.finish_reason == "error") {
+  if (d.finish == scheduler::Finish::kError) {
     return grpc::Status(d.unavailable ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::INTERNAL, d.error);
   }
-  if (d.finish_reason == "abort") return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+  if (d.finish == scheduler::Finish::kAbort) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
   return grpc::Status::OK;
 }
 
@@ -126,7 +126,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
       // Outside the lock: a reaction may run on this thread. The reactor lives until Finish.
       if (!d.done()) {
         r->StartWrite(&r->msg_);
-      } else if (d.finish_reason == "error" || d.finish_reason == "abort") {
+      } else if (d.finish == scheduler::Finish::kError || d.finish == scheduler::Finish::kAbort) {
         r->Finish(FinalStatus(d));
       } else {
         r->StartWriteAndFinish(&r->msg_, grpc::WriteOptions(), grpc::Status::OK);

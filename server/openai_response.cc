@@ -193,10 +193,10 @@ bool Provide(Reply& r, http::DataSink& sink) {
     Delta d;
     if (!r.gens[i]->Pop(&d, std::chrono::milliseconds(0))) continue;
     if (d.done()) {
-      r.finish[i] = d.finish_reason;
+      r.finish[i] = d.finish_reason();
       r.prompt_tokens += d.prompt_tokens;
       r.completion_tokens += d.completion_tokens;
-      if (d.finish_reason == "error") {
+      if (d.finish == scheduler::Finish::kError) {
         r.error = d.error;
         r.unavailable |= d.unavailable;
       }
@@ -212,7 +212,9 @@ bool Provide(Reply& r, http::DataSink& sink) {
         out += r.Chunk(i, (echo_now ? r.prompt_text[i] : std::string()) + d.text, "",
                        r.LogprobsFor(i, echo_now ? &d.prompt_logprobs : nullptr, d.logprobs));
       }
-      if (d.done() && d.finish_reason != "error") out += r.Chunk(i, "", PublicReason(d.finish_reason));
+      if (d.done() && d.finish != scheduler::Finish::kError) {
+        out += r.Chunk(i, "", PublicReason(d.finish_reason()));
+      }
     } else {
       r.text[i] += d.text;
       r.lps[i].insert(r.lps[i].end(), d.logprobs.begin(), d.logprobs.end());

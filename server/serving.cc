@@ -60,7 +60,7 @@ void Delta::Append(Delta&& d) {
   take(prompt_logprobs, d.prompt_logprobs);
   text += d.text;
   if (d.done()) {
-    finish_reason = std::move(d.finish_reason);
+    finish = d.finish;
     error = std::move(d.error);
     unavailable = d.unavailable;
     prompt_tokens = d.prompt_tokens;
@@ -433,30 +433,31 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
         // Stop strings count from min_tokens on (as end-of-text and stop_token_ids, vLLM's rule).
         d.text = st->text.Add(e.token, &stopped, st->completion >= min_tokens);
         if (stopped) {
-          d.finish_reason = "stop";
-          engine_->Abort(e.id);
+          d.finish = Finish::kStop;
+          engine_->StopRequest(e.id);
         }
       }
     }
-    if (e.finish != Finish::kNone && d.finish_reason.empty()) {
+    if (e.finish != Finish::kNone && !d.done()) {
       if (has_tok) d.text += st->text.Flush();
       switch (e.finish) {
-        case Finish::kStop: d.finish_reason = score_only ? "length" : "stop"; break;
-        case Finish::kLength:
-        case Finish::kContextFull: d.finish_reason = "length"; break;
+        case Finish::kStop: d.finish = score_only ? Finish::kLength : Finish::kStop; break;
         case Finish::kAbort:
           if (!gen->shutdown_) {
-            d.finish_reason = "abort";
+            d.finish = Finish::kAbort;
             break;
           }
-          d.finish_reason = "error";
+          d.finish = Finish::kError;
           d.unavailable = true;
           d.error = absl::StrCat("the server is shutting down: this request was stopped at the "
                                  "drain deadline after ", st->completion, " tokens; retry it");
           break;
-        default:
-          d.finish_reason = "error";
+        case Finish::kError:
+          d.finish = Finish::kError;
           d.error = e.error.empty() ? "the engine failed while running this request" : e.error;
+          break;
+        default:  // kLength, kContextFull
+          d.finish = e.finish;
           break;
       }
     }
@@ -464,7 +465,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
       st->done = true;
       d.prompt_tokens = n_prompt;
       d.completion_tokens = st->completion;
-      metrics_.Finished(series, d.finish_reason,
+      metrics_.Finished(series, d.finish_reason(),
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start)
                             .count(),
                         st->completion);

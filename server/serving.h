@@ -76,17 +76,19 @@ struct TokenLogprobs {
   std::vector<TokenInfo> top;  // the most likely tokens, most likely first
 };
 
-// One piece of a generation's output; the last one has `finish_reason` set.
+// One piece of a generation's output; the last one has `finish` set.
 struct Delta {
   std::vector<int32_t> tokens;
   std::vector<TokenLogprobs> logprobs;  // one per token, when asked for
   std::vector<TokenLogprobs> prompt_logprobs;  // prompt tokens 1, 2, ... (once, when asked for)
   std::string text;
-  std::string finish_reason;  // "stop", "length", "abort", "error"
-  std::string error;          // with "error"
-  bool unavailable = false;   // with "error": the server stopped it (shutting down); retry elsewhere
+  scheduler::Finish finish = scheduler::Finish::kNone;  // the engine's finish, as clients see it
+  std::string error;          // with kError
+  bool unavailable = false;   // with kError: the server stopped it (shutting down); retry elsewhere
   int prompt_tokens = 0, completion_tokens = 0;
-  bool done() const { return !finish_reason.empty(); }
+  bool done() const { return finish != scheduler::Finish::kNone; }
+  // "stop", "length", "abort", "error" (scheduler::FinishReason); "" until done.
+  std::string finish_reason() const { return scheduler::FinishReason(finish); }
   // Appends the next delta `d` of the same generation (its ending, when it has one).
   void Append(Delta&& d);
 };

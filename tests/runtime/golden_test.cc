@@ -8,7 +8,7 @@
 #include "blockzoo/model_loader.h"
 #include "blockzoo/zoo_model.h"
 #include "runtime/chain.h"
-#include "scheduler/generator.h"
+#include "scheduler/run_to_completion.h"
 #include "tests/testing/hf_export.h"
 #include "tests/testing/test_util.h"
 
@@ -91,12 +91,15 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(GoldenTest, EveryReferenceCaseTokenForToken) {
-  runtime::CpuDevice cpu(2);
-  runtime::ExecContext ctx(&cpu);
+  scheduler::EngineOptions opt;
+  opt.threads = 2;
+  std::vector<scheduler::EngineModel> models;
+  models.push_back(scheduler::ChainModel("stories260K", *fx_->chain));
+  scheduler::Engine engine(opt, std::move(models));
   const auto ref = Reference(dir_);
   int checked = 0;
   for (const auto& c : ref["cases"]) {
-    scheduler::GenerationRequest req;
+    scheduler::RequestSpec req;
     req.prompt = c["prompt_ids"].get<std::vector<int32_t>>();
     EXPECT_EQ(fx_->tokenizer->Encode(c["name"] == "greedy_once_upon_a_time_n64"
                                                ? "Once upon a time"
@@ -113,7 +116,7 @@ TEST_P(GoldenTest, EveryReferenceCaseTokenForToken) {
       req.sampling.top_p = 0.9f;
       req.sampling.seed = 133742;
     }
-    auto out = scheduler::GenerateBatch(*fx_->chain, ctx, {req});
+    auto out = scheduler::RunToCompletion(engine, {req});
     ASSERT_THAT(out, IsOk());
     EXPECT_EQ((*out)[0].tokens, c["generated_ids"].get<std::vector<int32_t>>()) << name;
     // The text, as llama2.c prints it (every token after position 0).

@@ -51,15 +51,24 @@ TEST_F(EngineTest, SharedChainEqualsTheMonolithicModel) {
   runtime::CpuDevice cpu(2);
   runtime::ExecContext ctx(&cpu);
   auto e = MakeEngine();
-  RequestSpec s = Spec(*e, "base", 6, 40);
-  GenerationRequest g;
-  g.prompt = s.prompt;
-  g.max_tokens = 40;
-  auto mono = GenerateBatch(*chain, ctx, {g});
-  ASSERT_THAT(mono, IsOk());
+  const RequestSpec s = Spec(*e, "base", 6, 40);
+  // The monolithic model, greedy, by the plainest loop: the whole sequence through the chain
+  // each time (no KV carried between steps, no engine).
+  std::vector<int32_t> seq = s.prompt, mono;
+  const int vocab = chain->config().vocab_size;
+  while (mono.size() < 40) {
+    runtime::Batch b;
+    b.Add(1, 0, seq.data(), static_cast<int>(seq.size()));
+    ASSERT_THAT(chain->Forward(b, ctx), IsOk());
+    chain->ReleaseSequence(1);
+    const int32_t next = static_cast<int32_t>(
+        std::max_element(b.logits.begin(), b.logits.begin() + vocab) - b.logits.begin());
+    mono.push_back(next);
+    seq.push_back(next);
+  }
   // Batched with other models' requests in the same engine.
   const auto got = Run(*e, {s, Spec(*e, "ft3", 4, 10), Spec(*e, "lora2", 5, 30)});
-  EXPECT_EQ(got[0].tokens, (*mono)[0].tokens);
+  EXPECT_EQ(got[0].tokens, mono);
 }
 
 // Log-probabilities of generated tokens: those of the monolithic model's logits at each
@@ -350,6 +359,41 @@ TEST_F(EngineTest, PrefixCacheGivesTheSameTokensAndFreesCleanly) {
   const uint64_t hits = e->stats().prefix_hits;
   Run(*e, {Spec(*e, "ft3", 40, 4)});
   EXPECT_EQ(e->stats().prefix_hits, hits);
+}
+
+// A request stopped from outside (a stop string the server found in its text) finishes as a
+// stop, not an abort: the stats count a stop and its KV feeds the prefix cache, which the same
+// prompt then starts from.
+TEST_F(EngineTest, AStopFinishFeedsThePrefixCache) {
+  EngineOptions opt;
+  opt.scheduler.prefix_cache = true;
+  auto e = MakeEngine(opt);
+  const RequestSpec s = Spec(*e, "ft2", 40, 100);
+  Result got;
+  RequestId id = 0;
+  auto submitted = e->Submit(s, [&](const Event& ev) {
+    if (ev.token >= 0) got.tokens.push_back(ev.token);
+    if (ev.finish != Finish::kNone) got.finish = ev.finish;
+    if (got.tokens.size() == 5 && ev.finish == Finish::kNone) e->StopRequest(id);
+  });
+  ASSERT_THAT(submitted, IsOk());
+  id = *submitted;  // the sink runs in Step, after this
+  for (int step = 0; step < 1000; ++step) {
+    auto worked = e->Step();
+    ASSERT_THAT(worked, IsOk());
+    CheckKv(*e);
+    if (!*worked) break;
+  }
+  EXPECT_EQ(got.finish, Finish::kStop);
+  EXPECT_EQ(got.tokens.size(), 5u);
+  const EngineStats st = e->stats();
+  EXPECT_EQ(st.finished[static_cast<int>(Finish::kStop)], 1u);
+  EXPECT_EQ(st.finished[static_cast<int>(Finish::kAbort)], 0u);
+  EXPECT_EQ(st.prefix_entries, 1);
+  const auto again = Run(*e, {Spec(*e, "ft2", 40, 8)});
+  EXPECT_GE(e->stats().prefix_hits, 1u);
+  auto plain = MakeEngine();
+  EXPECT_EQ(again[0].tokens, Run(*plain, {Spec(*plain, "ft2", 40, 8)})[0].tokens);
 }
 
 TEST_F(EngineTest, AbortFreesEveryPage) {

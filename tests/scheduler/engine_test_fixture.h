@@ -19,7 +19,6 @@
 #include "blockzoo/equiv.h"
 #include "blockzoo/importer.h"
 #include "blockzoo/model_loader.h"
-#include "scheduler/generator.h"
 #include "scheduler/zoo_engine.h"
 #include "tests/testing/test_util.h"
 

@@ -96,7 +96,7 @@ TEST_F(AttackTest, TheKvCacheIsBoundedWithoutAConfiguredBudget) {
                                         "named Lily who loved to play in the park with her dog"),
                            16);
     ASSERT_THAT(all, IsOk());
-    EXPECT_EQ(all->finish_reason, "length") << i;
+    EXPECT_EQ(all->finish_reason(), "length") << i;
     EXPECT_LE(pages(true), cap);
   }
   EXPECT_EQ(pages(false), cap);
@@ -364,7 +364,7 @@ TEST_F(AttackTest, ADamagedManifestTakesDownOnlyItsModel) {
       << (*core)->unavailable().at("ft");
   auto ok = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K", "Once upon a time", 8);
   ASSERT_THAT(ok, IsOk());
-  EXPECT_EQ(ok->finish_reason, "length");
+  EXPECT_EQ(ok->finish_reason(), "length");
   auto gone = GenerateAll(**core, (*core)->tenants().all()[0], "ft", "Once upon a time", 8);
   EXPECT_THAT(gone.status(), testing::StatusIs(absl::StatusCode::kNotFound, "does not exist"));
   GrpcServer grpc(core->get());

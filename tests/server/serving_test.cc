@@ -302,7 +302,7 @@ TEST_F(ServingTest, DrainAbortsWhatOutlivesTheDeadlineAndRefusesNewWork) {
   Delta d, all;
   while ((*gen)->Pop(&d, std::chrono::milliseconds(100))) all.Append(std::move(d));
   // Cut by the server: an error the client sees, not a client's abort or a normal end.
-  EXPECT_EQ(all.finish_reason, "error");
+  EXPECT_EQ(all.finish_reason(), "error");
   EXPECT_TRUE(all.unavailable);
   EXPECT_NE(all.error.find("drain deadline"), std::string::npos) << all.error;
   EXPECT_LT(all.completion_tokens, 500);
@@ -325,7 +325,7 @@ TEST_F(ServingTest, Bf16KvConfigHalvesPagesAndServes) {
     auto all = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K",
                            "Once upon a time", 24);
     ASSERT_THAT(all, IsOk());
-    EXPECT_EQ(all->finish_reason, "length") << kv;
+    EXPECT_EQ(all->finish_reason(), "length") << kv;
     tokens.push_back(absl::StrJoin(all->tokens, " "));
     int pages = 0;
     for (const auto& i : (*core)->engine().stats().instances) {
@@ -354,7 +354,7 @@ TEST_F(ServingTest, ProfileMaxBatchConfigMeasuresLoadedBlocks) {
     auto all = GenerateAll(**core, (*core)->tenants().all()[0], "stories260K",
                            "Once upon a time", 16);
     ASSERT_THAT(all, IsOk());
-    EXPECT_EQ(all->finish_reason, "length") << profile;
+    EXPECT_EQ(all->finish_reason(), "length") << profile;
     tokens.push_back(absl::StrJoin(all->tokens, " "));
     int measured = 0;
     for (const auto& i : (*core)->engine().stats().instances) {

@@ -37,7 +37,8 @@ std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
 
 Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     : opt_(std::move(opt)), models_(std::move(models)),
-      cpu_(opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount()), ctx_(&cpu_) {
+      cpu_(opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount()), ctx_(&cpu_),
+      output_(opt_.output_threads, opt_.output_queue) {
   opt_.scheduler.memory_budget = opt_.memory_budget;
   std::map<const BlockSlot*, InstanceId> ids;
   std::vector<InstanceInfo> infos;
@@ -177,7 +178,14 @@ bool Engine::loaded(int model) const {
 }
 
 absl::StatusOr<bool> Engine::Step() {
+  auto worked = StepOnce();
+  output_.Drain();
+  return worked;
+}
+
+absl::StatusOr<bool> Engine::StepOnce() {
   RunControl();
+  std::vector<std::pair<SinkPtr, Event>> deliver;
   {
     std::lock_guard<std::mutex> lock(mu_);
     while (!inbox_.empty()) {
@@ -192,10 +200,10 @@ absl::StatusOr<bool> Engine::Step() {
       const bool prompt_logprobs = spec.prompt_logprobs >= 0;
       auto s = scheduler_->Submit(std::move(spec), id);
       if (!s.ok()) {
-        sink({id, -1, Finish::kError, {}});
+        deliver.push_back({std::make_shared<Sink>(std::move(sink)), Event{id, -1, Finish::kError}});
         continue;
       }
-      sinks_[id] = std::move(sink);
+      sinks_[id] = std::make_shared<Sink>(std::move(sink));
       samplers_.emplace(id, std::move(sampler));
       if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
     }
@@ -207,6 +215,10 @@ absl::StatusOr<bool> Engine::Step() {
       }
     }
     abort_inbox_.clear();
+  }
+  if (!deliver.empty()) {  // refused requests (outside the lock: Push may wait for room)
+    output_.Push(std::move(deliver));
+    deliver.clear();
   }
   if (opt_.background_loads) {
     InstallLoads();
@@ -242,16 +254,18 @@ absl::StatusOr<bool> Engine::Step() {
     if (auto s = ForkKv(f); !s.ok()) return s;
   }
   for (const Release& r : scheduler_->TakeReleases()) ReleaseKv(r);
-  for (const Event& e : events) {
+  for (Event& e : events) {
     auto it = sinks_.find(e.id);
     if (it == sinks_.end()) continue;
-    it->second(e);
-    if (e.finish != Finish::kNone) {
+    const bool last = e.finish != Finish::kNone;
+    deliver.push_back({it->second, std::move(e)});
+    if (last) {
       sinks_.erase(it);
-      samplers_.erase(e.id);
-      prompt_lps_.erase(e.id);
+      samplers_.erase(deliver.back().second.id);
+      prompt_lps_.erase(deliver.back().second.id);
     }
   }
+  output_.Push(std::move(deliver));
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;
@@ -285,7 +299,7 @@ absl::StatusOr<bool> Engine::Step() {
 
 void Engine::Loop() {
   while (true) {
-    auto worked = Step();
+    auto worked = StepOnce();
     if (worked.ok() && *worked) continue;
     std::unique_lock<std::mutex> lock(mu_);
     if (stop_) return;

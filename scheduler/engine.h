@@ -22,6 +22,7 @@
 #include "runtime/lora.h"
 #include "runtime/model_config.h"
 #include "runtime/sampler.h"
+#include "scheduler/output_stage.h"
 #include "scheduler/scheduler.h"
 
 namespace blockserve::scheduler {
@@ -86,9 +87,11 @@ struct EngineOptions {
   // needs before computing, and every request of that step waits for it.
   bool background_loads = false;
   int load_threads = 2;  // loader threads (background_loads)
+  // Threads that run the requests' sinks (OutputStage), and the events each lets wait before
+  // the engine waits for it.
+  int output_threads = 1;
+  size_t output_queue = 1 << 16;
 };
-
-using Sink = std::function<void(const Event&)>;
 
 struct InstanceStats {
   std::string name;
@@ -131,8 +134,8 @@ class Engine {
   int FindModel(const std::string& name) const;
   const EngineModel& model(int i) const { return models_[i]; }
   size_t num_models() const { return models_.size(); }
-  // Thread-safe. The sink is called on the engine thread, last with a finish set. A model
-  // that is unloaded refuses new requests (FAILED_PRECONDITION).
+  // Thread-safe. The sink is called on an output stage thread (never the engine's), last with a
+  // finish set. A model that is unloaded refuses new requests (FAILED_PRECONDITION).
   absl::StatusOr<RequestId> Submit(RequestSpec spec, Sink sink);
   void Abort(RequestId id);
   // Finishes a request as kStop at the next step (a stop string found in its text): its KV
@@ -149,9 +152,9 @@ class Engine {
   // adapter) that no loaded model uses and that hold no KV. The future gives the instances freed.
   std::future<absl::StatusOr<int>> UnloadModel(int model);
 
-  // Runs one step on the calling thread (tests; not while Start()ed). False when idle. When
-  // nothing can run until a background load lands, waits for one (or for a request, abort or
-  // control call) instead.
+  // Runs one step on the calling thread (tests; not while Start()ed) and returns once its
+  // events were delivered. False when idle. When nothing can run until a background load
+  // lands, waits for one (or for a request, abort or control call) instead.
   absl::StatusOr<bool> Step();
   void Start();
   void Stop();
@@ -213,6 +216,8 @@ class Engine {
   void LoaderLoop();
   void ReleaseKv(const Release& r);
   absl::Status ForkKv(const Fork& f);
+  // Step without waiting for the output stage (the loop).
+  absl::StatusOr<bool> StepOnce();
   void Loop();
   // Control operations queued by LoadModel / UnloadModel, run by the engine thread.
   void RunControl();
@@ -233,7 +238,7 @@ class Engine {
   // One-thread contexts for block calls run side by side (Execute).
   std::vector<std::unique_ptr<runtime::CpuDevice>> serial_cpu_;
   std::vector<std::unique_ptr<runtime::ExecContext>> serial_ctx_;
-  std::map<RequestId, Sink> sinks_;
+  std::map<RequestId, SinkPtr> sinks_;
   std::map<RequestId, runtime::Sampler> samplers_;
   // Prompt log-probabilities gathered so far, for the requests that asked: entry i is prompt
   // token i + 1's; `delivered` once they went out with the first generated token (a preempted
@@ -286,6 +291,7 @@ class Engine {
   std::vector<bool> profiled_;     // per instance: batch limit measured
   EngineStats stats_;
   RequestId next_id_ = 1;
+  OutputStage output_;
 };
 
 }  // namespace blockserve::scheduler

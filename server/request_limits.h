@@ -1,7 +1,7 @@
 // The bounds every generation request is held to, whichever API it came through (HTTP bodies
 // are bounded by gateway.max_body_bytes first, gRPC messages by the same size): counts and
 // bytes of its lists and strings, checked before any work that grows with them (a constraint's
-// tables, stop-string matching on the engine thread). docs/security.md lists them.
+// tables, stop-string matching on the output stage). docs/security.md lists them.
 #pragma once
 
 #include <cstddef>

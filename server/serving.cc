@@ -386,7 +386,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   });
   gen->model_ = m->name;
   gen->prompt_ids_ = spec.prompt;
-  // Per-request state, touched only by the engine thread (the sink).
+  // Per-request state, touched only by the sink (on its output stage thread).
   struct State {
     TextStream text;
     std::chrono::steady_clock::time_point start, last;

@@ -93,7 +93,8 @@ struct Delta {
   void Append(Delta&& d);
 };
 
-// A request in flight: the engine thread pushes deltas, one consumer pops them (merged).
+// A request in flight: the sink (an output stage thread) pushes deltas, one consumer pops them
+// (merged).
 class Generation {
  public:
   // Everything available, merged into one delta; false when nothing came within `wait`.

@@ -231,7 +231,7 @@ TEST_F(AttackTest, LimitsComeBeforeTokenizing) {
 }
 
 // Lists are bounded in both APIs before any work grows with them (a constraint's tables, stop
-// strings matched on the engine thread): past a bound is a 400 / INVALID_ARGUMENT naming the
+// strings matched on the output stage): past a bound is a 400 / INVALID_ARGUMENT naming the
 // field, and a gRPC message past the body limit is refused by size.
 TEST_F(AttackTest, EveryListIsBoundedInBothApis) {
   json many_stops = json::array(), many_choices = json::array();

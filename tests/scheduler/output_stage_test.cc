@@ -77,17 +77,21 @@ class EngineOutputTest : public ::testing::Test {
     ASSERT_THAT(c, blockserve::testing::IsOk());
     chain_ = std::make_unique<runtime::Chain>(std::move(*c));
   }
+  std::unique_ptr<Engine> MakeEngine() {
+    EngineOptions opt;
+    opt.threads = 2;
+    std::vector<EngineModel> models;
+    models.push_back(ChainModel("m", *chain_));
+    return std::make_unique<Engine>(opt, std::move(models));
+  }
   std::unique_ptr<runtime::Chain> chain_;
 };
 
 // A sink that calls back into the engine (stats, abort of its own request) while the engine
 // runs: with sinks on the engine thread under its lock, this deadlocked or raced.
 TEST_F(EngineOutputTest, ASinkMayAbortItsOwnRequestWhileTheEngineRuns) {
-  EngineOptions opt;
-  opt.threads = 2;
-  std::vector<EngineModel> models;
-  models.push_back(ChainModel("m", *chain_));
-  Engine e(opt, std::move(models));
+  auto engine = MakeEngine();
+  Engine& e = *engine;
   e.Start();
   RequestSpec spec;
   spec.prompt = {1, 403, 407};
@@ -122,11 +126,8 @@ TEST_F(EngineOutputTest, ASinkMayAbortItsOwnRequestWhileTheEngineRuns) {
 // Stepped on this thread, the engine still hands every event to the stage: sinks never run on
 // the thread that computes, and Step returns only once they have run.
 TEST_F(EngineOutputTest, SinksRunOffTheEngineThread) {
-  EngineOptions opt;
-  opt.threads = 2;
-  std::vector<EngineModel> models;
-  models.push_back(ChainModel("m", *chain_));
-  Engine e(opt, std::move(models));
+  auto engine = MakeEngine();
+  Engine& e = *engine;
   RequestSpec spec;
   spec.prompt = {1, 403, 407};
   spec.max_tokens = 10;

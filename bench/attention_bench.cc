@@ -118,9 +118,9 @@ int Main(int argc, char** argv) {
     const int layers = layers_flag > 0 ? layers_flag
                                        : static_cast<int>(std::max<size_t>(
                                              2, (size_t{512} << 20) / std::max<size_t>(1, layer_bytes)));
-    // One pool of pages for every layer, K and V, handed out in a shuffled order.
-    const size_t n_pages = 2 * static_cast<size_t>(pages_per_seq) * seqs * layers;
-    const size_t pool_bytes = n_pages * page_bytes;
+    // One arena of pages (K then V in each) for every layer, handed out in a shuffled order.
+    const size_t n_pages = static_cast<size_t>(pages_per_seq) * seqs * layers;
+    const size_t pool_bytes = n_pages * 2 * page_bytes;
     std::shared_ptr<void> pool = runtime::AllocateAligned(pool_bytes, /*zeroed=*/false);
     auto* base = static_cast<uint8_t*>(pool.get());
     // Ordinary small values (never denormals, which would time the FPU's slow path).
@@ -129,20 +129,15 @@ int Main(int argc, char** argv) {
     } else {
       std::fill_n(reinterpret_cast<uint16_t*>(base), pool_bytes / 2, uint16_t{0x3c24});
     }
-    std::vector<size_t> order(n_pages);
+    std::vector<int32_t> order(n_pages);
     std::iota(order.begin(), order.end(), 0);
     std::shuffle(order.begin(), order.end(), rng);
-    // pages[layer][seq]: K pages then V pages of that sequence.
-    std::vector<std::vector<std::vector<const void*>>> k_pages(layers), v_pages(layers);
-    size_t next = 0;
+    // tables[layer][seq]: that sequence's page ids in the arena.
+    std::vector<std::vector<kernels::PageTable>> tables(layers);
     for (int l = 0; l < layers; ++l) {
-      k_pages[l].resize(seqs);
-      v_pages[l].resize(seqs);
       for (int s = 0; s < seqs; ++s) {
-        for (int p = 0; p < pages_per_seq; ++p) {
-          k_pages[l][s].push_back(base + order[next++] * page_bytes);
-          v_pages[l][s].push_back(base + order[next++] * page_bytes);
-        }
+        const int32_t* ids = order.data() + (static_cast<size_t>(l) * seqs + s) * pages_per_seq;
+        tables[l].push_back({base, 2 * page_bytes, page_bytes, ids});
       }
     }
     std::vector<float> q(static_cast<size_t>(seqs) * heads * head_dim, 0.01f);
@@ -153,7 +148,7 @@ int Main(int argc, char** argv) {
         thread_local std::vector<float> scores;
         scores.resize(lds);
         const size_t off = static_cast<size_t>(s) * heads * head_dim;
-        kernels::AttendOne(q.data() + off, k_pages[l][s].data(), v_pages[l][s].data(), context,
+        kernels::AttendOne(q.data() + off, tables[l][s], context,
                            shape, 0, heads, scores.data(), att.data() + off);
       });
     };

@@ -35,7 +35,9 @@ std::string CpuDevice::name() const {
   return absl::StrCat("cpu (", pool_.size(), " threads, matmul ", kernels::MatmulIsa(), ")");
 }
 
-bool CpuDevice::Supports(Op op, DType dtype) const {
+bool CpuDevice::Supports(Op op, DType dtype) const { return CpuSupports(op, dtype); }
+
+bool CpuSupports(Op op, DType dtype) {
   if (dtype == DType::kI32) return false;
   if (op == Op::kMatmul || op == Op::kEmbedding) return true;
   return dtype == DType::kF32;  // norms, rope, attention run on f32 activations

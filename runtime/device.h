@@ -14,6 +14,9 @@ enum class DeviceKind { kCpu, kCuda };
 
 enum class Op { kMatmul, kRmsNorm, kRope, kAttention, kSwiGlu, kEmbedding, kSoftmax };
 
+// What the CPU kernels run: f32 compute over f32/f16/bf16 weights.
+bool CpuSupports(Op op, DType dtype);
+
 class Device {
  public:
   virtual ~Device() = default;

@@ -68,16 +68,15 @@ const AttendImpl& Selected() {
 
 }  // namespace
 
-void AttendOne(const float* q, const void* const* k_pages, const void* const* v_pages,
+void AttendOne(const float* q, const PageTable& kv,
                int n_ctx, const AttentionShape& s, int head_begin, int head_end, float* scores,
                float* out) {
-  Selected().one(q, k_pages, v_pages, n_ctx, s, head_begin, head_end, scores, out);
+  Selected().one(q, kv, n_ctx, s, head_begin, head_end, scores, out);
 }
 
-void AttendRows(const float* q, int ldq, int rows, const void* const* k_pages,
-                const void* const* v_pages, int n_ctx0, const AttentionShape& s, int head_begin,
+void AttendRows(const float* q, int ldq, int rows, const PageTable& kv, int n_ctx0, const AttentionShape& s, int head_begin,
                 int head_end, float* scores, int lds, float* out, int ldo) {
-  Selected().rows(q, ldq, rows, k_pages, v_pages, n_ctx0, s, head_begin, head_end, scores, lds,
+  Selected().rows(q, ldq, rows, kv, n_ctx0, s, head_begin, head_end, scores, lds,
                   out, ldo);
 }
 

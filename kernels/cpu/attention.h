@@ -26,6 +26,18 @@ struct AttentionShape {
 };
 
 constexpr int kPageAlign = 16;
+
+// A sequence's KV pages: its page p is page ids[p] of an arena at `base` whose pages lie
+// `page_bytes` apart, the K part first and the V part `v_offset` bytes in. Integer ids, not
+// pointers: a page table means the same on any device and across process boundaries.
+struct PageTable {
+  const uint8_t* base = nullptr;
+  size_t page_bytes = 0;
+  size_t v_offset = 0;
+  const int32_t* ids = nullptr;
+  const void* k(int p) const { return base + static_cast<size_t>(ids[p]) * page_bytes; }
+  const void* v(int p) const { return base + static_cast<size_t>(ids[p]) * page_bytes + v_offset; }
+};
 constexpr int kMaxHeadDim = 256;
 
 // Writes `rows` consecutive tokens' k, v ([n_kv_heads * head_dim] each, rows ldk / ldv floats
@@ -36,10 +48,10 @@ void StoreKvRows(const float* k, int ldk, const float* v, int ldv, int rows,
 
 // For query heads [head_begin, head_end):
 //   out[h] = softmax(q[h] . K[0..n_ctx) / sqrt(head_dim)) . V[0..n_ctx)
-// q, out: [n_heads][head_dim]; k_pages/v_pages: the sequence's pages in order;
+// q, out: [n_heads][head_dim]; kv: the sequence's pages;
 // scores: scratch of n_ctx rounded up to kPageAlign floats. The result for a query depends only
 // on its own inputs (never on other queries computed alongside).
-void AttendOne(const float* q, const void* const* k_pages, const void* const* v_pages,
+void AttendOne(const float* q, const PageTable& kv,
                int n_ctx, const AttentionShape& shape, int head_begin, int head_end,
                float* scores, float* out);
 
@@ -49,8 +61,7 @@ constexpr int kMaxAttendRows = 8;
 // context n_ctx0 + r — sharing the K loads; each row's result is bit-identical to AttendOne's.
 // q, out: rows ldq / ldo floats apart; scores: rows lds floats apart (lds >= the last row's
 // context rounded up to kPageAlign).
-void AttendRows(const float* q, int ldq, int rows, const void* const* k_pages,
-                const void* const* v_pages, int n_ctx0, const AttentionShape& shape,
+void AttendRows(const float* q, int ldq, int rows, const PageTable& kv, int n_ctx0, const AttentionShape& shape,
                 int head_begin, int head_end, float* scores, int lds, float* out, int ldo);
 
 }  // namespace blockserve::kernels

@@ -28,7 +28,7 @@ class AttnBlock final : public Block {
       : cfg_(c), norm_(std::move(norm)), qkv_(std::move(qkv)), wo_(std::move(wo)),
         shape_{c.n_heads, c.n_kv_heads, c.head_dim(), opt.kv_page_size, KvTypeOf(opt.kv_dtype)},
         kv_(c.kv_dim(), opt.kv_page_size, opt.kv_max_pages,
-            static_cast<int>(DTypeSize(opt.kv_dtype))) {}
+            static_cast<int>(DTypeSize(opt.kv_dtype)), opt.backend) {}
   BlockKind kind() const override { return BlockKind::kAttn; }
   size_t weight_bytes() const override { return norm_.nbytes() + qkv_.bytes() + wo_.bytes(); }
   void ReleaseSequence(SeqId seq) override { kv_.Release(seq); }
@@ -146,11 +146,10 @@ class AttnBlock final : public Block {
     rows_.clear();
     int row = 0;
     for (const SeqSpan& s : batch.spans) {
-      const auto& kp = kv_.KeyPages(s.seq);
-      const auto& vp = kv_.ValuePages(s.seq);
+      const kernels::PageTable table = kv_.Table(s.seq);
       for (int i = 0; i < s.len; i += kernels::kMaxAttendRows) {
         const int n = std::min(kernels::kMaxAttendRows, s.len - i);
-        rows_.push_back({kp.data(), vp.data(), s.pos + i, n, row + i});
+        rows_.push_back({table, s.pos + i, n, row + i});
       }
       row += s.len;
     }
@@ -169,17 +168,16 @@ class AttnBlock final : public Block {
       const float* q = qkv + static_cast<size_t>(r.row) * qkv_n;
       float* out = att + static_cast<size_t>(r.row) * dim;
       if (r.n == 1) {
-        kernels::AttendOne(q, r.k, r.v, r.pos + 1, shape_, h0, h0 + per_task, scores.data(), out);
+        kernels::AttendOne(q, r.kv, r.pos + 1, shape_, h0, h0 + per_task, scores.data(), out);
       } else {
-        kernels::AttendRows(q, qkv_n, r.n, r.k, r.v, r.pos + 1, shape_, h0, h0 + per_task,
+        kernels::AttendRows(q, qkv_n, r.n, r.kv, r.pos + 1, shape_, h0, h0 + per_task,
                             scores.data(), lds, out, dim);
       }
     });
   }
 
   struct Row {
-    const void* const* k;
-    const void* const* v;
+    kernels::PageTable kv;
     int pos;  // position of the first row
     int n;    // consecutive rows
     int row;  // index of the first row in the batch

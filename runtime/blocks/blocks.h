@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/rmsnorm.h"
+#include "runtime/backend.h"
 #include "runtime/block.h"
 #include "runtime/model_weights.h"
 
@@ -19,6 +20,9 @@ struct BlockOptions {
   // Element type of the KV cache: f32 (exact: what the reference implementations compute) or
   // bf16 (half the memory and the bytes attention reads; K and V rounded on store).
   DType kv_dtype = DType::kF32;
+  // Where the block keeps its KV pages (and, for a device backend, everything else); null: the
+  // CPU. Backend::MakeBlock sets it.
+  Backend* backend = nullptr;
 };
 
 absl::StatusOr<std::shared_ptr<Block>> MakeEmbedBlock(const ModelWeights& w,

@@ -93,13 +93,13 @@ struct PagedKv {
   PagedKv(const AttentionShape& s, int n_ctx, bool reversed) {
     const int kv_dim = s.n_kv_heads * s.head_dim;
     const int n_pages = (n_ctx + s.page_size - 1) / s.page_size;
-    const size_t page = static_cast<size_t>(s.page_size) * kv_dim * KvTypeSize(s.kv);
-    kbuf.resize(n_pages * page);
-    vbuf.resize(n_pages * page);
+    const size_t half = static_cast<size_t>(s.page_size) * kv_dim * KvTypeSize(s.kv);
+    arena.resize(n_pages * 2 * half);
+    for (int p = 0; p < n_pages; ++p) ids.push_back(reversed ? n_pages - 1 - p : p);
+    table = {arena.data(), 2 * half, half, ids.data()};
     for (int p = 0; p < n_pages; ++p) {
-      const int at = reversed ? n_pages - 1 - p : p;
-      kp.push_back(kbuf.data() + at * page);
-      vp.push_back(vbuf.data() + at * page);
+      kp.push_back(table.k(p));
+      vp.push_back(table.v(p));
     }
   }
   // Stores logical rows k, v ([n][kv_dim]) one token at a time.
@@ -111,8 +111,10 @@ struct PagedKv {
                   const_cast<void*>(kp[t / s.page_size]), const_cast<void*>(vp[t / s.page_size]));
     }
   }
-  std::vector<uint8_t> kbuf, vbuf;
-  std::vector<const void*> kp, vp;
+  std::vector<uint8_t> arena;
+  std::vector<int32_t> ids;
+  PageTable table;
+  std::vector<const void*> kp, vp;  // the pages' addresses
 };
 
 // What a value reads back as from a KV cache of type t.
@@ -136,7 +138,7 @@ TEST(Attention, PagedGqaMatchesReference) {
   for (float& x : vrows) x = KvRounded(kv, x);
   auto q = RandomVector(s.n_heads * s.head_dim, 9);
   std::vector<float> out(s.n_heads * s.head_dim), scores(n_pages * s.page_size);
-  AttendOne(q.data(), paged.kp.data(), paged.vp.data(), n_ctx, s, 0, s.n_heads, scores.data(),
+  AttendOne(q.data(), paged.table, n_ctx, s, 0, s.n_heads, scores.data(),
             out.data());
   for (int h = 0; h < s.n_heads; ++h) {
     const int kvh = h / (s.n_heads / s.n_kv_heads);
@@ -193,19 +195,18 @@ TEST(Attention, RowsTogetherEqualOneAtATimeBitForBit) {
     const int n_pages = (max_ctx + s.page_size - 1) / s.page_size;
     PagedKv paged(s, max_ctx, /*reversed=*/false);
     paged.Store(s, RandomVector(max_ctx * kv_dim, 21), RandomVector(max_ctx * kv_dim, 22), max_ctx);
-    const auto& kp = paged.kp;
-    const auto& vp = paged.vp;
+    const PageTable& table = paged.table;
     const int qd = s.n_heads * s.head_dim;
     auto q = RandomVector(kMaxAttendRows * qd, 23);
     const int lds = n_pages * s.page_size;
     for (int n0 = 1; n0 + kMaxAttendRows <= max_ctx; n0 += 3) {
       for (int rows = 1; rows <= kMaxAttendRows; ++rows) {
         std::vector<float> together(rows * qd), scores(rows * lds);
-        AttendRows(q.data(), qd, rows, kp.data(), vp.data(), n0, s, 0, s.n_heads, scores.data(),
+        AttendRows(q.data(), qd, rows, table, n0, s, 0, s.n_heads, scores.data(),
                    lds, together.data(), qd);
         for (int r = 0; r < rows; ++r) {
           std::vector<float> one(qd), sc(lds);
-          AttendOne(q.data() + r * qd, kp.data(), vp.data(), n0 + r, s, 0, s.n_heads, sc.data(),
+          AttendOne(q.data() + r * qd, table, n0 + r, s, 0, s.n_heads, sc.data(),
                     one.data());
           for (int i = 0; i < qd; ++i) {
             ASSERT_EQ(together[r * qd + i], one[i]) << "kv " << static_cast<int>(kv) << " hd "
@@ -241,16 +242,16 @@ TEST(Attention, EveryIsaBuildAgreesAndKeepsRowsBitIdentical) {
     auto q = RandomVector(kMaxAttendRows * qd, 43);
     const int lds = 48, n0 = n_ctx - kMaxAttendRows + 1;
     std::vector<float> picked(qd), sc(lds);
-    AttendOne(q.data(), paged.kp.data(), paged.vp.data(), n0, s, 0, s.n_heads, sc.data(),
+    AttendOne(q.data(), paged.table, n0, s, 0, s.n_heads, sc.data(),
               picked.data());
     for (const Impl& impl : impls) {
       if (!impl.runs) continue;
       std::vector<float> together(kMaxAttendRows * qd), scores(kMaxAttendRows * lds);
-      impl.rows(q.data(), qd, kMaxAttendRows, paged.kp.data(), paged.vp.data(), n0, s, 0,
+      impl.rows(q.data(), qd, kMaxAttendRows, paged.table, n0, s, 0,
                 s.n_heads, scores.data(), lds, together.data(), qd);
       for (int r = 0; r < kMaxAttendRows; ++r) {
         std::vector<float> one(qd);
-        impl.one(q.data() + r * qd, paged.kp.data(), paged.vp.data(), n0 + r, s, 0, s.n_heads,
+        impl.one(q.data() + r * qd, paged.table, n0 + r, s, 0, s.n_heads,
                  sc.data(), one.data());
         for (int i = 0; i < qd; ++i) {
           ASSERT_EQ(together[r * qd + i], one[i]) << impl.name << " row " << r;

@@ -27,17 +27,8 @@ absl::StatusOr<std::shared_ptr<runtime::Block>> LoadBlock(const Zoo& zoo, const 
                                                           const runtime::BlockOptions& opt,
                                                           bool verify_hash) {
   ASSIGN_OR_RETURN(runtime::ModelWeights w, BlockWeights(zoo, e, family, verify_hash));
-  switch (e.kind) {
-    case BlockKind::kEmbed:
-      return runtime::MakeEmbedBlock(w, opt);
-    case BlockKind::kAttn:
-      return runtime::MakeAttnBlock(w, e.layer, opt);
-    case BlockKind::kFfn:
-      return runtime::MakeFfnBlock(w, e.layer, opt);
-    case BlockKind::kHead:
-      return runtime::MakeHeadBlock(w, opt);
-  }
-  return absl::InternalError("unknown block kind");
+  runtime::Backend& backend = opt.backend ? *opt.backend : runtime::DefaultCpuBackend();
+  return backend.MakeBlock(e.kind, w, e.layer, opt);
 }
 
 absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadLora(

@@ -42,6 +42,25 @@ float* ExecContext::Scratch(int slot, size_t n) {
   return scratch_[slot].data();
 }
 
+absl::Status Block::Forward(Batch& batch, ExecContext& ctx) {
+  const size_t t = static_cast<size_t>(batch.num_tokens());
+  if (kind() == BlockKind::kEmbed) batch.hidden.resize(t * hidden_dim());
+  if (kind() == BlockKind::kHead) batch.logits.resize(batch.logit_rows.size() * vocab_size());
+  if (batch.hidden.size() < t * hidden_dim()) {
+    return absl::InvalidArgumentError(absl::StrCat("a batch of ", t, " tokens holds ",
+                                                   batch.hidden.size(), " hidden values, not ",
+                                                   t * hidden_dim()));
+  }
+  BlockIo io;
+  io.spans = batch.spans;
+  io.tokens = batch.tokens.data();
+  io.num_tokens = batch.num_tokens();
+  io.hidden = batch.hidden.data();
+  io.logit_rows = batch.logit_rows;
+  io.logits = batch.logits.data();
+  return Compute(io, ctx);
+}
+
 absl::Status Block::AttachAdapter(int32_t, std::shared_ptr<const LoraAdapter>) {
   return absl::FailedPreconditionError(
       absl::StrCat(BlockKindName(kind()), " blocks take no LoRA adapters"));

@@ -8,6 +8,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "runtime/device.h"
 
 namespace blockserve::runtime {
@@ -32,6 +33,19 @@ struct SeqSpan {
   int32_t adapter = 0;
 };
 
+// What one block call reads and writes. The rows live in the memory of the block's backend
+// (the executor's activation area); the spans are host metadata.
+struct BlockIo {
+  absl::Span<const SeqSpan> spans;
+  const int32_t* tokens = nullptr;  // [num_tokens], device memory (embed reads them)
+  int num_tokens = 0;
+  float* hidden = nullptr;          // [num_tokens][dim]: in and out (embed: out only)
+  absl::Span<const int> logit_rows;  // head: the rows it produces logits for
+  float* logits = nullptr;          // head: [logit_rows.size()][vocab]
+};
+
+// A batch with its own host memory: tests, tools and the equivalence evaluator run blocks and
+// chains on it (Block::Forward); the engine's executor keeps rows in the backend instead.
 struct Batch {
   std::vector<SeqSpan> spans;
   std::vector<int32_t> tokens;  // [num_tokens]: the spans' tokens, in span order
@@ -71,9 +85,14 @@ class Block {
  public:
   virtual ~Block() = default;
   virtual BlockKind kind() const = 0;
-  // Runs the block on `batch` (hidden states in and out; embed reads tokens, head writes
-  // logits). Errors: invalid token ids, KV exhaustion, non-contiguous positions.
-  virtual absl::Status Forward(Batch& batch, ExecContext& ctx) = 0;
+  // Width of its hidden rows, and (head) of its logit rows.
+  virtual int hidden_dim() const = 0;
+  virtual int vocab_size() const { return 0; }
+  // Runs the block on one call's rows (hidden states in and out; embed reads tokens, head
+  // writes logits). Errors: invalid token ids, KV exhaustion, non-contiguous positions.
+  virtual absl::Status Compute(const BlockIo& io, ExecContext& ctx) = 0;
+  // Compute on a host batch (sizes its hidden rows at the embed and its logits at the head).
+  absl::Status Forward(Batch& batch, ExecContext& ctx);
   // Drops all state held for `seq` (attn: its KV pages). No-op for stateless blocks.
   virtual void ReleaseSequence(SeqId seq) {}
   // Starts `dst` with the first `len` positions of `src`'s state, shared (attn: full KV pages;

@@ -38,16 +38,17 @@ size_t Chain::weight_bytes() const {
 
 absl::StatusOr<Chain> BuildChain(const ModelWeights& weights, const BlockOptions& opt) {
   RETURN_IF_ERROR(weights.config.Validate(weights.source));
+  Backend& backend = opt.backend ? *opt.backend : DefaultCpuBackend();
   std::vector<std::shared_ptr<Block>> blocks;
-  ASSIGN_OR_RETURN(auto embed, MakeEmbedBlock(weights, opt));
+  ASSIGN_OR_RETURN(auto embed, backend.MakeBlock(BlockKind::kEmbed, weights, -1, opt));
   blocks.push_back(std::move(embed));
   for (int l = 0; l < weights.config.n_layers; ++l) {
-    ASSIGN_OR_RETURN(auto attn, MakeAttnBlock(weights, l, opt));
+    ASSIGN_OR_RETURN(auto attn, backend.MakeBlock(BlockKind::kAttn, weights, l, opt));
     blocks.push_back(std::move(attn));
-    ASSIGN_OR_RETURN(auto ffn, MakeFfnBlock(weights, l, opt));
+    ASSIGN_OR_RETURN(auto ffn, backend.MakeBlock(BlockKind::kFfn, weights, l, opt));
     blocks.push_back(std::move(ffn));
   }
-  ASSIGN_OR_RETURN(auto head, MakeHeadBlock(weights, opt));
+  ASSIGN_OR_RETURN(auto head, backend.MakeBlock(BlockKind::kHead, weights, -1, opt));
   blocks.push_back(std::move(head));
   return Chain::Create(weights.config, std::move(blocks));
 }

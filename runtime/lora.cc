@@ -91,14 +91,14 @@ absl::Status AdapterTable::Attach(BlockKind kind, int32_t key,
   return absl::OkStatus();
 }
 
-void AdapterTable::Apply(const Batch& batch, const std::string& target, ExecContext& ctx,
+void AdapterTable::Apply(const BlockIo& io, const std::string& target, ExecContext& ctx,
                          const float* x, float* y, int ldy, int col0) const {
   if (adapters_.empty()) return;
   int row = 0;
-  for (size_t i = 0; i < batch.spans.size();) {
-    const int32_t key = batch.spans[i].adapter;
+  for (size_t i = 0; i < io.spans.size();) {
+    const int32_t key = io.spans[i].adapter;
     const int first = row;
-    while (i < batch.spans.size() && batch.spans[i].adapter == key) row += batch.spans[i++].len;
+    while (i < io.spans.size() && io.spans[i].adapter == key) row += io.spans[i++].len;
     auto it = key == 0 ? adapters_.end() : adapters_.find(key);
     if (it == adapters_.end()) continue;
     const LoraProjection* p = it->second->Find(target);

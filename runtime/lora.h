@@ -54,7 +54,7 @@ class AdapterTable {
   // For each run of consecutive spans with the same adapter key attached here and holding
   // `target` (a key not attached here means the adapter leaves this block unchanged):
   // y[r][col0 + j] += delta(x[r]) over the run's rows (x rows are `in` floats apart).
-  void Apply(const Batch& batch, const std::string& target, ExecContext& ctx, const float* x,
+  void Apply(const BlockIo& io, const std::string& target, ExecContext& ctx, const float* x,
              float* y, int ldy, int col0) const;
   bool empty() const { return adapters_.empty(); }
 

@@ -41,31 +41,33 @@ class AttnBlock final : public Block {
   }
   void DetachAdapter(int32_t key) override { adapters_.Detach(key); }
 
-  absl::Status Forward(Batch& batch, ExecContext& ctx) override {
-    const int t = batch.num_tokens();
+  int hidden_dim() const override { return cfg_.dim; }
+
+  absl::Status Compute(const BlockIo& io, ExecContext& ctx) override {
+    const int t = io.num_tokens;
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), qkv_n = dim + 2 * kv_dim;
-    RETURN_IF_ERROR(ReserveKv(batch));
-    float* x = batch.hidden.data();                                    // [t, dim]
+    RETURN_IF_ERROR(ReserveKv(io));
+    float* x = io.hidden;                                    // [t, dim]
     float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim);           // [t, dim]
     float* qkv = ctx.Scratch(1, static_cast<size_t>(t) * qkv_n);        // [t, dim + 2*kv_dim]
     float* att = ctx.Scratch(2, static_cast<size_t>(t) * dim);          // [t, dim]
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim);          // [t, dim]
     NormRows(ctx, x, norm_.data<float>(), t, dim, cfg_.norm_eps, xn);
     qkv_.Forward(ctx.pool(), xn, t, qkv);
-    adapters_.Apply(batch, "wq", ctx, xn, qkv, qkv_n, 0);
-    adapters_.Apply(batch, "wk", ctx, xn, qkv, qkv_n, dim);
-    adapters_.Apply(batch, "wv", ctx, xn, qkv, qkv_n, dim + kv_dim);
-    WriteKv(batch, ctx, qkv);
-    Attend(batch, ctx, qkv, att);
+    adapters_.Apply(io, "wq", ctx, xn, qkv, qkv_n, 0);
+    adapters_.Apply(io, "wk", ctx, xn, qkv, qkv_n, dim);
+    adapters_.Apply(io, "wv", ctx, xn, qkv, qkv_n, dim + kv_dim);
+    WriteKv(io, ctx, qkv);
+    Attend(io, ctx, qkv, att);
     wo_.Forward(ctx.pool(), att, t, out);
-    adapters_.Apply(batch, "wo", ctx, att, out, dim, 0);
+    adapters_.Apply(io, "wo", ctx, att, out, dim, 0);
     AddResidual(ctx, t, dim, out, x);
     return absl::OkStatus();
   }
 
  private:
-  absl::Status ReserveKv(const Batch& batch) {
-    for (const SeqSpan& s : batch.spans) {
+  absl::Status ReserveKv(const BlockIo& io) {
+    for (const SeqSpan& s : io.spans) {
       const int have = kv_.Length(s.seq);
       if (s.pos != have) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -84,12 +86,12 @@ class AttnBlock final : public Block {
   // Rotates q and k of every token by its position and appends k, v to the sequence's KV.
   // Work goes in runs: consecutive tokens of one sequence in one page (a decode token is a run
   // of one), each run rotated and stored by one task (runs write disjoint slots).
-  void WriteKv(const Batch& batch, ExecContext& ctx, float* qkv) {
+  void WriteKv(const BlockIo& io, ExecContext& ctx, float* qkv) {
     const int dim = cfg_.dim, kv_dim = cfg_.kv_dim(), hd = cfg_.head_dim();
     const int qkv_n = dim + 2 * kv_dim, ps = kv_.page_size();
     kv_runs_.clear();
     int max_pos = 0, row = 0;
-    for (const SeqSpan& s : batch.spans) {
+    for (const SeqSpan& s : io.spans) {
       for (int i = 0; i < s.len;) {
         const int pos = s.pos + i;
         const int n = std::min(s.len - i, ps - pos % ps);
@@ -119,7 +121,7 @@ class AttnBlock final : public Block {
                              run.pos % ps, run.k_page, run.v_page);
       }
     }, min_runs);
-    for (const SeqSpan& s : batch.spans) kv_.SetLength(s.seq, s.pos + s.len);
+    for (const SeqSpan& s : io.spans) kv_.SetLength(s.seq, s.pos + s.len);
   }
 
   // cos then sin of position `pos` ([head_dim/2] each), from a table grown on demand.
@@ -141,11 +143,11 @@ class AttnBlock final : public Block {
   // kMaxAttendRows consecutive positions that share their K loads (results bit-identical to one
   // at a time, so chunking and batching never change them). Tasks are (group, head group): all
   // heads of a group in one task when there are enough groups to keep every thread busy.
-  void Attend(const Batch& batch, ExecContext& ctx, const float* qkv, float* att) {
+  void Attend(const BlockIo& io, ExecContext& ctx, const float* qkv, float* att) {
     const int dim = cfg_.dim, qkv_n = dim + 2 * cfg_.kv_dim();
     rows_.clear();
     int row = 0;
-    for (const SeqSpan& s : batch.spans) {
+    for (const SeqSpan& s : io.spans) {
       const kernels::PageTable table = kv_.Table(s.seq);
       for (int i = 0; i < s.len; i += kernels::kMaxAttendRows) {
         const int n = std::min(kernels::kMaxAttendRows, s.len - i);

@@ -12,20 +12,20 @@ class EmbedBlock final : public Block {
   EmbedBlock(Tensor table, int vocab, int dim) : table_(std::move(table)), vocab_(vocab), dim_(dim) {}
   BlockKind kind() const override { return BlockKind::kEmbed; }
   size_t weight_bytes() const override { return table_.nbytes(); }
+  int hidden_dim() const override { return dim_; }
 
-  absl::Status Forward(Batch& batch, ExecContext& ctx) override {
-    for (int32_t id : batch.tokens) {
+  absl::Status Compute(const BlockIo& io, ExecContext& ctx) override {
+    for (int i = 0; i < io.num_tokens; ++i) {
+      const int32_t id = io.tokens[i];
       if (id < 0 || id >= vocab_) {
         return absl::InvalidArgumentError(
             absl::StrCat("token id ", id, " out of range [0, ", vocab_, ")"));
       }
     }
-    batch.hidden.resize(static_cast<size_t>(batch.num_tokens()) * dim_);
     const auto type = table_.dtype() == DType::kF32   ? kernels::WeightType::kF32
                       : table_.dtype() == DType::kF16 ? kernels::WeightType::kF16
                                                       : kernels::WeightType::kBF16;
-    kernels::EmbeddingLookup(type, table_.raw(), dim_, batch.tokens.data(), batch.num_tokens(),
-                             batch.hidden.data());
+    kernels::EmbeddingLookup(type, table_.raw(), dim_, io.tokens, io.num_tokens, io.hidden);
     return absl::OkStatus();
   }
 

@@ -21,17 +21,19 @@ class FfnBlock final : public Block {
   }
   void DetachAdapter(int32_t key) override { adapters_.Detach(key); }
 
-  absl::Status Forward(Batch& batch, ExecContext& ctx) override {
-    const int t = batch.num_tokens();
-    float* x = batch.hidden.data();                                     // [t, dim]
+  int hidden_dim() const override { return dim_; }
+
+  absl::Status Compute(const BlockIo& io, ExecContext& ctx) override {
+    const int t = io.num_tokens;
+    float* x = io.hidden;                                     // [t, dim]
     float* xn = ctx.Scratch(0, static_cast<size_t>(t) * dim_);           // [t, dim]
     float* gu = ctx.Scratch(1, static_cast<size_t>(t) * 2 * hidden_);    // [t, 2*hidden]
     float* h = ctx.Scratch(2, static_cast<size_t>(t) * hidden_);         // [t, hidden]
     float* out = ctx.Scratch(3, static_cast<size_t>(t) * dim_);          // [t, dim]
     NormRows(ctx, x, norm_.data<float>(), t, dim_, eps_, xn);
     gate_up_.Forward(ctx.pool(), xn, t, gu);
-    adapters_.Apply(batch, "w1", ctx, xn, gu, 2 * hidden_, 0);
-    adapters_.Apply(batch, "w3", ctx, xn, gu, 2 * hidden_, hidden_);
+    adapters_.Apply(io, "w1", ctx, xn, gu, 2 * hidden_, 0);
+    adapters_.Apply(io, "w3", ctx, xn, gu, 2 * hidden_, hidden_);
     ctx.ForRows(t, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
         const float* row = gu + i * 2 * hidden_;
@@ -39,7 +41,7 @@ class FfnBlock final : public Block {
       }
     });
     down_.Forward(ctx.pool(), h, t, out);
-    adapters_.Apply(batch, "w2", ctx, h, out, dim_, 0);
+    adapters_.Apply(io, "w2", ctx, h, out, dim_, 0);
     AddResidual(ctx, t, dim_, out, x);
     return absl::OkStatus();
   }

@@ -16,17 +16,18 @@ class HeadBlock final : public Block {
         out_(std::move(out)) {}
   BlockKind kind() const override { return BlockKind::kHead; }
   size_t weight_bytes() const override { return norm_.nbytes() + out_.bytes(); }
+  int hidden_dim() const override { return dim_; }
+  int vocab_size() const override { return vocab_; }
 
-  absl::Status Forward(Batch& batch, ExecContext& ctx) override {
-    const int rows = static_cast<int>(batch.logit_rows.size());
-    batch.logits.resize(static_cast<size_t>(rows) * vocab_);
+  absl::Status Compute(const BlockIo& io, ExecContext& ctx) override {
+    const int rows = static_cast<int>(io.logit_rows.size());
     if (rows == 0) return absl::OkStatus();
     float* xn = ctx.Scratch(0, static_cast<size_t>(rows) * dim_);  // [rows, dim]
     for (int r = 0; r < rows; ++r) {
-      kernels::RmsNorm(batch.hidden.data() + static_cast<size_t>(batch.logit_rows[r]) * dim_,
+      kernels::RmsNorm(io.hidden + static_cast<size_t>(io.logit_rows[r]) * dim_,
                        norm_.data<float>(), 1, dim_, eps_, xn + static_cast<size_t>(r) * dim_);
     }
-    out_.Forward(ctx.pool(), xn, rows, batch.logits.data());  // [rows, vocab]
+    out_.Forward(ctx.pool(), xn, rows, io.logits);  // [rows, vocab]
     return absl::OkStatus();
   }
 

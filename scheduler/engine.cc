@@ -37,7 +37,6 @@ std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
 
 Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     : opt_(std::move(opt)), models_(std::move(models)),
-      cpu_(opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount()), ctx_(&cpu_),
       output_(opt_.output_threads, opt_.output_queue) {
   opt_.scheduler.memory_budget = opt_.memory_budget;
   std::map<const BlockSlot*, InstanceId> ids;
@@ -66,10 +65,7 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
         InstanceInfo info;
         info.kind = slot->kind;
         info.bytes = slot->bytes;
-        info.max_batch_tokens = opt_.max_batch_tokens;
-        if (opt_.profile_max_batch && slot->block) {
-          info.max_batch_tokens = MeasureMaxBatch(*slot->block, m.config.dim, ctx_);
-        }
+        info.max_batch_tokens = opt_.max_batch_tokens;  // or measured, below
         dims_.push_back(m.config.dim);
         profiled_.push_back(slot->block != nullptr && opt_.profile_max_batch);
         InstanceStats st;
@@ -109,6 +105,16 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
       // users_i / sum_j(users_j * bytes_j) of the budget in pages of instance i.
       infos[i].kv_max_pages = std::max(1, static_cast<int>(opt_.kv_budget_bytes * users[i] / total));
     }
+  }
+  std::vector<std::vector<InstanceId>> chains;
+  for (const ModelInfo& mi : minfo) chains.push_back(mi.chain);
+  executor_ = std::make_unique<Executor>(
+      ExecutorOptions{opt_.threads, opt_.concurrent_call_tokens}, opt_.backend,
+      static_cast<const InstanceTable*>(this), std::move(chains));
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!profiled_[i]) continue;
+    infos[i].max_batch_tokens = MeasureMaxBatch(*slots_[i]->block, dims_[i], executor_->context());
+    stats_.instances[i].max_batch = infos[i].max_batch_tokens;
   }
   stats_.peak_resident_bytes = stats_.resident_bytes;
   loaded_.assign(models_.size(), true);
@@ -193,10 +199,8 @@ absl::StatusOr<bool> Engine::StepOnce() {
       const RequestId id = inbox_ids_.front();
       inbox_.pop_front();
       inbox_ids_.pop_front();
-      runtime::SamplingParams sampling = spec.sampling;
-      if (sampling.min_tokens > 0) sampling.min_tokens_stops = spec.stop_tokens;
-      runtime::Sampler sampler(sampling);
-      sampler.SetPrompt(spec.prompt);
+      SamplerStart start{id, spec.sampling, spec.prompt};
+      if (start.params.min_tokens > 0) start.params.min_tokens_stops = spec.stop_tokens;
       const bool prompt_logprobs = spec.prompt_logprobs >= 0;
       auto s = scheduler_->Submit(std::move(spec), id);
       if (!s.ok()) {
@@ -204,7 +208,7 @@ absl::StatusOr<bool> Engine::StepOnce() {
         continue;
       }
       sinks_[id] = std::make_shared<Sink>(std::move(sink));
-      samplers_.emplace(id, std::move(sampler));
+      pending_start_.push_back(std::move(start));
       if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
     }
     for (const auto& [id, why] : abort_inbox_) {
@@ -251,9 +255,9 @@ absl::StatusOr<bool> Engine::StepOnce() {
   // Finished requests' full pages become prefix-cache entries (shared, not copied), then the
   // requests let go of their own.
   for (const Fork& f : scheduler_->TakeDonations()) {
-    if (auto s = ForkKv(f); !s.ok()) return s;
+    if (auto s = executor_->Fork(f); !s.ok()) return s;
   }
-  for (const Release& r : scheduler_->TakeReleases()) ReleaseKv(r);
+  for (const Release& r : scheduler_->TakeReleases()) executor_->Release(r);
   for (Event& e : events) {
     auto it = sinks_.find(e.id);
     if (it == sinks_.end()) continue;
@@ -261,7 +265,7 @@ absl::StatusOr<bool> Engine::StepOnce() {
     deliver.push_back({it->second, std::move(e)});
     if (last) {
       sinks_.erase(it);
-      samplers_.erase(deliver.back().second.id);
+      pending_end_.push_back(deliver.back().second.id);
       prompt_lps_.erase(deliver.back().second.id);
     }
   }

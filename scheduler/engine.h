@@ -22,6 +22,7 @@
 #include "runtime/lora.h"
 #include "runtime/model_config.h"
 #include "runtime/sampler.h"
+#include "scheduler/executor.h"
 #include "scheduler/output_stage.h"
 #include "scheduler/scheduler.h"
 
@@ -63,6 +64,8 @@ std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
 struct EngineOptions {
   SchedulerConfig scheduler;
   int threads = 0;               // compute threads (0: default)
+  // Where blocks compute and activations live (null: the CPU). The blocks must be built on it.
+  runtime::Backend* backend = nullptr;
   int max_batch_tokens = 1 << 20;  // per block instance call
   // Block calls of one chain position with at most this many tokens per instance run side by
   // side, one thread each (0: never); bigger ones use every thread, one after another.
@@ -126,7 +129,7 @@ struct EngineStats {
   std::vector<InstanceStats> instances;
 };
 
-class Engine {
+class Engine : private InstanceTable {
  public:
   Engine(EngineOptions opt, std::vector<EngineModel> models);
   ~Engine();
@@ -170,28 +173,12 @@ class Engine {
   // out of every call and put in `*failed` with a message for the client; the rest runs.
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out,
                        std::map<RequestId, std::string>* failed);
-  struct CallStats {
-    InstanceId instance;
-    int tokens;
-    double secs;
-  };
-  // A prompt position's log-probabilities (RequestSpec::prompt_logprobs): those of the prompt
-  // token after `pos`.
-  struct PromptRow {
-    RequestId id = 0;
-    int pos = 0;
-    runtime::Logprobs logprobs;
-  };
-  struct CallResult {
-    std::vector<CallStats> calls;
-    std::vector<StepOutput> out;
-    std::vector<PromptRow> prompt;
-  };
-  // The prompt positions of `s` whose log-probabilities are still wanted: [*begin, *end).
-  bool PromptRowsWanted(const PlannedSeq& s, int* begin, int* end) const;
-  absl::Status RunCall(const StepPlan& plan, const BlockCall& call, runtime::ExecContext& ctx,
-                       const std::vector<std::vector<int32_t>>& tokens,
-                       std::vector<std::vector<float>>& hidden, CallResult& result);
+  // The executor's input for `plan`: everything it needs from the scheduler, copied.
+  ExecInput BuildInput(const StepPlan& plan);
+  // `full` without the requests of models `broken` (indexed by model), which go to `*failed`.
+  StepPlan WithoutBroken(const StepPlan& full, const std::vector<absl::Status>& broken,
+                         std::map<RequestId, std::string>* failed) const;
+  runtime::Block* instance(InstanceId i) const override { return slots_[i]->block.get(); }
   // Loads what `plan` needs (evicting LRU instances over the budget). A block or adapter that
   // fails to load breaks only the models that use it: with `broken` (indexed by model) their
   // errors go there and the rest is still loaded; without it the first error is returned.
@@ -214,8 +201,6 @@ class Engine {
   void InstallLoads();
   void UpdateReady();
   void LoaderLoop();
-  void ReleaseKv(const Release& r);
-  absl::Status ForkKv(const Fork& f);
   // Step without waiting for the output stage (the loop).
   absl::StatusOr<bool> StepOnce();
   void Loop();
@@ -233,13 +218,11 @@ class Engine {
   std::vector<uint64_t> last_used_;  // step of last use, per instance
   std::vector<int> kv_caps_;         // KV pages per instance (0: unbounded)
   std::unique_ptr<Scheduler> scheduler_;
-  runtime::CpuDevice cpu_;
-  runtime::ExecContext ctx_;
-  // One-thread contexts for block calls run side by side (Execute).
-  std::vector<std::unique_ptr<runtime::CpuDevice>> serial_cpu_;
-  std::vector<std::unique_ptr<runtime::ExecContext>> serial_ctx_;
+  std::unique_ptr<Executor> executor_;
+  // Samplers to start and end with the next step's input (the executor keeps them).
+  std::vector<SamplerStart> pending_start_;
+  std::vector<RequestId> pending_end_;
   std::map<RequestId, SinkPtr> sinks_;
-  std::map<RequestId, runtime::Sampler> samplers_;
   // Prompt log-probabilities gathered so far, for the requests that asked: entry i is prompt
   // token i + 1's; `delivered` once they went out with the first generated token (a preempted
   // request recomputing its prompt does not send them again).

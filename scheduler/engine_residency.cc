@@ -90,7 +90,7 @@ absl::StatusOr<int> Engine::DoUnload(int model) {
     }
     if (keep[i] || !slot.block || !slot.load) continue;
     // Cached prefixes are no reason to keep a block of an unloaded model.
-    for (const Release& r : scheduler_->DropPrefixes(i)) ReleaseKv(r);
+    for (const Release& r : scheduler_->DropPrefixes(i)) executor_->Release(r);
     if (slot.block->kv_pages_used() > 0) continue;  // requests still running on it
     EvictInstance(i);
     ++freed;
@@ -130,20 +130,6 @@ EngineStats Engine::stats() const {
 
 int Engine::InstancePages(InstanceId i) const {
   return slots_[i]->block ? slots_[i]->block->kv_pages_used() : 0;
-}
-
-void Engine::ReleaseKv(const Release& r) {
-  for (const auto& slot : models_[r.model].chain) {
-    if (slot->block) slot->block->ReleaseSequence(r.id);
-  }
-}
-
-absl::Status Engine::ForkKv(const Fork& f) {
-  for (const auto& slot : models_[f.model].chain) {
-    if (!slot->block) return absl::InternalError("KV fork on a block that is not resident");
-    RETURN_IF_ERROR(slot->block->ForkSequence(f.src, f.dst, f.len));
-  }
-  return absl::OkStatus();
 }
 
 std::vector<bool> Engine::Needed(const StepPlan& plan) const {
@@ -206,7 +192,7 @@ absl::Status Engine::InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runti
   slot.block = std::move(*b);
   if (opt_.profile_max_batch && !profiled_[i]) {
     const auto t0 = std::chrono::steady_clock::now();
-    const int max_batch = MeasureMaxBatch(*slot.block, dims_[i], ctx_);
+    const int max_batch = MeasureMaxBatch(*slot.block, dims_[i], executor_->context());
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     profiled_[i] = true;
@@ -410,7 +396,7 @@ absl::Status Engine::MakeResident(const StepPlan& plan, std::vector<absl::Status
   if (!missing.empty()) {
     std::vector<absl::StatusOr<std::shared_ptr<runtime::Block>>> loaded(missing.size());
     const auto t0 = std::chrono::steady_clock::now();
-    ctx_.pool().Run(static_cast<int>(missing.size()),
+    executor_->context().pool().Run(static_cast<int>(missing.size()),
                     [&](int j) { loaded[j] = slots_[missing[j]]->load(); });
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     {

@@ -20,6 +20,7 @@
 #include "blockzoo/importer.h"
 #include "blockzoo/model_loader.h"
 #include "scheduler/zoo_engine.h"
+#include "tests/testing/counting_backend.h"
 #include "tests/testing/test_util.h"
 
 namespace blockserve::scheduler {
@@ -110,9 +111,11 @@ class EngineTest : public ::testing::Test {
     bo.kv_page_size = opt.kv_page_size;
     bo.kv_max_pages = opt.kv_max_pages;
     bo.kv_dtype = opt.kv_dtype;
+    bo.backend = testing::TestBackend();
     auto models = LoadEngineModels(*zoo_, AllModels(), bo);
     EXPECT_THAT(models, IsOk());
     if (opt.threads == 0) opt.threads = 2;
+    opt.backend = bo.backend;
     return std::make_unique<Engine>(opt, std::move(*models));
   }
 
@@ -134,11 +137,14 @@ class EngineTest : public ::testing::Test {
   static std::unique_ptr<Engine> LazyEngine(const blockzoo::Zoo& zoo,
                                             const std::vector<std::string>& names,
                                             bool background = false) {
-    auto models = LoadEngineModels(zoo, names, runtime::BlockOptions{}, /*lazy=*/true);
+    runtime::BlockOptions bo;
+    bo.backend = testing::TestBackend();
+    auto models = LoadEngineModels(zoo, names, bo, /*lazy=*/true);
     EXPECT_THAT(models, IsOk());
     if (!models.ok()) return nullptr;
     EngineOptions opt;
     opt.threads = 2;
+    opt.backend = bo.backend;
     opt.background_loads = background;
     return std::make_unique<Engine>(opt, std::move(*models));
   }

@@ -1,3 +1,6 @@
+// The engine: construction (instances, KV split, executor, residency, scheduler), the
+// submission queue, the step and the loop. (engine_control.cc: model loads and unloads, stats;
+// engine_execute.cc: the executor's input.)
 #include "scheduler/engine.h"
 
 #include <algorithm>
@@ -35,114 +38,120 @@ std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
 }
 
 
+namespace {
+
+// The instances of `models` (a slot held by several models is one instance), with what the
+// scheduler needs to know about them and about each model's chain.
+struct Instances {
+  std::vector<std::shared_ptr<BlockSlot>> slots;
+  std::vector<int> dims;  // per instance: its model's hidden width
+  std::vector<InstanceInfo> infos;
+  std::vector<ModelInfo> models;
+};
+
+Instances Enumerate(const std::vector<EngineModel>& models, const EngineOptions& opt) {
+  Instances out;
+  std::map<const BlockSlot*, InstanceId> ids;
+  for (const EngineModel& m : models) {
+    ModelInfo mi;
+    mi.name = m.name;
+    mi.adapter = m.adapter;
+    mi.max_seq_len = m.config.max_seq_len;
+    mi.vocab_size = m.config.vocab_size;
+    std::set<const BlockSlot*> seen;
+    for (const auto& slot : m.chain) {
+      auto a = slot->adapters.find(m.adapter);
+      if (m.adapter != 0 && a != slot->adapters.end() && seen.insert(slot.get()).second) {
+        mi.adapter_bytes += a->second.bytes;
+      }
+      auto [it, inserted] = ids.emplace(slot.get(), static_cast<InstanceId>(out.slots.size()));
+      if (inserted) {
+        out.slots.push_back(slot);
+        out.dims.push_back(m.config.dim);
+        InstanceInfo info;
+        info.kind = slot->kind;
+        info.bytes = slot->bytes;
+        info.max_batch_tokens = opt.max_batch_tokens;
+        info.kv_page_size = opt.kv_page_size;
+        info.kv_max_pages = opt.kv_max_pages;
+        out.infos.push_back(info);
+      }
+      mi.chain.push_back(it->second);
+    }
+    out.models.push_back(std::move(mi));
+  }
+  return out;
+}
+
+// One KV budget split by users: each attn instance gets pages in proportion to the models that
+// use it (users_i / sum_j(users_j * page_bytes_j) of the budget).
+void SplitKvBudget(const std::vector<EngineModel>& models, const EngineOptions& opt,
+                   Instances& in) {
+  if (opt.kv_budget_bytes == 0) return;
+  const size_t n = in.slots.size();
+  std::vector<int> users(n, 0);
+  std::vector<uint64_t> page_bytes(n, 0);
+  for (size_t mi = 0; mi < in.models.size(); ++mi) {
+    std::set<InstanceId> seen;
+    for (InstanceId i : in.models[mi].chain) {
+      if (in.infos[i].kind != BlockKind::kAttn || !seen.insert(i).second) continue;
+      ++users[i];
+      page_bytes[i] = uint64_t{2} * opt.kv_page_size * models[mi].config.kv_dim() *
+                      runtime::DTypeSize(opt.kv_dtype);
+    }
+  }
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += users[i] * static_cast<double>(page_bytes[i]);
+  for (size_t i = 0; i < n; ++i) {
+    if (users[i] == 0) continue;
+    in.infos[i].kv_max_pages = std::max(1, static_cast<int>(opt.kv_budget_bytes * users[i] / total));
+  }
+}
+
+}  // namespace
+
 Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     : opt_(std::move(opt)), models_(std::move(models)),
       output_(opt_.output_threads, opt_.output_queue) {
   opt_.scheduler.memory_budget = opt_.memory_budget;
-  std::map<const BlockSlot*, InstanceId> ids;
-  std::vector<InstanceInfo> infos;
-  std::vector<ModelInfo> minfo;
-  for (const EngineModel& m : models_) {
-    ModelInfo mi;
-    mi.name = m.name;
-    mi.adapter = m.adapter;
-    if (m.adapter != 0) {
-      std::set<const BlockSlot*> seen;
-      for (const auto& slot : m.chain) {
-        auto a = slot->adapters.find(m.adapter);
-        if (a != slot->adapters.end() && seen.insert(slot.get()).second) {
-          mi.adapter_bytes += a->second.bytes;
-        }
-      }
-    }
-    mi.max_seq_len = m.config.max_seq_len;
-    mi.vocab_size = m.config.vocab_size;
-    for (size_t pos = 0; pos < m.chain.size(); ++pos) {
-      const auto& slot = m.chain[pos];
-      auto [it, inserted] = ids.emplace(slot.get(), static_cast<InstanceId>(slots_.size()));
-      if (inserted) {
-        slots_.push_back(slot);
-        InstanceInfo info;
-        info.kind = slot->kind;
-        info.bytes = slot->bytes;
-        info.max_batch_tokens = opt_.max_batch_tokens;  // or measured, below
-        dims_.push_back(m.config.dim);
-        profiled_.push_back(slot->block != nullptr && opt_.profile_max_batch);
-        InstanceStats st;
-        st.name = slot->name;
-        st.kind = info.kind;
-        st.max_batch = info.max_batch_tokens;
-        st.resident = slot->block != nullptr;
-        st.bytes = slot->bytes;
-        st.adapters = static_cast<int>(slot->adapters.size());
-        stats_.instances.push_back(st);
-        if (slot->block) stats_.resident_bytes += slot->bytes;
-        info.kv_page_size = opt_.kv_page_size;
-        info.kv_max_pages = opt_.kv_max_pages;
-        infos.push_back(info);
-      }
-      mi.chain.push_back(it->second);
-    }
-    minfo.push_back(std::move(mi));
-  }
-  if (opt_.kv_budget_bytes > 0) {
-    // Split the KV budget by users: models per attn instance.
-    std::vector<int> users(slots_.size(), 0);
-    std::vector<uint64_t> page_bytes(slots_.size(), 0);
-    for (size_t mi = 0; mi < minfo.size(); ++mi) {
-      std::set<InstanceId> seen;
-      for (InstanceId i : minfo[mi].chain) {
-        if (infos[i].kind != BlockKind::kAttn || !seen.insert(i).second) continue;
-        ++users[i];
-        page_bytes[i] = uint64_t{2} * opt_.kv_page_size * models_[mi].config.kv_dim() *
-                        runtime::DTypeSize(opt_.kv_dtype);
-      }
-    }
-    double total = 0;
-    for (size_t i = 0; i < slots_.size(); ++i) total += users[i] * static_cast<double>(page_bytes[i]);
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      if (users[i] == 0) continue;
-      // users_i / sum_j(users_j * bytes_j) of the budget in pages of instance i.
-      infos[i].kv_max_pages = std::max(1, static_cast<int>(opt_.kv_budget_bytes * users[i] / total));
-    }
-  }
+  Instances in = Enumerate(models_, opt_);
+  SplitKvBudget(models_, opt_, in);
+  ResidencyOptions ro{opt_.memory_budget, opt_.background_loads, opt_.load_threads,
+                      opt_.profile_max_batch};
+  residency_ = std::make_unique<Residency>(ro, in.slots, in.dims, [this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  });
   std::vector<std::vector<InstanceId>> chains;
-  for (const ModelInfo& mi : minfo) chains.push_back(mi.chain);
+  for (const ModelInfo& mi : in.models) chains.push_back(mi.chain);
   executor_ = std::make_unique<Executor>(
-      ExecutorOptions{opt_.threads, opt_.concurrent_call_tokens}, opt_.backend,
-      static_cast<const InstanceTable*>(this), std::move(chains));
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    if (!profiled_[i]) continue;
-    infos[i].max_batch_tokens = MeasureMaxBatch(*slots_[i]->block, dims_[i], executor_->context());
-    stats_.instances[i].max_batch = infos[i].max_batch_tokens;
+      ExecutorOptions{opt_.threads, opt_.concurrent_call_tokens}, opt_.backend, residency_.get(),
+      std::move(chains));
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < in.slots.size(); ++i) {
+    const BlockSlot& slot = *in.slots[i];
+    if (opt_.profile_max_batch && slot.block) {  // the others are measured when they load
+      in.infos[i].max_batch_tokens = MeasureMaxBatch(*slot.block, in.dims[i], executor_->context());
+    }
+    InstanceStats st;
+    st.name = slot.name;
+    st.kind = slot.kind;
+    st.max_batch = in.infos[i].max_batch_tokens;
+    st.bytes = slot.bytes;
+    st.adapters = static_cast<int>(slot.adapters.size());
+    const int cap = in.infos[i].kv_max_pages;
+    if (st.kind == BlockKind::kAttn && cap > 0) st.kv_pages_free = cap;
+    kv_caps_.push_back(cap);
+    stats_.instances.push_back(st);
   }
-  stats_.peak_resident_bytes = stats_.resident_bytes;
   loaded_.assign(models_.size(), true);
-  last_used_.assign(slots_.size(), 0);
-  kv_caps_.clear();
-  for (size_t i = 0; i < infos.size(); ++i) {
-    kv_caps_.push_back(infos[i].kv_max_pages);
-    if (infos[i].kind == BlockKind::kAttn && infos[i].kv_max_pages > 0) {
-      stats_.instances[i].kv_pages_free = infos[i].kv_max_pages;
-    }
-  }
-  scheduler_ = std::make_unique<Scheduler>(opt_.scheduler, std::move(infos), std::move(minfo));
-  load_failed_.assign(slots_.size(), false);
-  if (opt_.background_loads) {
-    for (int t = 0; t < std::max(1, opt_.load_threads); ++t) {
-      loaders_.emplace_back([this] { LoaderLoop(); });
-    }
-  }
+  scheduler_ = std::make_unique<Scheduler>(opt_.scheduler, std::move(in.infos), std::move(in.models));
+  residency_->Bind(scheduler_.get(), executor_.get());
 }
 
 Engine::~Engine() {
   Stop();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    loaders_stop_ = true;  // loads not started are dropped; running ones finish first
-    loader_cv_.notify_all();
-  }
-  for (std::thread& t : loaders_) t.join();
+  residency_.reset();  // its loader threads wake the engine through mu_: gone before mu_ is
 }
 
 int Engine::FindModel(const std::string& name) const {
@@ -189,53 +198,52 @@ absl::StatusOr<bool> Engine::Step() {
   return worked;
 }
 
+void Engine::TakeInbox(std::vector<std::pair<SinkPtr, Event>>* deliver) {
+  std::lock_guard<std::mutex> lock(mu_);
+  while (!inbox_.empty()) {
+    auto [spec, sink] = std::move(inbox_.front());
+    const RequestId id = inbox_ids_.front();
+    inbox_.pop_front();
+    inbox_ids_.pop_front();
+    SamplerStart start{id, spec.sampling, spec.prompt};
+    if (start.params.min_tokens > 0) start.params.min_tokens_stops = spec.stop_tokens;
+    const bool prompt_logprobs = spec.prompt_logprobs >= 0;
+    auto s = scheduler_->Submit(std::move(spec), id);
+    if (!s.ok()) {
+      deliver->push_back({std::make_shared<Sink>(std::move(sink)), Event{id, -1, Finish::kError}});
+      continue;
+    }
+    sinks_[id] = std::make_shared<Sink>(std::move(sink));
+    pending_start_.push_back(std::move(start));
+    if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
+  }
+  for (const auto& [id, why] : abort_inbox_) {
+    if (why == Finish::kStop) {
+      scheduler_->Stop(id);
+    } else {
+      scheduler_->Abort(id);
+    }
+  }
+  abort_inbox_.clear();
+}
+
 absl::StatusOr<bool> Engine::StepOnce() {
   RunControl();
   std::vector<std::pair<SinkPtr, Event>> deliver;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    while (!inbox_.empty()) {
-      auto [spec, sink] = std::move(inbox_.front());
-      const RequestId id = inbox_ids_.front();
-      inbox_.pop_front();
-      inbox_ids_.pop_front();
-      SamplerStart start{id, spec.sampling, spec.prompt};
-      if (start.params.min_tokens > 0) start.params.min_tokens_stops = spec.stop_tokens;
-      const bool prompt_logprobs = spec.prompt_logprobs >= 0;
-      auto s = scheduler_->Submit(std::move(spec), id);
-      if (!s.ok()) {
-        deliver.push_back({std::make_shared<Sink>(std::move(sink)), Event{id, -1, Finish::kError}});
-        continue;
-      }
-      sinks_[id] = std::make_shared<Sink>(std::move(sink));
-      pending_start_.push_back(std::move(start));
-      if (prompt_logprobs) prompt_lps_.emplace(id, PromptLogprobs{});
-    }
-    for (const auto& [id, why] : abort_inbox_) {
-      if (why == Finish::kStop) {
-        scheduler_->Stop(id);
-      } else {
-        scheduler_->Abort(id);
-      }
-    }
-    abort_inbox_.clear();
-  }
+  TakeInbox(&deliver);
   if (!deliver.empty()) {  // refused requests (outside the lock: Push may wait for room)
     output_.Push(std::move(deliver));
     deliver.clear();
   }
-  if (opt_.background_loads) {
-    InstallLoads();
-    UpdateReady();
-  }
+  if (opt_.background_loads) residency_->InstallLoads();
   StepPlan plan = scheduler_->Plan();
   if (plan.empty() && !plan.finishes()) {
-    StartLoads(plan);
-    if (loading_.empty()) return false;
+    residency_->StartLoads(plan, StepNumber());
+    if (!residency_->loading()) return false;
     // Nothing runs until a load lands (or a request, abort or control arrives).
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] {
-      return stop_ || !load_done_.empty() || !inbox_.empty() || !abort_inbox_.empty() ||
+    cv_.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stop_ || residency_->landed() || !inbox_.empty() || !abort_inbox_.empty() ||
              !control_.empty();
     });
     return !stop_;
@@ -246,11 +254,9 @@ absl::StatusOr<bool> Engine::StepOnce() {
   std::set<RequestId> failed_ids;
   for (const auto& [id, why] : failed) failed_ids.insert(id);
   std::vector<Event> events = scheduler_->Commit(plan, out, !status.ok(), failed_ids);
-  if (!failed.empty()) {
-    for (Event& e : events) {
-      auto f = failed.find(e.id);
-      if (f != failed.end() && e.finish == Finish::kError) e.error = f->second;
-    }
+  for (Event& e : events) {
+    auto f = failed.find(e.id);
+    if (f != failed.end() && e.finish == Finish::kError) e.error = f->second;
   }
   // Finished requests' full pages become prefix-cache entries (shared, not copied), then the
   // requests let go of their own.
@@ -258,6 +264,7 @@ absl::StatusOr<bool> Engine::StepOnce() {
     if (auto s = executor_->Fork(f); !s.ok()) return s;
   }
   for (const Release& r : scheduler_->TakeReleases()) executor_->Release(r);
+  RecordStep(plan, events);
   for (Event& e : events) {
     auto it = sinks_.find(e.id);
     if (it == sinks_.end()) continue;
@@ -270,35 +277,40 @@ absl::StatusOr<bool> Engine::StepOnce() {
     }
   }
   output_.Push(std::move(deliver));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.steps;
-    for (const Event& e : events) {
-      if (e.finish != Finish::kNone) ++stats_.finished[static_cast<int>(e.finish)];
-    }
-    stats_.preemptions += plan.preempted.size();
-    for (const auto& s : plan.seqs) stats_.tokens += s.len;
-    stats_.prefix_hits = scheduler_->prefix_hits();
-    stats_.prefix_hit_tokens = scheduler_->prefix_hit_tokens();
-    stats_.prefix_entries = scheduler_->prefix_entries();
-    stats_.waiting = scheduler_->num_waiting();
-    stats_.running = scheduler_->num_running();
-    for (InstanceStats& st : stats_.instances) st.queued = 0;
-    const std::vector<int> waiting = scheduler_->WaitingByModel();
-    for (size_t m = 0; m < waiting.size(); ++m) {
-      if (waiting[m] == 0) continue;
-      for (InstanceId i : scheduler_->models()[m].chain) stats_.instances[i].queued += waiting[m];
-    }
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      InstanceStats& st = stats_.instances[i];
-      st.kv_pages_used = scheduler_->pages_used(static_cast<int>(i));
-      st.kv_pages_free = kv_caps_[i] > 0 && st.kind == BlockKind::kAttn
-                             ? kv_caps_[i] - st.kv_pages_used
-                             : -1;
-    }
-  }
   if (!status.ok()) return status;
   return true;
+}
+
+uint64_t Engine::StepNumber() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_.steps + 1;
+}
+
+void Engine::RecordStep(const StepPlan& plan, const std::vector<Event>& events) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.steps;
+  for (const Event& e : events) {
+    if (e.finish != Finish::kNone) ++stats_.finished[static_cast<int>(e.finish)];
+  }
+  stats_.preemptions += plan.preempted.size();
+  for (const auto& s : plan.seqs) stats_.tokens += s.len;
+  stats_.prefix_hits = scheduler_->prefix_hits();
+  stats_.prefix_hit_tokens = scheduler_->prefix_hit_tokens();
+  stats_.prefix_entries = scheduler_->prefix_entries();
+  stats_.waiting = scheduler_->num_waiting();
+  stats_.running = scheduler_->num_running();
+  for (InstanceStats& st : stats_.instances) st.queued = 0;
+  const std::vector<int> waiting = scheduler_->WaitingByModel();
+  for (size_t m = 0; m < waiting.size(); ++m) {
+    if (waiting[m] == 0) continue;
+    for (InstanceId i : scheduler_->models()[m].chain) stats_.instances[i].queued += waiting[m];
+  }
+  for (size_t i = 0; i < stats_.instances.size(); ++i) {
+    InstanceStats& st = stats_.instances[i];
+    st.kv_pages_used = scheduler_->pages_used(static_cast<int>(i));
+    st.kv_pages_free =
+        kv_caps_[i] > 0 && st.kind == BlockKind::kAttn ? kv_caps_[i] - st.kv_pages_used : -1;
+  }
 }
 
 void Engine::Loop() {
@@ -308,11 +320,10 @@ void Engine::Loop() {
     std::unique_lock<std::mutex> lock(mu_);
     if (stop_) return;
     if (inbox_.empty() && abort_inbox_.empty() && control_.empty() &&
-        scheduler_->num_running() == 0 &&
-        scheduler_->num_waiting() == 0) {
-      cv_.wait(lock, [&] {
+        scheduler_->num_running() == 0 && scheduler_->num_waiting() == 0) {
+      cv_.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stop_ || !inbox_.empty() || !abort_inbox_.empty() || !control_.empty() ||
-               !load_done_.empty();
+               residency_->landed();
       });
     }
     if (stop_) return;
@@ -321,7 +332,10 @@ void Engine::Loop() {
 
 void Engine::Start() {
   if (thread_.joinable()) return;
-  stop_ = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = false;
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 

@@ -12,54 +12,25 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <set>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "runtime/block.h"
 #include "runtime/device.h"
 #include "runtime/lora.h"
 #include "runtime/model_config.h"
 #include "runtime/sampler.h"
+#include "scheduler/engine_types.h"
 #include "scheduler/executor.h"
 #include "scheduler/output_stage.h"
+#include "scheduler/residency.h"
 #include "scheduler/scheduler.h"
 
 namespace blockserve::scheduler {
-
-// A block instance: resident (block set) or loadable on first use (load set). Models holding
-// the same slot share the instance (one KV pool, one batch per step).
-// A LoRA adapter of one block instance, attached on demand under its model's key.
-struct AdapterSlot {
-  std::function<absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>>()> load;
-  std::shared_ptr<const runtime::LoraAdapter> adapter;  // set while resident
-  bool attached = false;
-  bool failed = false;  // its last load (or attach) failed
-  uint64_t bytes = 0;
-  uint64_t last_used = 0;
-};
-
-struct BlockSlot {
-  std::shared_ptr<runtime::Block> block;  // null while not resident
-  std::function<absl::StatusOr<std::shared_ptr<runtime::Block>>()> load;  // null: never evicted
-  uint64_t bytes = 0;                     // weight memory when resident
-  runtime::BlockKind kind = runtime::BlockKind::kAttn;
-  std::string name;                       // for stats ("attn 3 1a80d4f4")
-  std::map<int32_t, AdapterSlot> adapters;  // by adapter key (lazy engines attach on demand)
-};
-
-// A model for the engine: its chain of block slots.
-struct EngineModel {
-  std::string name;
-  runtime::ModelConfig config;
-  std::vector<std::shared_ptr<BlockSlot>> chain;
-  int32_t adapter = 0;  // LoRA key attached on its instances (0: none)
-};
-
-// Wraps resident blocks as slots (tests, monolithic use).
-std::vector<std::shared_ptr<BlockSlot>> ResidentSlots(
-    const std::vector<std::shared_ptr<runtime::Block>>& blocks);
 
 struct EngineOptions {
   SchedulerConfig scheduler;
@@ -129,7 +100,10 @@ struct EngineStats {
   std::vector<InstanceStats> instances;
 };
 
-class Engine : private InstanceTable {
+// Threads: Submit, Abort, StopRequest, LoadModel, UnloadModel, loaded and stats are called from
+// any thread and take mu_; the engine thread (Start) or the caller of Step owns the scheduler,
+// the residency's engine-side state and the executor; sinks run on the output stage's threads.
+class Engine {
  public:
   Engine(EngineOptions opt, std::vector<EngineModel> models);
   ~Engine();
@@ -166,9 +140,18 @@ class Engine : private InstanceTable {
   EngineStats stats() const;
   // KV pages the attn instance `i` really holds (for invariant checks).
   int InstancePages(InstanceId i) const;
-  size_t num_instances() const { return slots_.size(); }
+  size_t num_instances() const { return residency_->size(); }
 
  private:
+  // Step without waiting for the output stage (the loop).
+  absl::StatusOr<bool> StepOnce();
+  // Moves submitted requests into the scheduler (refused ones into `*deliver`) and aborts.
+  void TakeInbox(std::vector<std::pair<SinkPtr, Event>>* deliver);
+  // The number of the step about to run (LRU clock of the residency).
+  uint64_t StepNumber() const;
+  // Statistics of the step just run.
+  void RecordStep(const StepPlan& plan, const std::vector<Event>& events);
+  void Loop();
   // Runs the plan. Requests whose model has a block or adapter that fails to load are left
   // out of every call and put in `*failed` with a message for the client; the rest runs.
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out,
@@ -178,47 +161,17 @@ class Engine : private InstanceTable {
   // `full` without the requests of models `broken` (indexed by model), which go to `*failed`.
   StepPlan WithoutBroken(const StepPlan& full, const std::vector<absl::Status>& broken,
                          std::map<RequestId, std::string>* failed) const;
-  runtime::Block* instance(InstanceId i) const override { return slots_[i]->block.get(); }
-  // Loads what `plan` needs (evicting LRU instances over the budget). A block or adapter that
-  // fails to load breaks only the models that use it: with `broken` (indexed by model) their
-  // errors go there and the rest is still loaded; without it the first error is returned.
-  absl::Status MakeResident(const StepPlan& plan, std::vector<absl::Status>* broken = nullptr);
-  // Instances `plan` runs or pins.
-  std::vector<bool> Needed(const StepPlan& plan) const;
-  // Evicts least recently used adapters, then instances, neither protected nor holding KV (nor
-  // adapters in `keys` per instance), until `need` more bytes fit the budget next to what is
-  // resident and loading. False when they still do not.
-  bool MakeRoom(uint64_t need, const std::vector<bool>& protect,
-                const std::vector<std::set<int32_t>>& keys);
-  // Accounts a loaded block or adapter (the load's error is returned, and remembered).
-  absl::Status InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<runtime::Block>> b);
-  absl::Status InstallAdapter(size_t i, int32_t key,
-                              absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> a);
-  // Background loading: queues the loads of the plan's `load` models (room made first, in
-  // order, while it can be), installs the loads that landed, tells the scheduler which models
-  // are ready.
-  void StartLoads(const StepPlan& plan);
-  void InstallLoads();
-  void UpdateReady();
-  void LoaderLoop();
-  // Step without waiting for the output stage (the loop).
-  absl::StatusOr<bool> StepOnce();
-  void Loop();
   // Control operations queued by LoadModel / UnloadModel, run by the engine thread.
   void RunControl();
-  absl::StatusOr<int> DoLoad(int model);
   absl::StatusOr<int> DoUnload(int model);
-  void EvictInstance(size_t i);
-  void EvictAdapter(BlockSlot& slot, int32_t key);
   std::future<absl::StatusOr<int>> QueueControl(int model, bool load);
 
   EngineOptions opt_;
   std::vector<EngineModel> models_;
-  std::vector<std::shared_ptr<BlockSlot>> slots_;
-  std::vector<uint64_t> last_used_;  // step of last use, per instance
   std::vector<int> kv_caps_;         // KV pages per instance (0: unbounded)
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Executor> executor_;
+  std::unique_ptr<Residency> residency_;
   // Samplers to start and end with the next step's input (the executor keeps them).
   std::vector<SamplerStart> pending_start_;
   std::vector<RequestId> pending_end_;
@@ -233,47 +186,21 @@ class Engine : private InstanceTable {
   std::map<RequestId, PromptLogprobs> prompt_lps_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::pair<RequestSpec, Sink>> inbox_;
-  std::deque<RequestId> inbox_ids_;
-  std::vector<std::pair<RequestId, Finish>> abort_inbox_;  // Abort (kAbort), StopRequest (kStop)
+  std::condition_variable cv_;  // requests, aborts, control calls, landed loads, stop
+  std::deque<std::pair<RequestSpec, Sink>> inbox_ ABSL_GUARDED_BY(mu_);
+  std::deque<RequestId> inbox_ids_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<RequestId, Finish>> abort_inbox_ ABSL_GUARDED_BY(mu_);  // Abort, StopRequest
   struct Control {
     int model = 0;
     bool load = true;
     std::promise<absl::StatusOr<int>> done;
   };
-  std::deque<Control> control_;
-  std::vector<bool> loaded_;  // per model, under mu_
-  bool stop_ = false;
+  std::deque<Control> control_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> loaded_ ABSL_GUARDED_BY(mu_);  // per model
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
-  // Background loading. Jobs and results under mu_; `loading_` (what is queued or being
-  // loaded, with adapter key 0 for the block) and the failures are the engine thread's.
-  struct LoadJob {
-    size_t instance = 0;
-    int32_t adapter = 0;  // 0: the block
-    uint64_t bytes = 0;
-    std::function<absl::StatusOr<std::shared_ptr<runtime::Block>>()> load_block;
-    std::function<absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>>()> load_adapter;
-  };
-  struct LoadDone {
-    LoadJob job;
-    absl::StatusOr<std::shared_ptr<runtime::Block>> block;
-    absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> adapter;
-    double secs = 0;
-  };
-  std::deque<LoadJob> load_jobs_;
-  std::vector<LoadDone> load_done_;
-  std::condition_variable loader_cv_;
-  bool loaders_stop_ = false;
-  std::vector<std::thread> loaders_;
-  std::set<std::pair<InstanceId, int32_t>> loading_;
-  uint64_t loading_bytes_ = 0;  // engine thread (written under mu_ next to the stats)
-  std::vector<bool> load_failed_;  // per instance: its last load failed
-  bool residency_changed_ = true;  // since the last UpdateReady (engine thread)
-  std::vector<int> dims_;          // per instance: its model's hidden size (profiling)
-  std::vector<bool> profiled_;     // per instance: batch limit measured
-  EngineStats stats_;
-  RequestId next_id_ = 1;
+  EngineStats stats_ ABSL_GUARDED_BY(mu_);  // the residency's part is folded in by stats()
+  RequestId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   OutputStage output_;
 };
 

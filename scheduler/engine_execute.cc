@@ -84,9 +84,10 @@ absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
   rest.donate.clear();
   rest.release.clear();
   std::vector<absl::Status> broken;
-  RETURN_IF_ERROR(MakeResident(rest, &broken));
+  const uint64_t step = StepNumber();
+  RETURN_IF_ERROR(residency_->MakeResident(rest, step, &broken));
   // Loads for requests still waiting land while this step computes.
-  StartLoads(rest);
+  residency_->StartLoads(rest, step);
   ASSIGN_OR_RETURN(ExecResult result,
                    executor_->Run(BuildInput(broken.empty() ? rest : WithoutBroken(rest, broken, failed))));
   for (ExecResult::Scored& row : result.scored) {  // a span's rows come in order of position

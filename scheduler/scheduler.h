@@ -205,6 +205,7 @@ class Scheduler {
   absl::Status CheckInvariants() const;
 
  private:
+  class Planner;  // one step's planning (scheduler_plan.cc)
   int Pages(InstanceId i, int len) const;
   // Whether `r` can ever run: its chain fits the memory budget and its context the KV of each
   // attn instance.

@@ -15,19 +15,41 @@ namespace blockserve::scheduler {
 
 namespace {
 
-// What one instance needs to (re)load: its block and the adapters attached to it.
-struct Recipe {
-  blockzoo::ChainEntry entry;
-  runtime::ModelConfig family;
-};
+// Blocks and adapters of a zoo by id. Every load checks the block's content hash: the bytes are
+// read anyway, and a flipped bit must fail that model's requests with a clear error instead of
+// serving garbage (bench/load_bench prints what the check costs next to the load itself).
+class ZooBlockSource final : public BlockSource {
+ public:
+  explicit ZooBlockSource(const blockzoo::Zoo& zoo) : zoo_(zoo) {}
+  // Makes `e`'s block (and LoRA block) known by id; before any load.
+  void Add(const blockzoo::ChainEntry& e) {
+    entries_.emplace(std::make_pair(e.block, e.layer), e);
+    if (!e.lora.empty()) entries_.emplace(std::make_pair(e.lora, e.layer), e);
+  }
+  absl::StatusOr<std::shared_ptr<runtime::Block>> LoadBlock(const BlockRef& ref) const override {
+    ASSIGN_OR_RETURN(const blockzoo::ChainEntry* e, Find(ref));
+    return blockzoo::LoadBlock(zoo_, *e, ref.family, ref.options, /*verify_hash=*/true);
+  }
+  absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadAdapter(
+      const BlockRef& ref) const override {
+    ASSIGN_OR_RETURN(const blockzoo::ChainEntry* e, Find(ref));
+    return blockzoo::LoadLora(zoo_, *e, ref.family, /*verify_hash=*/true);
+  }
 
-// Every load checks the block's content hash: the bytes are read anyway, and a flipped bit must
-// fail that model's requests with a clear error instead of serving garbage (bench/load_bench
-// prints what the check costs next to the load itself).
-absl::StatusOr<std::shared_ptr<runtime::Block>> Build(const blockzoo::Zoo& zoo, const Recipe& r,
-                                                      const runtime::BlockOptions& opt) {
-  return blockzoo::LoadBlock(zoo, r.entry, r.family, opt, /*verify_hash=*/true);
-}
+ private:
+  absl::StatusOr<const blockzoo::ChainEntry*> Find(const BlockRef& ref) const {
+    auto it = entries_.find({ref.id, ref.layer});
+    if (it == entries_.end()) {
+      return absl::NotFoundError(absl::StrCat("block ", ref.id, " (layer ", ref.layer,
+                                              ") is not in this engine's zoo models"));
+    }
+    return &it->second;
+  }
+  const blockzoo::Zoo& zoo_;
+  // What the manifests say about each block (size, tensors), by (id, layer); written before
+  // the engine starts, read-only after.
+  std::map<std::pair<std::string, int>, blockzoo::ChainEntry> entries_;
+};
 
 }  // namespace
 
@@ -44,8 +66,8 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
                                                           const std::vector<ModelRef>& refs,
                                                           const runtime::BlockOptions& opt,
                                                           bool lazy, bool share) {
-  std::map<std::tuple<std::string, int, int>, std::pair<std::shared_ptr<BlockSlot>,
-                                                         std::shared_ptr<Recipe>>> slots;
+  auto source = std::make_shared<ZooBlockSource>(zoo);
+  std::map<std::tuple<std::string, int, int>, std::shared_ptr<BlockSlot>> slots;
   std::vector<EngineModel> out;
   int32_t next_key = 1;
   for (size_t mi = 0; mi < refs.size(); ++mi) {
@@ -57,31 +79,25 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
     em.config = m.family;
     for (const blockzoo::ResolvedBlock& rb : rc.blocks) {
       const blockzoo::ChainEntry& e = rb.entry;
-      // References, not a structured binding: clang 14 cannot capture bindings in a lambda.
-      auto& entry = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
-      std::shared_ptr<BlockSlot>& slot = entry.first;
-      std::shared_ptr<Recipe>& recipe = entry.second;
+      source->Add(e);
+      std::shared_ptr<BlockSlot>& slot = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
       if (!slot) {
         slot = std::make_shared<BlockSlot>();
-        recipe = std::make_shared<Recipe>();
-        recipe->entry = e;
-        recipe->entry.lora.clear();
-        recipe->family = m.family;
         slot->bytes = e.bytes;
         slot->kind = e.kind;
         slot->name = absl::StrCat(runtime::BlockKindName(e.kind),
                                   e.layer >= 0 ? absl::StrCat(" ", e.layer) : "", " ",
                                   e.block.substr(0, 8));
-        slot->load = [&zoo, recipe, opt]() { return Build(zoo, *recipe, opt); };
+        slot->ref = BlockRef{e.block, e.kind, e.layer, m.family, opt};
+        slot->source = source;
       }
       // A block shared by models that declare different contexts serves the longest of them
       // (its weights do not depend on it; each model's own limit is the scheduler's).
-      recipe->family.max_seq_len = std::max(recipe->family.max_seq_len, m.family.max_seq_len);
+      slot->ref->family.max_seq_len = std::max(slot->ref->family.max_seq_len, m.family.max_seq_len);
       if (!e.lora.empty()) {
         if (em.adapter == 0) em.adapter = next_key++;
         AdapterSlot& a = slot->adapters[em.adapter];
-        const runtime::ModelConfig family = m.family;
-        a.load = [&zoo, e, family]() { return blockzoo::LoadLora(zoo, e, family, /*verify_hash=*/true); };
+        a.ref = BlockRef{e.lora, e.kind, e.layer, m.family, opt};
         std::error_code ec;
         a.bytes = std::filesystem::file_size(zoo.BlockPath(e.lora), ec);
       }
@@ -90,16 +106,15 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
     out.push_back(std::move(em));
   }
   if (!lazy) {
-    for (auto& [key, sr] : slots) {
-      BlockSlot& slot = *sr.first;
-      ASSIGN_OR_RETURN(slot.block, slot.load());
-      for (auto& [k, a] : slot.adapters) {
-        ASSIGN_OR_RETURN(a.adapter, a.load());
-        RETURN_IF_ERROR(slot.block->AttachAdapter(k, a.adapter));
+    for (auto& [key, slot] : slots) {
+      ASSIGN_OR_RETURN(slot->block, source->LoadBlock(*slot->ref));
+      for (auto& [k, a] : slot->adapters) {
+        ASSIGN_OR_RETURN(a.adapter, source->LoadAdapter(*a.ref));
+        RETURN_IF_ERROR(slot->block->AttachAdapter(k, a.adapter));
         a.attached = true;
-        a.load = nullptr;  // resident for good, like the block
+        a.ref.reset();  // resident for good, like the block
       }
-      slot.load = nullptr;
+      slot->ref.reset();
     }
   }
   return out;

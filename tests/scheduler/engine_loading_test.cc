@@ -64,14 +64,30 @@ TEST_F(EngineTest, AColdModelLoadsWhileTheOthersKeepGenerating) {
   std::atomic<int> gated{0};
   std::set<const BlockSlot*> base_slots;
   for (const auto& slot : (*models)[0].chain) base_slots.insert(slot.get());
+  // The fine-tune's own blocks come from a source that waits at the gate.
+  class GatedSource final : public BlockSource {
+   public:
+    GatedSource(std::shared_ptr<const BlockSource> inner, std::shared_future<void> open,
+                std::atomic<int>* gated)
+        : inner_(std::move(inner)), open_(std::move(open)), gated_(gated) {}
+    absl::StatusOr<std::shared_ptr<runtime::Block>> LoadBlock(const BlockRef& ref) const override {
+      ++*gated_;
+      open_.wait();
+      return inner_->LoadBlock(ref);
+    }
+    absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadAdapter(
+        const BlockRef& ref) const override {
+      return inner_->LoadAdapter(ref);
+    }
+
+   private:
+    std::shared_ptr<const BlockSource> inner_;
+    std::shared_future<void> open_;
+    std::atomic<int>* gated_;
+  };
   for (auto& slot : (*models)[1].chain) {
     if (base_slots.count(slot.get())) continue;
-    auto inner = slot->load;
-    slot->load = [inner, open, &gated] {
-      ++gated;
-      open.wait();
-      return inner();
-    };
+    slot->source = std::make_shared<GatedSource>(slot->source, open, &gated);
   }
   EngineOptions opt;
   opt.threads = 2;

@@ -24,7 +24,7 @@
 
 namespace blockserve::runtime {
 
-class ModelWeights;
+struct ModelWeights;
 struct BlockOptions;
 
 // Memory of one backend, freed when the last copy of the handle goes. `data()` is a device

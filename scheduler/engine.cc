@@ -119,15 +119,15 @@ Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
   ResidencyOptions ro{opt_.memory_budget, opt_.background_loads, opt_.load_threads,
                       opt_.profile_max_batch};
   residency_ = std::make_unique<Residency>(ro, in.slots, in.dims, [this] {
-    std::lock_guard<std::mutex> lock(mu_);
-    cv_.notify_all();
+    absl::MutexLock lock(&mu_);
+    cv_.SignalAll();
   });
   std::vector<std::vector<InstanceId>> chains;
   for (const ModelInfo& mi : in.models) chains.push_back(mi.chain);
   executor_ = std::make_unique<Executor>(
       ExecutorOptions{opt_.threads, opt_.concurrent_call_tokens}, opt_.backend, residency_.get(),
       std::move(chains));
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < in.slots.size(); ++i) {
     const BlockSlot& slot = *in.slots[i];
     if (opt_.profile_max_batch && slot.block) {  // the others are measured when they load
@@ -163,7 +163,7 @@ int Engine::FindModel(const std::string& name) const {
 
 absl::StatusOr<RequestId> Engine::Submit(RequestSpec spec, Sink sink) {
   RETURN_IF_ERROR(scheduler_->Validate(spec));
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!loaded_[spec.model]) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", models_[spec.model].name, " is unloaded"));
@@ -171,24 +171,24 @@ absl::StatusOr<RequestId> Engine::Submit(RequestSpec spec, Sink sink) {
   const RequestId id = next_id_++;
   inbox_.emplace_back(std::move(spec), std::move(sink));
   inbox_ids_.push_back(id);
-  cv_.notify_one();
+  cv_.Signal();
   return id;
 }
 
 void Engine::Abort(RequestId id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   abort_inbox_.push_back({id, Finish::kAbort});
-  cv_.notify_one();
+  cv_.Signal();
 }
 
 void Engine::StopRequest(RequestId id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   abort_inbox_.push_back({id, Finish::kStop});
-  cv_.notify_one();
+  cv_.Signal();
 }
 
 bool Engine::loaded(int model) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return model >= 0 && model < static_cast<int>(loaded_.size()) && loaded_[model];
 }
 
@@ -199,7 +199,7 @@ absl::StatusOr<bool> Engine::Step() {
 }
 
 void Engine::TakeInbox(std::vector<std::pair<SinkPtr, Event>>* deliver) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (!inbox_.empty()) {
     auto [spec, sink] = std::move(inbox_.front());
     const RequestId id = inbox_ids_.front();
@@ -241,11 +241,11 @@ absl::StatusOr<bool> Engine::StepOnce() {
     residency_->StartLoads(plan, StepNumber());
     if (!residency_->loading()) return false;
     // Nothing runs until a load lands (or a request, abort or control arrives).
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stop_ || residency_->landed() || !inbox_.empty() || !abort_inbox_.empty() ||
-             !control_.empty();
-    });
+    absl::MutexLock lock(&mu_);
+    while (!stop_ && !residency_->landed() && inbox_.empty() && abort_inbox_.empty() &&
+           control_.empty()) {
+      cv_.Wait(&mu_);
+    }
     return !stop_;
   }
   std::vector<StepOutput> out;
@@ -282,12 +282,12 @@ absl::StatusOr<bool> Engine::StepOnce() {
 }
 
 uint64_t Engine::StepNumber() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return stats_.steps + 1;
 }
 
 void Engine::RecordStep(const StepPlan& plan, const std::vector<Event>& events) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++stats_.steps;
   for (const Event& e : events) {
     if (e.finish != Finish::kNone) ++stats_.finished[static_cast<int>(e.finish)];
@@ -317,14 +317,13 @@ void Engine::Loop() {
   while (true) {
     auto worked = StepOnce();
     if (worked.ok() && *worked) continue;
-    std::unique_lock<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stop_) return;
-    if (inbox_.empty() && abort_inbox_.empty() && control_.empty() &&
-        scheduler_->num_running() == 0 && scheduler_->num_waiting() == 0) {
-      cv_.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_ || !inbox_.empty() || !abort_inbox_.empty() || !control_.empty() ||
-               residency_->landed();
-      });
+    if (scheduler_->num_running() == 0 && scheduler_->num_waiting() == 0) {
+      while (!stop_ && inbox_.empty() && abort_inbox_.empty() && control_.empty() &&
+             !residency_->landed()) {
+        cv_.Wait(&mu_);
+      }
     }
     if (stop_) return;
   }
@@ -333,7 +332,7 @@ void Engine::Loop() {
 void Engine::Start() {
   if (thread_.joinable()) return;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = false;
   }
   thread_ = std::thread([this] { Loop(); });
@@ -341,12 +340,12 @@ void Engine::Start() {
 
 void Engine::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   if (thread_.joinable()) thread_.join();
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (Control& c : control_) c.done.set_value(absl::CancelledError("engine stopped"));
   control_.clear();
 }

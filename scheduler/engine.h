@@ -5,19 +5,18 @@
 #pragma once
 
 #include <array>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <set>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "runtime/block.h"
 #include "runtime/device.h"
@@ -185,8 +184,8 @@ class Engine {
   };
   std::map<RequestId, PromptLogprobs> prompt_lps_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;  // requests, aborts, control calls, landed loads, stop
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;  // requests, aborts, control calls, landed loads, stop
   std::deque<std::pair<RequestSpec, Sink>> inbox_ ABSL_GUARDED_BY(mu_);
   std::deque<RequestId> inbox_ids_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<RequestId, Finish>> abort_inbox_ ABSL_GUARDED_BY(mu_);  // Abort, StopRequest

@@ -12,7 +12,7 @@ std::future<absl::StatusOr<int>> Engine::UnloadModel(int model) {
 }
 
 std::future<absl::StatusOr<int>> Engine::QueueControl(int model, bool load) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Control c;
   c.model = model;
   c.load = load;
@@ -23,14 +23,14 @@ std::future<absl::StatusOr<int>> Engine::QueueControl(int model, bool load) {
   }
   loaded_[model] = load;  // refusal starts now; the residency work waits for the engine thread
   control_.push_back(std::move(c));
-  cv_.notify_one();
+  cv_.Signal();
   return f;
 }
 
 void Engine::RunControl() {
   std::deque<Control> todo;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     todo.swap(control_);
   }
   for (Control& c : todo) {
@@ -41,7 +41,7 @@ void Engine::RunControl() {
 absl::StatusOr<int> Engine::DoUnload(int model) {
   std::vector<bool> keep(residency_->size(), false);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (loaded_[model]) return 0;  // loaded again since
     for (size_t m = 0; m < models_.size(); ++m) {
       if (!loaded_[m]) continue;
@@ -54,7 +54,7 @@ absl::StatusOr<int> Engine::DoUnload(int model) {
 EngineStats Engine::stats() const {
   EngineStats out;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     out = stats_;
   }
   const ResidencyStats r = residency_->stats();

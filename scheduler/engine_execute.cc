@@ -105,7 +105,7 @@ absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
     }
     out->push_back(std::move(o));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (const ExecResult::Call& c : result.calls) {
     ++stats_.block_calls;
     stats_.busy_s += c.secs;

@@ -11,9 +11,9 @@ OutputStage::OutputStage(int shards, size_t max_queued) : max_queued_(std::max<s
 
 OutputStage::~OutputStage() {
   for (auto& s : shards_) {
-    std::lock_guard<std::mutex> lock(s->mu);
+    absl::MutexLock lock(&s->mu);
     s->stop = true;
-    s->cv.notify_all();
+    s->cv.SignalAll();
   }
   for (auto& s : shards_) s->thread.join();
 }
@@ -27,39 +27,39 @@ void OutputStage::Push(std::vector<std::pair<SinkPtr, Event>> events) {
   for (size_t i = 0; i < n; ++i) {
     if (per[i].empty()) continue;
     Shard& s = *shards_[i];
-    std::unique_lock<std::mutex> lock(s.mu);
-    s.cv.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
-      return s.queue.size() < max_queued_;
-    });
+    absl::MutexLock lock(&s.mu);
+    while (s.queue.size() >= max_queued_) s.cv.Wait(&s.mu);
     for (auto& e : per[i]) s.queue.push_back(std::move(e));
     s.pushed += per[i].size();
-    s.cv.notify_all();
+    s.cv.SignalAll();
   }
 }
 
 void OutputStage::Drain() {
   for (auto& sp : shards_) {
     Shard& s = *sp;
-    std::unique_lock<std::mutex> lock(s.mu);
+    absl::MutexLock lock(&s.mu);
     const uint64_t target = s.pushed;
-    s.cv.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) { return s.delivered >= target; });
+    while (s.delivered < target) s.cv.Wait(&s.mu);
   }
 }
 
 void OutputStage::Run(Shard& s) {
-  std::unique_lock<std::mutex> lock(s.mu);
   while (true) {
-    s.cv.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) { return s.stop || !s.queue.empty(); });
-    if (s.queue.empty()) return;  // stopped, everything delivered
     std::deque<std::pair<SinkPtr, Event>> batch;
-    batch.swap(s.queue);
-    s.cv.notify_all();  // room for the engine
-    lock.unlock();
+    {
+      absl::MutexLock lock(&s.mu);
+      while (!s.stop && s.queue.empty()) s.cv.Wait(&s.mu);
+      if (s.queue.empty()) return;  // stopped, everything delivered
+      batch.swap(s.queue);
+      s.cv.SignalAll();  // room for the engine
+    }
+    const size_t n = batch.size();
     for (auto& [sink, event] : batch) (*sink)(event);
     batch.clear();  // sinks of finished requests go here, outside the lock
-    lock.lock();
-    s.delivered = s.pushed - s.queue.size();
-    s.cv.notify_all();
+    absl::MutexLock lock(&s.mu);
+    s.delivered += n;
+    s.cv.SignalAll();
   }
 }
 

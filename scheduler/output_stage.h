@@ -7,17 +7,16 @@
 // thread may Drain.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "scheduler/scheduler.h"
 
 namespace blockserve::scheduler {
@@ -43,8 +42,8 @@ class OutputStage {
 
  private:
   struct Shard {
-    std::mutex mu;
-    std::condition_variable cv;  // work queued, room made, events delivered, stop
+    absl::Mutex mu;
+    absl::CondVar cv;  // work queued, room made, events delivered, stop
     std::deque<std::pair<SinkPtr, Event>> queue ABSL_GUARDED_BY(mu);
     uint64_t pushed ABSL_GUARDED_BY(mu) = 0;
     uint64_t delivered ABSL_GUARDED_BY(mu) = 0;

@@ -27,7 +27,7 @@ Residency::Residency(ResidencyOptions opt, std::vector<std::shared_ptr<BlockSlot
   last_used_.assign(slots_.size(), 0);
   load_failed_.assign(slots_.size(), false);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stats_.instances.resize(slots_.size());
     for (size_t i = 0; i < slots_.size(); ++i) {
       stats_.instances[i].resident = slots_[i]->block != nullptr;
@@ -46,20 +46,20 @@ Residency::Residency(ResidencyOptions opt, std::vector<std::shared_ptr<BlockSlot
 
 Residency::~Residency() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
-    loader_cv_.notify_all();
+    loader_cv_.SignalAll();
   }
   for (std::thread& t : loaders_) t.join();
 }
 
 bool Residency::landed() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return !done_.empty();
 }
 
 ResidencyStats Residency::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return stats_;
 }
 
@@ -100,7 +100,7 @@ void Residency::EvictAdapter(BlockSlot& slot, int32_t key) {
   if (slot.block && a.attached) slot.block->DetachAdapter(key);
   a.adapter.reset();
   a.attached = false;
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   stats_.resident_bytes -= a.bytes;
   --stats_.adapters_resident;
   ++stats_.adapter_evictions;
@@ -113,7 +113,7 @@ void Residency::EvictInstance(size_t i) {
     if (a.adapter) EvictAdapter(slot, key);
   }
   slot.block.reset();
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   stats_.resident_bytes -= slot.bytes;
   ++stats_.instances[i].evictions;
   stats_.instances[i].resident = false;
@@ -131,7 +131,7 @@ std::vector<bool> Residency::Needed(const StepPlan& plan) const {
 bool Residency::MakeRoom(uint64_t need, const std::vector<bool>& protect,
                          const std::vector<std::set<int32_t>>& keys) {
   auto over = [&] {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return opt_.memory_budget > 0 &&
            stats_.resident_bytes + loading_bytes_ + need > opt_.memory_budget;
   };
@@ -187,7 +187,7 @@ absl::Status Residency::InstallBlock(size_t i, absl::StatusOr<std::shared_ptr<ru
     profiled_[i] = true;
     scheduler_->SetMaxBatch(static_cast<InstanceId>(i), max_batch);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (max_batch > 0) stats_.instances[i].max_batch = max_batch;
   stats_.profile_s += profile_s;
   ++stats_.block_loads;
@@ -210,7 +210,7 @@ absl::Status Residency::InstallAdapter(
   slot.failed = false;
   if (slot.adapter) return absl::OkStatus();
   slot.adapter = std::move(*a);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++stats_.adapter_loads;
   ++stats_.adapters_resident;
   stats_.resident_bytes += slot.bytes;

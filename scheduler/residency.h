@@ -9,16 +9,15 @@
 // and landed() may be called from any thread.
 #pragma once
 
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "scheduler/engine_types.h"
 #include "scheduler/executor.h"
@@ -133,8 +132,8 @@ class Residency final : public InstanceTable {
     absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> adapter;
     double secs = 0;
   };
-  mutable std::mutex mu_;
-  std::condition_variable loader_cv_;
+  mutable absl::Mutex mu_;
+  absl::CondVar loader_cv_;
   std::deque<LoadJob> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<LoadDone> done_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

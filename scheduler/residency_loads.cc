@@ -66,7 +66,7 @@ void Residency::StartLoads(const StepPlan& plan, uint64_t step) {
     // room). With none landing the loads start anyway, as a load inside a step would.
     if (!MakeRoom(need, protect, keys) && !loading_.empty()) break;
     for (const LoadJob& j : jobs) loading_.insert({static_cast<InstanceId>(j.instance), j.adapter});
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (LoadJob& j : jobs) {
       loading_bytes_ += j.bytes;
       jobs_.push_back(std::move(j));
@@ -74,20 +74,20 @@ void Residency::StartLoads(const StepPlan& plan, uint64_t step) {
     stats_.loading = static_cast<int>(loading_.size());
     stats_.peak_resident_bytes =
         std::max(stats_.peak_resident_bytes, stats_.resident_bytes + loading_bytes_);
-    loader_cv_.notify_all();
+    loader_cv_.SignalAll();
   }
 }
 
 void Residency::InstallLoads() {
   std::vector<LoadDone> done;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     done.swap(done_);
   }
   for (LoadDone& d : done) {
     loading_.erase({static_cast<InstanceId>(d.job.instance), d.job.adapter});
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       loading_bytes_ -= d.job.bytes;
       stats_.loading = static_cast<int>(loading_.size());
       stats_.background_load_s += d.secs;
@@ -106,16 +106,15 @@ void Residency::InstallLoads() {
 }
 
 void Residency::LoaderLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    loader_cv_.wait(lock, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stop_ || !jobs_.empty();
-    });
-    if (stop_) return;
     LoadDone d;
-    d.job = std::move(jobs_.front());
-    jobs_.pop_front();
-    lock.unlock();
+    {
+      absl::MutexLock lock(&mu_);
+      while (!stop_ && jobs_.empty()) loader_cv_.Wait(&mu_);
+      if (stop_) return;
+      d.job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     if (d.job.adapter == 0) {
       d.block = d.job.source->LoadBlock(d.job.ref);
@@ -123,11 +122,11 @@ void Residency::LoaderLoop() {
       d.adapter = d.job.source->LoadAdapter(d.job.ref);
     }
     d.secs = SecondsSince(t0);
-    lock.lock();
-    done_.push_back(std::move(d));
-    lock.unlock();
+    {
+      absl::MutexLock lock(&mu_);
+      done_.push_back(std::move(d));
+    }
     on_landed_();
-    lock.lock();
   }
 }
 
@@ -170,7 +169,7 @@ absl::Status Residency::MakeResident(const StepPlan& plan, uint64_t step,
       loaded[j] = s.source->LoadBlock(*s.ref);
     });
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       stats_.load_s += SecondsSince(t0);
     }
     for (size_t j = 0; j < missing.size(); ++j) {
@@ -217,7 +216,7 @@ absl::Status Residency::AttachAdapters(
         const auto t0 = std::chrono::steady_clock::now();
         auto adapter = slots_[i]->source->LoadAdapter(*a.ref);
         {
-          std::lock_guard<std::mutex> lock(mu_);
+          absl::MutexLock lock(&mu_);
           stats_.load_s += SecondsSince(t0);
         }
         st = InstallAdapter(i, k, std::move(adapter));

@@ -346,7 +346,7 @@ absl::Status Tenants::Precheck(const TenantConfig& t, double min_tokens, double*
 }
 
 absl::Status Tenants::Check(const TenantConfig& t, double tokens, bool take, double* retry_after) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   State& s = state_[t.name];
   *retry_after = 0;
   if (t.max_concurrent > 0 && s.in_flight >= t.max_concurrent) {
@@ -371,14 +371,14 @@ absl::Status Tenants::Check(const TenantConfig& t, double tokens, bool take, dou
 }
 
 void Tenants::Finish(const TenantConfig& t, double reserved_tokens, double used_tokens) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   State& s = state_[t.name];
   --s.in_flight;
   if (s.tokens && reserved_tokens > used_tokens) s.tokens->Refund(reserved_tokens - used_tokens);
 }
 
 int Tenants::in_flight(const std::string& tenant) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = state_.find(tenant);
   return it == state_.end() ? 0 : it->second.in_flight;
 }

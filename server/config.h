@@ -7,12 +7,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "blockzoo/equiv.h"
 #include "runtime/dtype.h"
@@ -141,8 +142,8 @@ class Tenants {
   bool open_;
   std::vector<TenantConfig> tenants_;
   std::vector<KeyEntry> keys_;
-  mutable std::mutex mu_;
-  std::map<std::string, State> state_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, State> state_ ABSL_GUARDED_BY(mu_);
 };
 
 // "sk-abc...xyz" -> "sk-a...xyz": enough to tell keys apart in an error, never the key.

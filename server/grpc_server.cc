@@ -4,6 +4,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "blockserve/v1/blockserve.grpc.pb.h"
 #include "runtime/status_macros.h"
@@ -87,7 +89,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   void OnWriteDone(bool ok) override {
     if (!ok) gen_->Cancel();  // the client is gone: the final delta ("abort") finishes the call
     {
-      std::lock_guard<std::mutex> lock(pump_->mu);
+      absl::MutexLock lock(&pump_->mu);
       pump_->writing = false;
     }
     pump_->Run();
@@ -96,7 +98,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   void OnDone() override {
     gen_->SetNotify(nullptr);
     {
-      std::lock_guard<std::mutex> lock(pump_->mu);
+      absl::MutexLock lock(&pump_->mu);
       pump_->reactor = nullptr;
     }
     delete this;
@@ -104,15 +106,16 @@ class GenerateReactor : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 
  private:
   struct Pump {
-    std::mutex mu;
-    GenerateReactor* reactor = nullptr;
-    bool writing = false, finished = false;
+    absl::Mutex mu;
+    GenerateReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
+    bool writing ABSL_GUARDED_BY(mu) = false;
+    bool finished ABSL_GUARDED_BY(mu) = false;
 
     void Run() {
       GenerateReactor* r;
       Delta d;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        absl::MutexLock lock(&mu);
         r = reactor;
         if (r == nullptr || writing || finished) return;
         if (!r->gen_->Pop(&d, std::chrono::milliseconds(0))) return;
@@ -156,7 +159,7 @@ class CompleteReactor : public grpc::ServerUnaryReactor {
   void OnDone() override {
     gen_->SetNotify(nullptr);
     {
-      std::lock_guard<std::mutex> lock(state_->mu);
+      absl::MutexLock lock(&state_->mu);
       state_->reactor = nullptr;
     }
     delete this;
@@ -164,16 +167,17 @@ class CompleteReactor : public grpc::ServerUnaryReactor {
 
  private:
   struct State {
-    std::mutex mu;
-    CompleteReactor* reactor = nullptr;
+    absl::Mutex mu;
+    CompleteReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
     v1::GenerateResponse* out = nullptr;
-    Delta all;
-    bool finished = false;
+    Delta all ABSL_GUARDED_BY(mu);
+    bool finished ABSL_GUARDED_BY(mu) = false;
 
     void Collect() {
       CompleteReactor* r;
+      grpc::Status status;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        absl::MutexLock lock(&mu);
         r = reactor;
         if (r == nullptr || finished) return;
         Delta d;
@@ -181,8 +185,9 @@ class CompleteReactor : public grpc::ServerUnaryReactor {
         if (!all.done()) return;
         finished = true;
         Fill(all, out);
+        status = FinalStatus(all);
       }
-      r->Finish(FinalStatus(all));
+      r->Finish(status);  // outside the lock: it may run OnDone on this thread
     }
   };
 

@@ -173,12 +173,12 @@ void HttpServer::Stop() {
   if (loop_.joinable()) loop_.join();
   std::deque<Task> queued;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (int fd : busy_) shutdown(fd, SHUT_RDWR);  // streams in progress end
     queued.swap(work_);
+    work_cv_.SignalAll();  // under the lock: a worker between its check and its wait hears it
   }
   for (Task& t : queued) Hand(std::move(t.conn), false);
-  work_cv_.notify_all();
   for (std::thread& t : workers_) t.join();
   workers_.clear();
   for (int* fd : {&listen_fd_, &epoll_fd_, &wake_fd_}) {
@@ -363,11 +363,11 @@ void HttpServer::Dispatch(Conn& c) {
   t.conn = std::move(conns_[fd]);
   t.route = t.conn->route;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     busy_.insert(fd);
     work_.push_back(std::move(t));
+    work_cv_.Signal();
   }
-  work_cv_.notify_one();
 }
 
 void HttpServer::Reply(Conn& c, Response& res, bool close) {
@@ -435,7 +435,7 @@ void HttpServer::ExpireDeadlines() {
 void HttpServer::TakeReturned() {
   std::vector<std::unique_ptr<Conn>> back;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     back.swap(returned_);
   }
   for (auto& c : back) {
@@ -457,8 +457,8 @@ void HttpServer::Work() {
   while (true) {
     Task t;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [&] { return stopping_ || !work_.empty(); });
+      absl::MutexLock lock(&mu_);
+      while (!stopping_ && work_.empty()) work_cv_.Wait(&mu_);
       if (work_.empty()) return;
       t = std::move(work_.front());
       work_.pop_front();
@@ -546,16 +546,18 @@ bool HttpServer::WriteAll(int fd, const char* data, size_t n) const {
 }
 
 void HttpServer::Hand(std::unique_ptr<Conn> c, bool keep) {
-  std::unique_lock<std::mutex> lock(mu_);
-  busy_.erase(c->fd);
-  if (keep && !stopping_) {
-    returned_.push_back(std::move(c));
-    lock.unlock();
+  {
+    absl::MutexLock lock(&mu_);
+    busy_.erase(c->fd);
+    if (keep && !stopping_) {
+      returned_.push_back(std::move(c));
+    }
+  }
+  if (c == nullptr) {  // back to the event thread
     const uint64_t one = 1;
     (void)!write(wake_fd_, &one, sizeof(one));
     return;
   }
-  lock.unlock();
   close(c->fd);
   --open_;
 }

@@ -7,16 +7,16 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/status.h"
 #include "server/http_parser.h"
 
@@ -119,11 +119,12 @@ class HttpServer {
   // Connections on the event thread (owned there).
   std::vector<std::unique_ptr<Conn>> conns_;  // by fd
 
-  std::mutex mu_;  // guards what follows: the edges between the event thread and the workers
-  std::condition_variable work_cv_;
-  std::deque<Task> work_;
-  std::vector<std::unique_ptr<Conn>> returned_;  // kept-alive connections back from workers
-  std::set<int> busy_;                           // fds at workers (shut down by Stop)
+  // The edges between the event thread and the workers.
+  absl::Mutex mu_;
+  absl::CondVar work_cv_;
+  std::deque<Task> work_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Conn>> returned_ ABSL_GUARDED_BY(mu_);  // kept alive, from workers
+  std::set<int> busy_ ABSL_GUARDED_BY(mu_);  // fds at workers (shut down by Stop)
 };
 
 }  // namespace blockserve::server::http

@@ -174,7 +174,7 @@ void Metrics::HttpRequest(const std::string& path, int code) {
 std::string Metrics::Render(const scheduler::EngineStats& st,
                             const std::vector<std::string>& running_adapters, int max_adapters) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     const double now = Now();
     const double wall = last_scrape_ > 0 ? now - last_scrape_ : 0;
     last_scrape_ = now;

@@ -6,10 +6,11 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -76,12 +77,15 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& inst_resident_;
   prometheus::Family<prometheus::Counter>& inst_calls_;
 
-  std::mutex mu_;  // render state
-  std::vector<double> last_busy_;  // per instance busy seconds at the previous scrape
-  double last_scrape_ = 0;
-  uint64_t seen_preemptions_ = 0, seen_adapter_loads_ = 0, seen_block_loads_ = 0,
-           seen_prefix_hits_ = 0;
-  std::vector<uint64_t> seen_calls_;
+  absl::Mutex mu_;  // render state
+  // Per instance busy seconds at the previous scrape, and the counters seen then.
+  std::vector<double> last_busy_ ABSL_GUARDED_BY(mu_);
+  double last_scrape_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t seen_preemptions_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t seen_adapter_loads_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t seen_block_loads_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t seen_prefix_hits_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<uint64_t> seen_calls_ ABSL_GUARDED_BY(mu_);
   prometheus::Gauge* lora_gauge_ = nullptr;
   std::string lora_labels_;
 };

@@ -5,14 +5,15 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "server/http_parser.h"
 #include "server/openai_request.h"
@@ -29,20 +30,20 @@ std::string Id(const char* prefix);
 
 // Wakes a response provider when any of its generations has output.
 struct Waker {
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t seq = 0;
+  absl::Mutex mu;
+  absl::CondVar cv;
+  uint64_t seq ABSL_GUARDED_BY(mu) = 0;
   void Notify() {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      ++seq;
-    }
-    cv.notify_all();
+    absl::MutexLock lock(&mu);
+    ++seq;
+    cv.SignalAll();
   }
   // Waits until a notify after `*seen` or the timeout.
   void Wait(uint64_t* seen, std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait_for(lock, timeout, [&] { return seq != *seen; });
+    absl::MutexLock lock(&mu);
+    const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+    while (seq == *seen && !cv.WaitWithDeadline(&mu, deadline)) {
+    }
     *seen = seq;
   }
 };

@@ -43,11 +43,11 @@ TokenLogprobs WithText(const runtime::Tokenizer* tokenizer, int32_t after, int32
 void Generation::Push(Delta d) {
   std::function<void()> notify;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     queue_.push_back(std::move(d));
     notify = notify_;
+    cv_.SignalAll();
   }
-  cv_.notify_all();
   if (notify) notify();
 }
 
@@ -69,15 +69,18 @@ void Delta::Append(Delta&& d) {
 }
 
 bool Generation::Pop(Delta* out, std::chrono::milliseconds wait) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!cv_.wait_for(lock, wait, [&] { return !queue_.empty(); })) return false;
+  absl::MutexLock lock(&mu_);
+  const absl::Time deadline = absl::Now() + absl::FromChrono(wait);
+  while (queue_.empty() && !cv_.WaitWithDeadline(&mu_, deadline)) {
+  }
+  if (queue_.empty()) return false;
   *out = Delta();
   for (; !queue_.empty(); queue_.pop_front()) out->Append(std::move(queue_.front()));
   return true;
 }
 
 void Generation::SetNotify(std::function<void()> notify) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   notify_ = std::move(notify);
 }
 
@@ -214,15 +217,15 @@ bool ServingCore::loaded(const ServedModel& m) const {
 }
 
 int ServingCore::in_flight() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return static_cast<int>(active_.size());
 }
 
 void ServingCore::Forget(uint64_t id, const ServedModel& m) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (m.adapter && --adapter_running_[m.name] == 0) adapter_running_.erase(m.name);
   active_.erase(id);
-  if (active_.empty()) idle_cv_.notify_all();
+  if (active_.empty()) idle_cv_.SignalAll();
 }
 
 namespace {
@@ -288,7 +291,7 @@ absl::StatusOr<std::vector<int32_t>> ServingCore::PromptTokens(const ServedModel
 }
 
 std::shared_ptr<const runtime::TokenBytes> ServingCore::TokenBytesOf(const ServedModel& m) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto& t = token_bytes_[m.tokenizer.get()];
   if (!t) t = runtime::MakeTokenBytes(*m.tokenizer);
   return t;
@@ -376,13 +379,13 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
   spec.prompt_logprobs = p.prompt_logprobs;
 
   {
-    std::lock_guard<std::mutex> lock(holders_->mu);
+    absl::MutexLock lock(&holders_->mu);
     ++holders_->live;
   }
   std::shared_ptr<Generation> gen(new Generation, [h = holders_](Generation* g) {
     delete g;
-    std::lock_guard<std::mutex> lock(h->mu);
-    if (--h->live == 0) h->cv.notify_all();
+    absl::MutexLock lock(&h->mu);
+    if (--h->live == 0) h->cv.SignalAll();
   });
   gen->model_ = m->name;
   gen->prompt_ids_ = spec.prompt;
@@ -400,7 +403,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
             false, prev});
   uint64_t gid;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     gid = next_++;
     active_[gid] = gen;
     if (m->adapter) ++adapter_running_[m->name];
@@ -490,7 +493,7 @@ absl::StatusOr<std::shared_ptr<Generation>> ServingCore::Generate(const TenantCo
 std::string ServingCore::RenderMetrics() {
   std::vector<std::string> running;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (const auto& [name, n] : adapter_running_) running.push_back(name);
   }
   int adapters = 0;
@@ -532,30 +535,33 @@ std::vector<std::vector<std::string>> ServingCore::InstanceUsers() const {
   return users;
 }
 
-int ServingCore::Drain(std::chrono::duration<double> deadline) {
+int ServingCore::Drain(std::chrono::duration<double> wait) {
   draining_ = true;
-  const auto until = std::chrono::steady_clock::now() +
-                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(deadline);
   int aborted = 0;
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!idle_cv_.wait_until(lock, until, [&] { return active_.empty(); })) {
-    std::vector<std::shared_ptr<Generation>> rest;
+  const absl::Time deadline = absl::Now() + absl::Seconds(wait.count());
+  std::vector<std::shared_ptr<Generation>> rest;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!active_.empty() && !idle_cv_.WaitWithDeadline(&mu_, deadline)) {
+    }
     for (auto& [id, w] : active_) {
       if (auto g = w.lock()) rest.push_back(g);
     }
-    lock.unlock();
+  }
+  if (!rest.empty()) {
     for (auto& g : rest) g->Shutdown();
     aborted = static_cast<int>(rest.size());
     rest.clear();
-    lock.lock();
-    idle_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return active_.empty(); });
+    absl::MutexLock lock(&mu_);
+    const absl::Time grace = absl::Now() + absl::Seconds(10);
+    while (!active_.empty() && !idle_cv_.WaitWithDeadline(&mu_, grace)) {
+    }
   }
-  lock.unlock();
   // The engine is done with them; their readers may still be writing the last deltas out.
-  std::unique_lock<std::mutex> held(holders_->mu);
-  holders_->cv.wait_until(held, std::max(until, std::chrono::steady_clock::now() +
-                                                    std::chrono::seconds(1)),
-                          [&] { return holders_->live == 0; });
+  absl::MutexLock held(&holders_->mu);
+  const absl::Time last = std::max(deadline, absl::Now() + absl::Seconds(1));
+  while (holders_->live > 0 && !holders_->cv.WaitWithDeadline(&holders_->mu, last)) {
+  }
   return aborted;
 }
 

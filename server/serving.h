@@ -6,7 +6,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
@@ -17,7 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "blockzoo/zoo.h"
 #include "runtime/constraint.h"
 #include "runtime/sampler.h"
@@ -118,10 +119,10 @@ class Generation {
   std::atomic<bool> shutdown_{false};
   std::string model_;
   std::vector<int32_t> prompt_ids_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Delta> queue_;
-  std::function<void()> notify_;
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::deque<Delta> queue_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> notify_ ABSL_GUARDED_BY(mu_);
 };
 
 class ServingCore {
@@ -196,20 +197,21 @@ class ServingCore {
   Tenants tenants_;
   Metrics metrics_;
   std::atomic<bool> draining_{false};
-  mutable std::mutex mu_;
-  std::condition_variable idle_cv_;
-  std::map<uint64_t, std::weak_ptr<Generation>> active_;
+  mutable absl::Mutex mu_;
+  absl::CondVar idle_cv_;
+  std::map<uint64_t, std::weak_ptr<Generation>> active_ ABSL_GUARDED_BY(mu_);
   // Generations still held by anyone (a reader writing out its last deltas, or the engine):
   // shared with each generation's deleter, so it may outlive this object.
   struct Holders {
-    std::mutex mu;
-    std::condition_variable cv;
-    int live = 0;
+    absl::Mutex mu;
+    absl::CondVar cv;
+    int live ABSL_GUARDED_BY(mu) = 0;
   };
   std::shared_ptr<Holders> holders_ = std::make_shared<Holders>();
-  std::map<std::string, int> adapter_running_;  // LoRA model -> requests in flight
-  std::map<const runtime::Tokenizer*, std::shared_ptr<const runtime::TokenBytes>> token_bytes_;
-  uint64_t next_ = 1;
+  std::map<std::string, int> adapter_running_ ABSL_GUARDED_BY(mu_);  // LoRA model -> in flight
+  std::map<const runtime::Tokenizer*, std::shared_ptr<const runtime::TokenBytes>> token_bytes_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 // The policy key of an engine model variant ("exact", "equivalent:0.99:noskip:0").

@@ -1,16 +1,19 @@
 // Load on the OpenAI endpoint of a real gateway (loopback HTTP, streaming completions), serving
 // a synthetic 110M-parameter Llama shape (dim 768, 12 layers, FFN 2048, vocab 32000, f32) and
-// partial fine-tunes of it from a scratch zoo. Random weights: timing only.
+// partial fine-tunes of it from a scratch zoo (random weights: timing only), or a GGUF file.
 //   phase 1 ("scale"): C concurrent clients (default 8), each sending requests of 64 generated
-//     tokens back to back: total tokens/s and p50/p95 request latency, next to the llama.cpp
-//     server figure measured on this machine class (8 x 64 tokens, 2 threads: ~220 tok/s, p95
-//     ~2.4 s; the issue's baseline).
+//     tokens back to back: total tokens/s, p50/p95 request latency and p50 time to first token.
+//     With --baseline URL, the same clients and load drive that OpenAI-compatible server too
+//     (llama.cpp's llama-server on the same GGUF, say), interleaved with blockserve in rounds,
+//     and the ratio of the medians is printed; without one, no ratio (a benchmark compares
+//     only against what it measured in the same run).
 //   phase 2 ("soak"): 64 concurrent streaming clients for 60 s across the models: errors,
 //     tokens/s, p50/p95 inter-token latency (gap between streamed chunks), RSS once warm (a
 //     fifth into the run) and at the end.
 // Ends with one JSON line.
 //   serve_load [--clients 8] [--scale_s 30] [--soak_clients 64] [--soak_s 60] [--models 3]
-//              [--threads 2] [--quick]
+//              [--threads 2] [--quick] [--gguf FILE] [--baseline http://127.0.0.1:PORT]
+//              [--rounds 3]
 #include <sys/resource.h>
 
 #include <atomic>
@@ -31,6 +34,7 @@
 #include "blockzoo/importer.h"
 #include "blockzoo/synthetic.h"
 #include "nlohmann/json.hpp"
+#include "runtime/status_macros.h"
 #include "server/http_gateway.h"
 #include "server/serving.h"
 #include "tests/testing/http_client.h"
@@ -47,15 +51,15 @@ double Secs(Clock::time_point a, Clock::time_point b) {
 
 struct Stats {
   std::mutex mu;
-  std::vector<double> latency, itl;
+  std::vector<double> latency, itl, ttft;
   uint64_t tokens = 0, requests = 0, errors = 0;
 };
 
 // One streaming completion; records the gaps between chunks and the usage's token count.
-void OneRequest(int port, const std::string& model, int prompt_len, int max_tokens,
+void OneRequest(int port, const std::string& model, int prompt_len, int max_tokens, int vocab,
                 std::mt19937& rng, Stats* st) {
   std::vector<int> prompt(prompt_len);
-  for (int& t : prompt) t = 3 + static_cast<int>(rng() % 31000);
+  for (int& t : prompt) t = 3 + static_cast<int>(rng() % (vocab - 3));
   const json body = {{"model", model}, {"prompt", prompt}, {"max_tokens", max_tokens},
                      {"temperature", 0}, {"stream", true},
                      {"stream_options", {{"include_usage", true}}}};
@@ -69,6 +73,7 @@ void OneRequest(int port, const std::string& model, int prompt_len, int max_toke
   }
   std::string raw;
   std::vector<double> gaps;
+  double ttft = 0;
   auto last = t0;
   bool first = true;
   char buf[16384];
@@ -80,6 +85,7 @@ void OneRequest(int port, const std::string& model, int prompt_len, int max_toke
     // Each server write is one chunk of whole events: a gap per arrival carrying data.
     if (std::string_view(buf, n).find("data: ") != std::string_view::npos) {
       if (!first) gaps.push_back(Secs(last, now));
+      if (first) ttft = Secs(t0, now);
       first = false;
       last = now;
     }
@@ -103,17 +109,18 @@ void OneRequest(int port, const std::string& model, int prompt_len, int max_toke
   ++st->requests;
   st->tokens += tokens;
   st->latency.push_back(Secs(t0, t1));
+  st->ttft.push_back(ttft);
   st->itl.insert(st->itl.end(), gaps.begin(), gaps.end());
 }
 
 struct PhaseResult {
-  double tok_s = 0, lat_p50 = 0, lat_p95 = 0, itl_p50 = 0, itl_p95 = 0, seconds = 0;
+  double tok_s = 0, lat_p50 = 0, lat_p95 = 0, itl_p50 = 0, itl_p95 = 0, ttft_p50 = 0, seconds = 0;
   uint64_t requests = 0, errors = 0, tokens = 0;
   double rss_start = 0, rss_end = 0;
 };
 
 PhaseResult RunPhase(const char* name, int port, const std::vector<std::string>& models,
-                     int clients, double seconds, int prompt_len, int max_tokens) {
+                     int clients, double seconds, int prompt_len, int max_tokens, int vocab) {
   Stats st;
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
@@ -123,7 +130,9 @@ PhaseResult RunPhase(const char* name, int port, const std::vector<std::string>&
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
       std::mt19937 rng(1234 + c);
-      while (!stop) OneRequest(port, models[c % models.size()], prompt_len, max_tokens, rng, &st);
+      while (!stop) {
+        OneRequest(port, models[c % models.size()], prompt_len, max_tokens, vocab, rng, &st);
+      }
     });
   }
   std::thread progress([&] {
@@ -157,80 +166,214 @@ PhaseResult RunPhase(const char* name, int port, const std::vector<std::string>&
   res.lat_p95 = Percentile(st.latency, 0.95);
   res.itl_p50 = Percentile(st.itl, 0.5);
   res.itl_p95 = Percentile(st.itl, 0.95);
+  res.ttft_p50 = Percentile(st.ttft, 0.5);
   return res;
 }
 
-int Main(int argc, char** argv) {
-  int clients = 8, soak_clients = 64, n_models = 3, threads = 2;
+double Median(std::vector<double> v) { return Percentile(v, 0.5); }
+
+// Phase 1 against blockserve and, with a baseline port, against the baseline too: `rounds`
+// rounds, each a stretch on one then the other (so drift and noise hit both alike); each
+// server's figures are the medians over its rounds.
+void ScalePhase(int port, int baseline_port, int clients, double seconds, int rounds, int vocab,
+                PhaseResult* ours, PhaseResult* theirs) {
+  std::vector<PhaseResult> a, b;
+  for (int r = 0; r < rounds; ++r) {
+    a.push_back(RunPhase("scale", port, {"base"}, clients, seconds / rounds, 16, 64, vocab));
+    if (baseline_port > 0) {
+      b.push_back(RunPhase("baseline", baseline_port, {"base"}, clients, seconds / rounds, 16, 64,
+                           vocab));
+    }
+  }
+  auto fold = [](const std::vector<PhaseResult>& v, PhaseResult* out) {
+    if (v.empty()) return;
+    std::vector<double> tok, p50, p95, ttft;
+    *out = PhaseResult();
+    for (const PhaseResult& p : v) {
+      tok.push_back(p.tok_s);
+      p50.push_back(p.lat_p50);
+      p95.push_back(p.lat_p95);
+      ttft.push_back(p.ttft_p50);
+      out->requests += p.requests;
+      out->errors += p.errors;
+      out->seconds += p.seconds;
+    }
+    out->tok_s = Median(tok);
+    out->lat_p50 = Median(p50);
+    out->lat_p95 = Median(p95);
+    out->ttft_p50 = Median(ttft);
+  };
+  fold(a, ours);
+  fold(b, theirs);
+}
+
+// The port of a loopback URL ("http://127.0.0.1:8080", "localhost:8080"); 0 when it is not one.
+int LoopbackPort(std::string url) {
+  if (url.rfind("http://", 0) == 0) url = url.substr(7);
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  const size_t colon = url.rfind(':');
+  if (colon == std::string::npos) return 0;
+  const std::string host = url.substr(0, colon);
+  if (host != "127.0.0.1" && host != "localhost") return 0;
+  return std::atoi(url.c_str() + colon + 1);
+}
+
+struct Options {
+  int clients = 8, soak_clients = 64, n_models = 3, threads = 2, rounds = 3;
   double scale_s = 30, soak_s = 60;
+  std::string gguf, baseline;
+};
+
+bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string("0"); };
-    if (a == "--clients") clients = std::stoi(next());
-    else if (a == "--scale_s") scale_s = std::stod(next());
-    else if (a == "--soak_clients") soak_clients = std::stoi(next());
-    else if (a == "--soak_s") soak_s = std::stod(next());
-    else if (a == "--models") n_models = std::max(1, std::stoi(next()));
-    else if (a == "--threads") threads = std::stoi(next());
-    else if (a == "--quick") scale_s = 8, soak_s = 10, soak_clients = 16;
-    else {
-      std::fprintf(stderr, "usage: serve_load [--clients 8] [--scale_s 30] [--soak_clients 64] "
-                           "[--soak_s 60] [--models 3] [--threads 2] [--quick]\n");
-      return 2;
-    }
+    if (a == "--clients") o->clients = std::stoi(next());
+    else if (a == "--scale_s") o->scale_s = std::stod(next());
+    else if (a == "--soak_clients") o->soak_clients = std::stoi(next());
+    else if (a == "--soak_s") o->soak_s = std::stod(next());
+    else if (a == "--models") o->n_models = std::max(1, std::stoi(next()));
+    else if (a == "--threads") o->threads = std::stoi(next());
+    else if (a == "--rounds") o->rounds = std::max(1, std::stoi(next()));
+    else if (a == "--gguf") o->gguf = next();
+    else if (a == "--baseline") o->baseline = next();
+    else if (a == "--quick") o->scale_s = 8, o->soak_s = 10, o->soak_clients = 16;
+    else return false;
+  }
+  return true;
+}
+
+// The scratch zoo: the base (synthetic llama110m, or the GGUF) and fine-tunes of its top 25 %
+// of layers. `*decode_bytes`: what a decode step of `clients` sequences reads — every weight
+// once, but of the embedding table only the rows of the tokens in the step.
+absl::Status MakeZoo(const Options& o, const std::string& dir, std::vector<std::string>* models,
+                     runtime::ModelConfig* family, uint64_t* decode_bytes) {
+  ASSIGN_OR_RETURN(auto zoo, blockzoo::Zoo::Open(dir, true));
+  if (o.gguf.empty()) {
+    std::fprintf(stderr, "serve_load: synthetic llama110m f32 base + %d fine-tunes in %s\n",
+                 o.n_models - 1, dir.c_str());
+    RETURN_IF_ERROR(blockzoo::ImportSynthetic(*zoo, "base", blockzoo::Llama110MConfig(),
+                                              runtime::DType::kF32, 1, nullptr)
+                        .status());
+  } else {
+    std::fprintf(stderr, "serve_load: %s + %d fine-tunes in %s\n", o.gguf.c_str(),
+                 o.n_models - 1, dir.c_str());
+    blockzoo::ImportOptions io;
+    io.name = "base";
+    RETURN_IF_ERROR(blockzoo::ImportModel(*zoo, o.gguf, io).status());
+  }
+  ASSIGN_OR_RETURN(blockzoo::Manifest manifest, zoo->GetManifest("base"));
+  *family = manifest.family;
+  uint64_t embed_bytes = 0;
+  for (const auto& e : manifest.chain) {
+    if (e.kind == runtime::BlockKind::kEmbed) embed_bytes += e.bytes;
+  }
+  *decode_bytes = manifest.bytes() - embed_bytes +
+                  static_cast<uint64_t>(o.clients) * family->dim * sizeof(float);
+  models->assign(1, "base");
+  for (int i = 1; i < o.n_models; ++i) {
+    blockzoo::DeriveOptions d;
+    d.base = "base";
+    d.name = "ft" + std::to_string(i);
+    d.top_layers = std::max(1, family->n_layers / 4);
+    d.seed = i;
+    RETURN_IF_ERROR(blockzoo::DeriveModel(*zoo, d).status());
+    models->push_back(d.name);
+  }
+  return absl::OkStatus();
+}
+
+void Report(const Options& o, const PhaseResult& scale, const PhaseResult* base,
+            const PhaseResult& soak, size_t n_models, double roofline, double bw,
+            uint64_t decode_bytes) {
+  std::printf("\nserve_load: %s, %d threads, OpenAI /v1/completions (stream)\n",
+              o.gguf.empty() ? "synthetic llama110m f32" : o.gguf.c_str(), o.threads);
+  std::printf("phase 1, %d concurrent x 64 tokens (%.0f s, median of %d rounds):\n", o.clients,
+              scale.seconds, o.rounds);
+  auto line = [](const char* who, const PhaseResult& r) {
+    std::printf("  %-10s: %8.1f tok/s  TTFT p50 %4.0f ms  latency p50 %.2f s  p95 %.2f s  "
+                "(%llu requests, %llu errors)\n",
+                who, r.tok_s, r.ttft_p50 * 1e3, r.lat_p50, r.lat_p95,
+                static_cast<unsigned long long>(r.requests),
+                static_cast<unsigned long long>(r.errors));
+  };
+  line("blockserve", scale);
+  if (base != nullptr) {
+    line("baseline", *base);
+    std::printf("  ratio     : %8.2fx tok/s (target >= 2x); TTFT p50 %.0f vs %.0f ms\n",
+                scale.tok_s / base->tok_s, scale.ttft_p50 * 1e3, base->ttft_p50 * 1e3);
+  }
+  std::printf("  roofline  : %8.1f tok/s (%d x %.1f GB/s read / %.0f MB per decode step); "
+              "blockserve at %.0f%%\n",
+              roofline, o.clients, bw, decode_bytes / 1e6, 100 * scale.tok_s / roofline);
+  std::printf("phase 2, %d streaming clients, %zu models (%.0f s):\n", o.soak_clients, n_models,
+              soak.seconds);
+  std::printf("  %8.1f tok/s  ITL p50 %.1f ms  p95 %.1f ms  request p95 %.2f s  "
+              "(%llu requests, %llu errors)\n",
+              soak.tok_s, soak.itl_p50 * 1e3, soak.itl_p95 * 1e3, soak.lat_p95,
+              static_cast<unsigned long long>(soak.requests),
+              static_cast<unsigned long long>(soak.errors));
+  std::printf("  RSS %.0f MiB once warm (a fifth in), %.0f MiB at the end (%+.1f%%)\n",
+              soak.rss_start, soak.rss_end,
+              100.0 * (soak.rss_end - soak.rss_start) / soak.rss_start);
+  json scale_j = {{"clients", o.clients}, {"tok_s", scale.tok_s}, {"ttft_p50_s", scale.ttft_p50},
+                  {"p50_s", scale.lat_p50}, {"p95_s", scale.lat_p95},
+                  {"requests", scale.requests}, {"errors", scale.errors}, {"read_gb_s", bw},
+                  {"roofline_tok_s", roofline}};
+  if (base != nullptr) {
+    scale_j["baseline"] = {{"url", o.baseline}, {"tok_s", base->tok_s},
+                           {"ttft_p50_s", base->ttft_p50}, {"p50_s", base->lat_p50},
+                           {"p95_s", base->lat_p95}, {"errors", base->errors}};
+    scale_j["ratio"] = scale.tok_s / base->tok_s;
+  }
+  const json j = {
+      {"bench", "serve_load"}, {"threads", o.threads}, {"scale", scale_j},
+      {"soak", {{"clients", o.soak_clients}, {"models", n_models}, {"seconds", soak.seconds},
+                {"tok_s", soak.tok_s}, {"itl_p50_ms", soak.itl_p50 * 1e3},
+                {"itl_p95_ms", soak.itl_p95 * 1e3}, {"request_p95_s", soak.lat_p95},
+                {"requests", soak.requests}, {"errors", soak.errors},
+                {"rss_start_mib", soak.rss_start}, {"rss_end_mib", soak.rss_end}}}};
+  std::printf("%s\n", j.dump().c_str());
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  if (!ParseArgs(argc, argv, &o)) {
+    std::fprintf(stderr, "usage: serve_load [--clients 8] [--scale_s 30] [--soak_clients 64] "
+                         "[--soak_s 60] [--models 3] [--threads 2] [--quick] [--gguf FILE] "
+                         "[--baseline http://127.0.0.1:PORT] [--rounds 3]\n");
+    return 2;
+  }
+  const int baseline_port = o.baseline.empty() ? 0 : LoopbackPort(o.baseline);
+  if (!o.baseline.empty() && baseline_port <= 0) {
+    std::fprintf(stderr, "--baseline: a loopback URL (http://127.0.0.1:PORT), got %s\n",
+                 o.baseline.c_str());
+    return 2;
   }
   std::signal(SIGPIPE, SIG_IGN);
   ScratchDir tmp;
-  std::vector<std::string> models = {"base"};
-  uint64_t weight_bytes = 0;
-  {
-    auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
-    if (!zoo.ok()) return 1;
-    std::fprintf(stderr, "serve_load: synthetic llama110m f32 base + %d fine-tunes in %s\n",
-                 n_models - 1, tmp.path().c_str());
-    auto base = blockzoo::ImportSynthetic(**zoo, "base", blockzoo::Llama110MConfig(),
-                                          runtime::DType::kF32, 1, nullptr);
-    if (!base.ok()) {
-      std::fprintf(stderr, "%s\n", base.status().ToString().c_str());
-      return 1;
-    }
-    auto manifest = (*zoo)->GetManifest("base");
-    if (!manifest.ok()) return 1;
-    // What a decode step reads: every weight once, but of the embedding table only the rows of
-    // the tokens in the step (the head's own matrix is read whole; this shape is untied).
-    const runtime::ModelConfig cfg = blockzoo::Llama110MConfig();
-    uint64_t embed_bytes = 0;
-    for (const auto& e : manifest->chain) {
-      if (e.kind == runtime::BlockKind::kEmbed) embed_bytes += e.bytes;
-    }
-    weight_bytes = manifest->bytes() - embed_bytes +
-                   static_cast<uint64_t>(clients) * cfg.dim * sizeof(float);
-    for (int i = 1; i < n_models; ++i) {
-      blockzoo::DeriveOptions d;
-      d.base = "base";
-      d.name = "ft" + std::to_string(i);
-      d.top_layers = 3;  // top 25% of 12 layers
-      d.seed = i;
-      if (!blockzoo::DeriveModel(**zoo, d).ok()) return 1;
-      models.push_back(d.name);
-    }
+  std::vector<std::string> models;
+  runtime::ModelConfig family;
+  uint64_t decode_bytes = 0;
+  if (absl::Status st = MakeZoo(o, tmp.path(), &models, &family, &decode_bytes); !st.ok()) {
+    std::fprintf(stderr, "%s\n", st.ToString().c_str());
+    return 1;
   }
-  // The hardware limit in the same run: a decode step of C sequences reads every weight once
-  // (and C embedding rows), so C concurrent requests generate at most C x bandwidth / those
-  // bytes tokens per second.
+  // The hardware limit in the same run: a decode step of C sequences reads decode_bytes, so C
+  // concurrent requests generate at most C x bandwidth / decode_bytes tokens per second.
   double bw = 0;
   {
-    runtime::ThreadPool pool(threads);
+    runtime::ThreadPool pool(o.threads);
     bw = MeasureReadBandwidth(pool, size_t{1} << 30, 5);
   }
-  const double roofline = clients * bw * 1e9 / static_cast<double>(weight_bytes);
+  const double roofline = o.clients * bw * 1e9 / static_cast<double>(decode_bytes);
   server::ServerConfig cfg;
-  cfg.threads = threads;
-  cfg.max_running = std::max(64, soak_clients);
+  cfg.threads = o.threads;
+  cfg.max_running = std::max(64, o.soak_clients);
   cfg.max_batch_tokens = 512;
   cfg.max_step_tokens = 512;
   cfg.prefix_cache = false;
-  cfg.http_threads = std::max(128, 2 * soak_clients);
+  cfg.http_threads = std::max(128, 2 * o.soak_clients);
   auto core = server::ServingCore::Create(tmp.path(), cfg);
   if (!core.ok()) {
     std::fprintf(stderr, "%s\n", core.status().ToString().c_str());
@@ -239,58 +382,23 @@ int Main(int argc, char** argv) {
   server::HttpGateway http(core->get());
   if (!http.Start("127.0.0.1", 0).ok()) return 1;
   const int port = http.port();
-  // Warm-up: every model's blocks resident.
-  Stats warm;
+  Stats warm;  // warm-up: every model's blocks resident (and the baseline's first request)
   std::mt19937 rng(1);
-  for (const auto& m : models) OneRequest(port, m, 16, 4, rng, &warm);
-
-  std::fprintf(stderr, "phase 1: %d clients x (16-token prompt, 64 tokens) on base for %.0f s\n",
-               clients, scale_s);
-  const PhaseResult scale = RunPhase("scale", port, {"base"}, clients, scale_s, 16, 64);
+  for (const auto& m : models) OneRequest(port, m, 16, 4, family.vocab_size, rng, &warm);
+  if (baseline_port > 0) OneRequest(baseline_port, "base", 16, 4, family.vocab_size, rng, &warm);
+  std::fprintf(stderr, "phase 1: %d clients x (16-token prompt, 64 tokens) for %.0f s%s\n",
+               o.clients, o.scale_s, baseline_port > 0 ? ", interleaved with the baseline" : "");
+  PhaseResult scale, base;
+  ScalePhase(port, baseline_port, o.clients, o.scale_s, o.rounds, family.vocab_size, &scale,
+             &base);
   std::fprintf(stderr, "phase 2: %d streaming clients across %zu models for %.0f s\n",
-               soak_clients, models.size(), soak_s);
-  const PhaseResult soak = RunPhase("soak", port, models, soak_clients, soak_s, 32, 128);
+               o.soak_clients, models.size(), o.soak_s);
+  const PhaseResult soak =
+      RunPhase("soak", port, models, o.soak_clients, o.soak_s, 32, 128, family.vocab_size);
   http.Stop();
-
-  const double llama_cpp_tok_s = 220, llama_cpp_p95 = 2.4;  // the issue's baseline, this machine class
-  std::printf("\nserve_load: synthetic llama110m f32, %d threads, OpenAI /v1/completions (stream)\n",
-              threads);
-  std::printf("phase 1, %d concurrent x 64 tokens (%.0f s):\n", clients, scale.seconds);
-  std::printf("  blockserve: %8.1f tok/s  p50 %.2f s  p95 %.2f s  (%llu requests, %llu errors)\n",
-              scale.tok_s, scale.lat_p50, scale.lat_p95,
-              static_cast<unsigned long long>(scale.requests),
-              static_cast<unsigned long long>(scale.errors));
-  std::printf("  llama.cpp : %8.1f tok/s            p95 %.2f s  (baseline from the issue)\n",
-              llama_cpp_tok_s, llama_cpp_p95);
-  std::printf("  ratio     : %8.2fx (target >= 2x)\n", scale.tok_s / llama_cpp_tok_s);
-  std::printf("  roofline  : %8.1f tok/s (%d x %.1f GB/s read / %.0f MB of weights); blockserve at "
-              "%.0f%%, 2x llama.cpp would need %.0f%%\n",
-              roofline, clients, bw, weight_bytes / 1e6, 100 * scale.tok_s / roofline,
-              100 * 2 * llama_cpp_tok_s / roofline);
-  std::printf("phase 2, %d streaming clients, %zu models (%.0f s):\n", soak_clients, models.size(),
-              soak.seconds);
-  std::printf("  %8.1f tok/s  ITL p50 %.1f ms  p95 %.1f ms  request p95 %.2f s  "
-              "(%llu requests, %llu errors)\n",
-              soak.tok_s, soak.itl_p50 * 1e3, soak.itl_p95 * 1e3, soak.lat_p95,
-              static_cast<unsigned long long>(soak.requests),
-              static_cast<unsigned long long>(soak.errors));
-  std::printf("  RSS %.0f MiB once warm (a fifth in), %.0f MiB at the end (%+.1f%%)\n", soak.rss_start,
-              soak.rss_end, 100.0 * (soak.rss_end - soak.rss_start) / soak.rss_start);
-  const json j = {
-      {"bench", "serve_load"},
-      {"threads", threads},
-      {"scale", {{"clients", clients}, {"tok_s", scale.tok_s}, {"p50_s", scale.lat_p50},
-                 {"p95_s", scale.lat_p95}, {"requests", scale.requests}, {"errors", scale.errors},
-                 {"baseline_llama_cpp_tok_s", llama_cpp_tok_s},
-                 {"ratio", scale.tok_s / llama_cpp_tok_s}, {"read_gb_s", bw},
-                 {"roofline_tok_s", roofline}}},
-      {"soak", {{"clients", soak_clients}, {"models", models.size()}, {"seconds", soak.seconds},
-                {"tok_s", soak.tok_s}, {"itl_p50_ms", soak.itl_p50 * 1e3},
-                {"itl_p95_ms", soak.itl_p95 * 1e3}, {"request_p95_s", soak.lat_p95},
-                {"requests", soak.requests}, {"errors", soak.errors},
-                {"rss_start_mib", soak.rss_start}, {"rss_end_mib", soak.rss_end}}}};
-  std::printf("%s\n", j.dump().c_str());
-  return scale.errors + soak.errors > 0 ? 1 : 0;
+  Report(o, scale, baseline_port > 0 ? &base : nullptr, soak, models.size(), roofline, bw,
+         decode_bytes);
+  return scale.errors + soak.errors + base.errors > 0 ? 1 : 0;
 }
 
 }  // namespace

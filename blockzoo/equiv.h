@@ -21,7 +21,7 @@
 
 namespace blockserve::blockzoo {
 
-// The built-in calibration and held-out texts (tests/data/*.txt, compiled in): our own short
+// The built-in calibration and held-out texts (blockzoo/data/*.txt, compiled in): our own short
 // stories, one per paragraph.
 const std::string& DefaultCalibrationText();
 const std::string& DefaultHeldoutText();

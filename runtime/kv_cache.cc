@@ -13,16 +13,17 @@ KvCache::KvCache(int kv_dim, int page_size, int max_pages, int elem_bytes, Backe
 
 bool KvCache::Grow() {
   if (max_pages_ > 0 && capacity_ >= max_pages_) return false;
-  // The first arena is 64 pages, or 4 MiB when that is most of the way there (the CPU puts
-  // 4 MiB and up on huge pages: decode reading K/V through 4 KiB pages takes a TLB miss per
-  // page); then it doubles, so the pages copied on growth cost O(1) per page overall.
+  // Under a budget the arena is the whole budget at once: never copied, and on the CPU only
+  // address space until pages are first written (the kernel commits memory on first touch).
+  // Without one, the first arena is 64 pages, or 4 MiB when that is most of the way there (the
+  // CPU puts 4 MiB and up on huge pages: decode reading K/V through 4 KiB pages takes a TLB miss
+  // per page); then it doubles, so the pages copied on growth cost O(1) per page overall.
   constexpr int kFirstPages = 64;
   const size_t first_bytes = kFirstPages * page_bytes();
   int want = first_bytes >= (size_t{2} << 20) && first_bytes < (size_t{4} << 20)
                  ? static_cast<int>(((size_t{4} << 20) + page_bytes() - 1) / page_bytes())
                  : kFirstPages;
-  want = std::max(want, 2 * capacity_);
-  if (max_pages_ > 0) want = std::min(want, max_pages_);
+  want = max_pages_ > 0 ? max_pages_ : std::max(want, 2 * capacity_);
   auto arena = backend_->Allocate(static_cast<size_t>(want) * page_bytes());
   if (!arena.ok()) return false;
   if (num_pages_ > 0) {

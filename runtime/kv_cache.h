@@ -55,8 +55,9 @@ class KvCache {
     int length = 0;
   };
   const Seq& Get(SeqId seq) const;
-  // Makes the arena hold at least one more page than num_pages_ (doubling; copies the pages in
-  // use, whose ids stay). False when max_pages_ is reached or memory is out.
+  // Makes the arena hold at least one more page than num_pages_: the whole budget at once when
+  // there is one, else doubling (the pages in use are copied; their ids stay). False when
+  // max_pages_ is reached or memory is out.
   bool Grow();
   uint8_t* base() const { return static_cast<uint8_t*>(arena_.data()); }
 

@@ -314,8 +314,15 @@ void Engine::RecordStep(const StepPlan& plan, const std::vector<Event>& events) 
 }
 
 void Engine::Loop() {
+  const int compute = opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount();
+  const bool overlap = opt_.overlap_output >= 0
+                           ? opt_.overlap_output > 0
+                           : static_cast<int>(std::thread::hardware_concurrency()) > compute;
   while (true) {
     auto worked = StepOnce();
+    // Without a core to spare, the sinks run while this thread waits (not on it, nor under its
+    // lock), and the compute threads are idle.
+    if (!overlap) output_.Drain();
     if (worked.ok() && *worked) continue;
     absl::MutexLock lock(&mu_);
     if (stop_) return;

@@ -108,11 +108,17 @@ void SplitKvBudget(const std::vector<EngineModel>& models, const EngineOptions& 
   }
 }
 
+int OutputThreads(const EngineOptions& opt) {
+  if (opt.output_threads >= 0) return opt.output_threads;
+  const int compute = opt.threads > 0 ? opt.threads : runtime::DefaultThreadCount();
+  return static_cast<int>(std::thread::hardware_concurrency()) > compute ? 1 : 0;
+}
+
 }  // namespace
 
 Engine::Engine(EngineOptions opt, std::vector<EngineModel> models)
     : opt_(std::move(opt)), models_(std::move(models)),
-      output_(opt_.output_threads, opt_.output_queue) {
+      output_(OutputThreads(opt_), opt_.output_queue) {
   opt_.scheduler.memory_budget = opt_.memory_budget;
   Instances in = Enumerate(models_, opt_);
   SplitKvBudget(models_, opt_, in);
@@ -314,15 +320,8 @@ void Engine::RecordStep(const StepPlan& plan, const std::vector<Event>& events) 
 }
 
 void Engine::Loop() {
-  const int compute = opt_.threads > 0 ? opt_.threads : runtime::DefaultThreadCount();
-  const bool overlap = opt_.overlap_output >= 0
-                           ? opt_.overlap_output > 0
-                           : static_cast<int>(std::thread::hardware_concurrency()) > compute;
   while (true) {
     auto worked = StepOnce();
-    // Without a core to spare, the sinks run while this thread waits (not on it, nor under its
-    // lock), and the compute threads are idle.
-    if (!overlap) output_.Drain();
     if (worked.ok() && *worked) continue;
     absl::MutexLock lock(&mu_);
     if (stop_) return;

@@ -61,14 +61,13 @@ struct EngineOptions {
   bool background_loads = false;
   int load_threads = 2;  // loader threads (background_loads)
   // Threads that run the requests' sinks (OutputStage), and the events each lets wait before
-  // the engine waits for it.
-  int output_threads = 1;
+  // the engine waits for it. -1: one when a core is left over beside the compute threads, else
+  // none — the engine thread hands each step's events to the stage, which runs them right there,
+  // outside the engine's lock (on a machine without a spare core a stage thread preempts the
+  // compute threads mid fork-join, and waking it costs more than the sinks: serve_load's
+  // 16-stream ITL went 24 -> 29 ms on 2 cores, batch-1 decode lost up to 20 %).
+  int output_threads = -1;
   size_t output_queue = 1 << 16;
-  // Whether the loop starts the next step while the output stage still runs the last one's
-  // sinks. -1: when a core is left over beside the compute threads (on a machine without one,
-  // the stage's thread would preempt the compute threads in the middle of their fork-joins and
-  // slow every step: serve_load's 16-stream ITL went 24 -> 29 ms on 2 cores); 0: never; 1: always.
-  int overlap_output = -1;
 };
 
 struct InstanceStats {

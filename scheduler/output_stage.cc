@@ -5,7 +5,7 @@
 namespace blockserve::scheduler {
 
 OutputStage::OutputStage(int shards, size_t max_queued) : max_queued_(std::max<size_t>(1, max_queued)) {
-  for (int i = 0; i < std::max(1, shards); ++i) shards_.push_back(std::make_unique<Shard>());
+  for (int i = 0; i < shards; ++i) shards_.push_back(std::make_unique<Shard>());
   for (auto& s : shards_) s->thread = std::thread([this, sh = s.get()] { Run(*sh); });
 }
 
@@ -19,6 +19,10 @@ OutputStage::~OutputStage() {
 }
 
 void OutputStage::Push(std::vector<std::pair<SinkPtr, Event>> events) {
+  if (shards_.empty()) {  // inline: on the caller, in order (outside any lock of its)
+    for (auto& [sink, event] : events) (*sink)(event);
+    return;
+  }
   const size_t n = shards_.size();
   std::vector<std::vector<std::pair<SinkPtr, Event>>> per(n);
   for (auto& e : events) {

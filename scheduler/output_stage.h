@@ -28,8 +28,10 @@ using SinkPtr = std::shared_ptr<Sink>;
 class OutputStage {
  public:
   // `max_queued`: events waiting per shard beyond which Push blocks (the engine waits for a slow
-  // consumer rather than buffering without bound).
+  // consumer rather than buffering without bound). `shards` 0: no threads — Push runs the sinks
+  // on the caller, in order, before it returns.
   explicit OutputStage(int shards = 1, size_t max_queued = 1 << 16);
+  bool inline_delivery() const { return shards_.empty(); }
   // Delivers everything queued, then stops the threads.
   ~OutputStage();
   OutputStage(const OutputStage&) = delete;

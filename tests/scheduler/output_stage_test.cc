@@ -77,9 +77,11 @@ class EngineOutputTest : public ::testing::Test {
     ASSERT_THAT(c, blockserve::testing::IsOk());
     chain_ = std::make_unique<runtime::Chain>(std::move(*c));
   }
-  std::unique_ptr<Engine> MakeEngine() {
+  // `output_threads` 0: the stage runs sinks inline on the engine thread, outside its lock.
+  std::unique_ptr<Engine> MakeEngine(int output_threads = 1) {
     EngineOptions opt;
     opt.threads = 2;
+    opt.output_threads = output_threads;
     std::vector<EngineModel> models;
     models.push_back(ChainModel("m", *chain_));
     return std::make_unique<Engine>(opt, std::move(models));
@@ -90,7 +92,9 @@ class EngineOutputTest : public ::testing::Test {
 // A sink that calls back into the engine (stats, abort of its own request) while the engine
 // runs: with sinks on the engine thread under its lock, this deadlocked or raced.
 TEST_F(EngineOutputTest, ASinkMayAbortItsOwnRequestWhileTheEngineRuns) {
-  auto engine = MakeEngine();
+  for (int output_threads : {1, 0}) {
+  SCOPED_TRACE(output_threads ? "output stage thread" : "inline delivery");
+  auto engine = MakeEngine(output_threads);
   Engine& e = *engine;
   e.Start();
   RequestSpec spec;
@@ -121,6 +125,7 @@ TEST_F(EngineOutputTest, ASinkMayAbortItsOwnRequestWhileTheEngineRuns) {
   EXPECT_EQ(fb.get(), Finish::kLength);
   EXPECT_EQ(tokens_b.load(), 20);
   e.Stop();
+  }
 }
 
 // Stepped on this thread, the engine still hands every event to the stage: sinks never run on

@@ -55,13 +55,9 @@ class Stream {
   virtual absl::Status Synchronize() = 0;
 };
 
-class Backend {
+// A Device (kind, name, Supports(op, dtype)) that also owns memory and builds blocks.
+class Backend : public Device {
  public:
-  virtual ~Backend() = default;
-  virtual DeviceKind kind() const = 0;
-  virtual std::string name() const = 0;
-  // Whether this backend runs `op` with weights stored as `dtype`.
-  virtual bool Supports(Op op, DType dtype) const = 0;
   // Whether the host reads and writes this backend's buffers in place (the CPU): the executor
   // then skips its copies in and out.
   virtual bool host_visible() const = 0;

@@ -159,7 +159,8 @@ class Engine {
   // out of every call and put in `*failed` with a message for the client; the rest runs.
   absl::Status Execute(const StepPlan& plan, std::vector<StepOutput>* out,
                        std::map<RequestId, std::string>* failed);
-  // The executor's input for `plan`: everything it needs from the scheduler, copied.
+  // The executor's input for `plan`: everything it needs from the scheduler, copied (but for
+  // the plan's donations and releases, which Execute runs before loading).
   ExecInput BuildInput(const StepPlan& plan);
   // `full` without the requests of models `broken` (indexed by model), which go to `*failed`.
   StepPlan WithoutBroken(const StepPlan& full, const std::vector<absl::Status>& broken,

@@ -15,8 +15,7 @@ namespace blockserve::scheduler {
 
 ExecInput Engine::BuildInput(const StepPlan& plan) {
   ExecInput in;
-  in.donate = plan.donate;
-  in.release = plan.release;
+  // The plan's donations and releases the engine has run already (Execute, before loading).
   in.forks = plan.forks;
   in.start = std::move(pending_start_);
   pending_start_.clear();
@@ -80,16 +79,13 @@ absl::Status Engine::Execute(const StepPlan& full, std::vector<StepOutput>* out,
   // KV of finished requests goes before anything loads (it may make room).
   for (const Fork& f : full.donate) RETURN_IF_ERROR(executor_->Fork(f));
   for (const Release& r : full.release) executor_->Release(r);
-  StepPlan rest = full;
-  rest.donate.clear();
-  rest.release.clear();
   std::vector<absl::Status> broken;
   const uint64_t step = StepNumber();
-  RETURN_IF_ERROR(residency_->MakeResident(rest, step, &broken));
+  RETURN_IF_ERROR(residency_->MakeResident(full, step, &broken));
   // Loads for requests still waiting land while this step computes.
-  residency_->StartLoads(rest, step);
+  residency_->StartLoads(full, step);
   ASSIGN_OR_RETURN(ExecResult result,
-                   executor_->Run(BuildInput(broken.empty() ? rest : WithoutBroken(rest, broken, failed))));
+                   executor_->Run(BuildInput(broken.empty() ? full : WithoutBroken(full, broken, failed))));
   for (ExecResult::Scored& row : result.scored) {  // a span's rows come in order of position
     auto it = prompt_lps_.find(row.seq);
     if (it != prompt_lps_.end() && !it->second.delivered &&

@@ -228,7 +228,7 @@ absl::Status Executor::RunCall(const ExecInput& in, const Layout& l, const Block
   const size_t row_bytes = static_cast<size_t>(dim) * sizeof(float);
   std::vector<runtime::SeqSpan> spans;
   std::vector<int> logit_rows;
-  std::vector<int32_t> hidden_index, token_index;  // rows to gather (when not together)
+  std::vector<int32_t> hidden_index, token_index;  // rows to gather (only when not together)
   int rows = 0;
   for (int m : members) {
     const ExecSpan& s = in.spans[m];
@@ -241,7 +241,7 @@ absl::Status Executor::RunCall(const ExecInput& in, const Layout& l, const Block
       logit_rows.push_back(rows + s.len - 1);
     }
     spans.push_back({s.seq, s.pos, s.len, logits, s.adapter});
-    for (int i = 0; i < s.len; ++i) {
+    for (int i = 0; i < s.len && !together; ++i) {
       hidden_index.push_back(static_cast<int32_t>(l.hidden_row[m] + i));
       token_index.push_back(static_cast<int32_t>(l.token_row[m] + i));
     }
@@ -254,8 +254,9 @@ absl::Status Executor::RunCall(const ExecInput& in, const Layout& l, const Block
   io.logit_rows = logit_rows;
   io.logits = head ? reinterpret_cast<float*>(arena() + l.logits_at[members.front()]) : nullptr;
   if (together) {
-    io.hidden = reinterpret_cast<float*>(region + hidden_index.front() * row_bytes);
-    io.tokens = reinterpret_cast<const int32_t*>(arena() + l.tokens_at) + token_index.front();
+    const int first = members.front();
+    io.hidden = reinterpret_cast<float*>(region + l.hidden_row[first] * row_bytes);
+    io.tokens = reinterpret_cast<const int32_t*>(arena() + l.tokens_at) + l.token_row[first];
   } else {
     auto* hidden = reinterpret_cast<float*>(arena() + l.staging.at(dim) + staging_row * row_bytes);
     auto* tokens = reinterpret_cast<int32_t*>(arena() + l.token_staging_at) + staging_row;

@@ -12,13 +12,9 @@
 
 namespace blockserve::scheduler {
 
-namespace {
-
-double SecondsSince(std::chrono::steady_clock::time_point t0) {
+double Residency::SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-
-}  // namespace
 
 Residency::Residency(ResidencyOptions opt, std::vector<std::shared_ptr<BlockSlot>> slots,
                      std::vector<int> dims, std::function<void()> on_landed)

@@ -9,6 +9,7 @@
 // and landed() may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -102,6 +103,7 @@ class Residency final : public InstanceTable {
                               std::map<std::pair<InstanceId, int32_t>, absl::Status>* failed);
   void UpdateReady();
   void LoaderLoop();
+  static double SecondsSince(std::chrono::steady_clock::time_point t0);
   void EvictInstance(size_t i);
   void EvictAdapter(BlockSlot& slot, int32_t key);
   const std::vector<ModelInfo>& models() const { return scheduler_->models(); }

@@ -12,14 +12,6 @@
 
 namespace blockserve::scheduler {
 
-namespace {
-
-double SecondsSince(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
-
 void Residency::StartLoads(const StepPlan& plan, uint64_t step) {
   if (plan.load.empty()) return;
   // What this step runs and the chains of every model to load stay: loading one model must

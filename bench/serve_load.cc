@@ -55,12 +55,36 @@ struct Stats {
   uint64_t tokens = 0, requests = 0, errors = 0;
 };
 
+// Random prompts: token ids drawn from the vocabulary, or (`text`, for a baseline server that
+// takes only text, as llama-server's /v1/completions does) words drawn from a list, so that
+// both servers tokenize the same string with the same model's tokenizer.
+struct PromptMaker {
+  int vocab = 0;
+  bool text = false;
+  json Make(int len, std::mt19937& rng) const {
+    if (!text) {
+      std::vector<int> ids(len);
+      for (int& t : ids) t = 3 + static_cast<int>(rng() % (vocab - 3));
+      return ids;
+    }
+    static constexpr const char* kWords[] = {
+        "once", "upon", "a",    "time", "there", "was",   "little", "girl", "named", "Lily",
+        "she",  "liked", "to",  "play", "with",  "her",   "dog",    "in",   "the",   "park",
+        "one",  "day",   "saw", "big",  "red",   "ball",  "and",    "they", "were",  "happy"};
+    std::string s;
+    for (int i = 0; i < len; ++i) {
+      if (i > 0) s += ' ';
+      s += kWords[rng() % std::size(kWords)];
+    }
+    return s;
+  }
+};
+
 // One streaming completion; records the gaps between chunks and the usage's token count.
-void OneRequest(int port, const std::string& model, int prompt_len, int max_tokens, int vocab,
-                std::mt19937& rng, Stats* st) {
-  std::vector<int> prompt(prompt_len);
-  for (int& t : prompt) t = 3 + static_cast<int>(rng() % (vocab - 3));
-  const json body = {{"model", model}, {"prompt", prompt}, {"max_tokens", max_tokens},
+void OneRequest(int port, const std::string& model, int prompt_len, int max_tokens,
+                const PromptMaker& prompts, std::mt19937& rng, Stats* st) {
+  const json body = {{"model", model}, {"prompt", prompts.Make(prompt_len, rng)},
+                     {"max_tokens", max_tokens},
                      {"temperature", 0}, {"stream", true},
                      {"stream_options", {{"include_usage", true}}}};
   const auto t0 = Clock::now();
@@ -120,7 +144,8 @@ struct PhaseResult {
 };
 
 PhaseResult RunPhase(const char* name, int port, const std::vector<std::string>& models,
-                     int clients, double seconds, int prompt_len, int max_tokens, int vocab) {
+                     int clients, double seconds, int prompt_len, int max_tokens,
+                     const PromptMaker& prompts) {
   Stats st;
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
@@ -131,7 +156,7 @@ PhaseResult RunPhase(const char* name, int port, const std::vector<std::string>&
     threads.emplace_back([&, c] {
       std::mt19937 rng(1234 + c);
       while (!stop) {
-        OneRequest(port, models[c % models.size()], prompt_len, max_tokens, vocab, rng, &st);
+        OneRequest(port, models[c % models.size()], prompt_len, max_tokens, prompts, rng, &st);
       }
     });
   }
@@ -175,14 +200,17 @@ double Median(std::vector<double> v) { return Percentile(v, 0.5); }
 // Phase 1 against blockserve and, with a baseline port, against the baseline too: `rounds`
 // rounds, each a stretch on one then the other (so drift and noise hit both alike); each
 // server's figures are the medians over its rounds.
-void ScalePhase(int port, int baseline_port, int clients, double seconds, int rounds, int vocab,
-                PhaseResult* ours, PhaseResult* theirs) {
+void ScalePhase(int port, int baseline_port, int clients, double seconds, int rounds,
+                const PromptMaker& prompts, PhaseResult* ours, PhaseResult* theirs) {
   std::vector<PhaseResult> a, b;
+  // Rounds exist to interleave with a baseline; alone, one stretch (a short round's tail of
+  // requests draining at falling concurrency would understate the rate).
+  if (baseline_port <= 0) rounds = 1;
   for (int r = 0; r < rounds; ++r) {
-    a.push_back(RunPhase("scale", port, {"base"}, clients, seconds / rounds, 16, 64, vocab));
+    a.push_back(RunPhase("scale", port, {"base"}, clients, seconds / rounds, 16, 64, prompts));
     if (baseline_port > 0) {
       b.push_back(RunPhase("baseline", baseline_port, {"base"}, clients, seconds / rounds, 16, 64,
-                           vocab));
+                           prompts));
     }
   }
   auto fold = [](const std::vector<PhaseResult>& v, PhaseResult* out) {
@@ -350,6 +378,10 @@ int Main(int argc, char** argv) {
                  o.baseline.c_str());
     return 2;
   }
+  if (baseline_port > 0 && o.gguf.empty()) {
+    std::fprintf(stderr, "--baseline needs --gguf: the baseline serves the same GGUF file\n");
+    return 2;
+  }
   std::signal(SIGPIPE, SIG_IGN);
   ScratchDir tmp;
   std::vector<std::string> models;
@@ -382,19 +414,20 @@ int Main(int argc, char** argv) {
   server::HttpGateway http(core->get());
   if (!http.Start("127.0.0.1", 0).ok()) return 1;
   const int port = http.port();
+  // With a baseline, text prompts for both (llama-server's completions take only text).
+  const PromptMaker prompts{family.vocab_size, baseline_port > 0};
   Stats warm;  // warm-up: every model's blocks resident (and the baseline's first request)
   std::mt19937 rng(1);
-  for (const auto& m : models) OneRequest(port, m, 16, 4, family.vocab_size, rng, &warm);
-  if (baseline_port > 0) OneRequest(baseline_port, "base", 16, 4, family.vocab_size, rng, &warm);
+  for (const auto& m : models) OneRequest(port, m, 16, 4, prompts, rng, &warm);
+  if (baseline_port > 0) OneRequest(baseline_port, "base", 16, 4, prompts, rng, &warm);
   std::fprintf(stderr, "phase 1: %d clients x (16-token prompt, 64 tokens) for %.0f s%s\n",
                o.clients, o.scale_s, baseline_port > 0 ? ", interleaved with the baseline" : "");
   PhaseResult scale, base;
-  ScalePhase(port, baseline_port, o.clients, o.scale_s, o.rounds, family.vocab_size, &scale,
-             &base);
+  ScalePhase(port, baseline_port, o.clients, o.scale_s, o.rounds, prompts, &scale, &base);
   std::fprintf(stderr, "phase 2: %d streaming clients across %zu models for %.0f s\n",
                o.soak_clients, models.size(), o.soak_s);
   const PhaseResult soak =
-      RunPhase("soak", port, models, o.soak_clients, o.soak_s, 32, 128, family.vocab_size);
+      RunPhase("soak", port, models, o.soak_clients, o.soak_s, 32, 128, prompts);
   http.Stop();
   Report(o, scale, baseline_port > 0 ? &base : nullptr, soak, models.size(), roofline, bw,
          decode_bytes);

@@ -61,4 +61,15 @@ int CudaDeviceCount() {
 #endif
 }
 
+BuildInfo GetBuildInfo() {
+  BuildInfo info;
+#ifdef BLOCKSERVE_BUILD_TYPE
+  info.build_type = BLOCKSERVE_BUILD_TYPE;
+#endif
+#ifdef __OPTIMIZE__
+  info.optimized = true;
+#endif
+  return info;
+}
+
 }  // namespace blockserve::runtime

@@ -50,6 +50,14 @@ struct DeviceDescription {
 // is compiled in.
 std::vector<DeviceDescription> ListDevices();
 
+// How this library was compiled: the CMake build type and whether the compiler optimised it
+// (`__OPTIMIZE__`). A build type that should optimise but did not is a broken build folder.
+struct BuildInfo {
+  std::string build_type;  // "RelWithAsserts", "Release", ...; "" when none was set
+  bool optimized = false;
+};
+BuildInfo GetBuildInfo();
+
 // Number of usable CUDA devices (0 without CUDA support or without a GPU).
 int CudaDeviceCount();
 

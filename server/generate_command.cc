@@ -161,6 +161,11 @@ int RunDevices() {
     std::printf("%s: %s\n", d.kind == runtime::DeviceKind::kCpu ? "cpu" : "cuda",
                 d.description.c_str());
   }
+  const runtime::BuildInfo build = runtime::GetBuildInfo();
+  std::printf("build: %s, %s\n",
+              build.build_type.empty() ? "no build type" : build.build_type.c_str(),
+              build.optimized ? "optimised"
+                              : "NOT optimised (slow: configure a RelWithAsserts or Release build)");
   return 0;
 }
 

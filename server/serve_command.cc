@@ -9,6 +9,7 @@
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/device.h"
 #include "server/grpc_server.h"
 #include "server/http_gateway.h"
 #include "server/serving.h"
@@ -93,6 +94,9 @@ int RunServe() {
                  config.admin_keys.size());
   }
   spdlog::info("{} models from {}", (*core)->models().size(), zoo);
+  if (!runtime::GetBuildInfo().optimized) {
+    spdlog::warn("this binary was built without optimisation: serving will be slow");
+  }
   for (const auto& [name, why] : (*core)->unavailable()) {
     spdlog::error("model {} is not served: {}", name, why);
   }

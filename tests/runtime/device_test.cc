@@ -29,5 +29,16 @@ TEST(Device, ListingWorksWithoutAGpu) {
   }
 }
 
+// A build folder configured with -DCMAKE_BUILD_TYPE=RelWithAsserts once compiled everything but
+// the kernels at -O0 (an empty CMAKE_CXX_FLAGS_RELWITHASSERTS cache entry): every figure taken
+// from it was wrong. The library must be optimised in every build type but Debug.
+TEST(BuildInfo, TheLibraryIsOptimisedUnlessDebug) {
+  const BuildInfo build = GetBuildInfo();
+  if (build.build_type == "Debug") GTEST_SKIP() << "a Debug build";
+  EXPECT_TRUE(build.optimized) << "build type '" << build.build_type
+                               << "' compiled the runtime without optimisation: check "
+                                  "CMAKE_CXX_FLAGS_<TYPE> in CMakeCache.txt";
+}
+
 }  // namespace
 }  // namespace blockserve::runtime

@@ -10,63 +10,27 @@
 #include "blockzoo/zoo_model.h"
 #include "runtime/host_memory.h"
 #include "runtime/status_macros.h"
+#include "scheduler/zoo_block_source.h"
 
 namespace blockserve::scheduler {
-
-namespace {
-
-// Blocks and adapters of a zoo by id. Every load checks the block's content hash: the bytes are
-// read anyway, and a flipped bit must fail that model's requests with a clear error instead of
-// serving garbage (bench/load_bench prints what the check costs next to the load itself).
-class ZooBlockSource final : public BlockSource {
- public:
-  explicit ZooBlockSource(const blockzoo::Zoo& zoo) : zoo_(zoo) {}
-  // Makes `e`'s block (and LoRA block) known by id; before any load.
-  void Add(const blockzoo::ChainEntry& e) {
-    entries_.emplace(std::make_pair(e.block, e.layer), e);
-    if (!e.lora.empty()) entries_.emplace(std::make_pair(e.lora, e.layer), e);
-  }
-  absl::StatusOr<std::shared_ptr<runtime::Block>> LoadBlock(const BlockRef& ref) const override {
-    ASSIGN_OR_RETURN(const blockzoo::ChainEntry* e, Find(ref));
-    return blockzoo::LoadBlock(zoo_, *e, ref.family, ref.options, /*verify_hash=*/true);
-  }
-  absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadAdapter(
-      const BlockRef& ref) const override {
-    ASSIGN_OR_RETURN(const blockzoo::ChainEntry* e, Find(ref));
-    return blockzoo::LoadLora(zoo_, *e, ref.family, /*verify_hash=*/true);
-  }
-
- private:
-  absl::StatusOr<const blockzoo::ChainEntry*> Find(const BlockRef& ref) const {
-    auto it = entries_.find({ref.id, ref.layer});
-    if (it == entries_.end()) {
-      return absl::NotFoundError(absl::StrCat("block ", ref.id, " (layer ", ref.layer,
-                                              ") is not in this engine's zoo models"));
-    }
-    return &it->second;
-  }
-  const blockzoo::Zoo& zoo_;
-  // What the manifests say about each block (size, tensors), by (id, layer); written before
-  // the engine starts, read-only after.
-  std::map<std::pair<std::string, int>, blockzoo::ChainEntry> entries_;
-};
-
-}  // namespace
 
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<std::string>& names,
                                                           const runtime::BlockOptions& opt,
-                                                          bool lazy, bool share) {
+                                                          bool lazy, bool share,
+                                                          const SourceWrapper& wrap) {
   std::vector<ModelRef> refs;
   for (const std::string& n : names) refs.push_back({n, {}, n});
-  return LoadEngineModels(zoo, refs, opt, lazy, share);
+  return LoadEngineModels(zoo, refs, opt, lazy, share, wrap);
 }
 
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<ModelRef>& refs,
                                                           const runtime::BlockOptions& opt,
-                                                          bool lazy, bool share) {
-  auto source = std::make_shared<ZooBlockSource>(zoo);
+                                                          bool lazy, bool share,
+                                                          const SourceWrapper& wrap) {
+  auto zoo_source = std::make_shared<ZooBlockSource>(zoo);
+  const std::shared_ptr<const BlockSource> source = wrap ? wrap(zoo_source) : zoo_source;
   std::map<std::tuple<std::string, int, int>, std::shared_ptr<BlockSlot>> slots;
   std::vector<EngineModel> out;
   int32_t next_key = 1;
@@ -79,7 +43,7 @@ absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& z
     em.config = m.family;
     for (const blockzoo::ResolvedBlock& rb : rc.blocks) {
       const blockzoo::ChainEntry& e = rb.entry;
-      source->Add(e);
+      zoo_source->Add(e);
       std::shared_ptr<BlockSlot>& slot = slots[{e.block, e.layer, share ? -1 : static_cast<int>(mi)}];
       if (!slot) {
         slot = std::make_shared<BlockSlot>();

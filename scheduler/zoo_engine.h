@@ -3,6 +3,8 @@
 // adapter key, attached on the shared instances.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,13 +16,19 @@
 
 namespace blockserve::scheduler {
 
+// Where instances load: the zoo's source as is, or wrapped (a source that builds each instance
+// on a worker process: server/remote_block.h). Called once, before any entry is added.
+using SourceWrapper = std::function<std::shared_ptr<const BlockSource>(
+    std::shared_ptr<const BlockSource> zoo_source)>;
+
 // `lazy`: instances load from the zoo on first use (and may be evicted and reloaded); else
 // they are loaded now. `share`: false gives every model its own copy of every block (the
 // per-model serving baseline).
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<std::string>& names,
                                                           const runtime::BlockOptions& opt,
-                                                          bool lazy = false, bool share = true);
+                                                          bool lazy = false, bool share = true,
+                                                          const SourceWrapper& wrap = nullptr);
 
 // A model under an equivalence policy: the chain comes from the zoo's resolver, so a substituted
 // block is the very instance the models it comes from use (and batches with them).
@@ -33,7 +41,8 @@ struct ModelRef {
 absl::StatusOr<std::vector<EngineModel>> LoadEngineModels(const blockzoo::Zoo& zoo,
                                                           const std::vector<ModelRef>& models,
                                                           const runtime::BlockOptions& opt,
-                                                          bool lazy = false, bool share = true);
+                                                          bool lazy = false, bool share = true,
+                                                          const SourceWrapper& wrap = nullptr);
 
 // The KV budget when none is configured: room for `max_running` sequences at full context of
 // the model that needs the most KV per sequence, twice over (the rest caches prefixes), and at

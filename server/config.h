@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "blockzoo/equiv.h"
 #include "runtime/dtype.h"
+#include "scheduler/zoo_engine.h"
 
 namespace blockserve::server {
 
@@ -71,6 +72,9 @@ struct ServerConfig {
   std::vector<std::string> metrics_keys;
   // gRPC server reflection; unset: on for an open server, off once tenants are configured.
   std::optional<bool> grpc_reflection;
+  // Where block instances live: unset, in this process; set (by `serve --workers`, never from
+  // the file), it wraps the zoo's block source — instances on worker processes.
+  scheduler::SourceWrapper block_source;
 
   bool open() const { return tenants.empty() && admin_keys.empty(); }
   bool reflection() const { return grpc_reflection.value_or(open()); }

@@ -12,7 +12,9 @@
 #include "runtime/device.h"
 #include "server/grpc_server.h"
 #include "server/http_gateway.h"
+#include "server/remote_block.h"
 #include "server/serving.h"
+#include "server/stop_signals.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -23,6 +25,13 @@ ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: any free port)");
 ABSL_FLAG(int, http_port, 8000, "HTTP (OpenAI gateway, /metrics) port (0: any free port)");
 ABSL_FLAG(std::string, config, "", "server configuration (JSON: tenants, keys, limits, engine)");
 ABSL_FLAG(double, memory_budget_mib, -1, "weight memory budget (overrides the config; 0: none)");
+ABSL_FLAG(std::string, workers, "",
+          "worker processes that host the block instances (blockserve worker): host:port,... — a "
+          "name that resolves to several addresses is one worker per address; empty: in process");
+ABSL_FLAG(std::string, placement, "contiguous",
+          "which worker hosts each instance: contiguous (consecutive blocks together), "
+          "round-robin or random");
+ABSL_FLAG(double, workers_wait_s, 60, "how long serve waits for each worker to answer");
 
 namespace blockserve::server {
 
@@ -63,13 +72,16 @@ int RunServe() {
                  host.c_str());
     return 2;
   }
-  // Signals are taken by sigwait on this thread: block them before any thread starts.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  if (!absl::GetFlag(FLAGS_workers).empty()) {
+    auto wrap = WorkerSources(absl::GetFlag(FLAGS_workers), absl::GetFlag(FLAGS_placement),
+                              absl::GetFlag(FLAGS_workers_wait_s));
+    if (!wrap.ok()) {
+      std::fprintf(stderr, "blockserve serve: %s\n", std::string(wrap.status().message()).c_str());
+      return 2;
+    }
+    config.block_source = std::move(*wrap);
+  }
+  sigset_t set = BlockStopSignals();
 
   auto core = ServingCore::Create(zoo, config);
   if (!core.ok()) {

@@ -142,7 +142,8 @@ absl::StatusOr<std::unique_ptr<ServingCore>> ServingCore::Create(const std::stri
   bo.kv_page_size = c.kv_page_size;
   bo.kv_dtype = c.kv_dtype;
   ASSIGN_OR_RETURN(auto engine_models,
-                   scheduler::LoadEngineModels(*core->zoo_, refs, bo, /*lazy=*/true));
+                   scheduler::LoadEngineModels(*core->zoo_, refs, bo, /*lazy=*/true,
+                                               /*share=*/true, c.block_source));
   scheduler::EngineOptions eo;
   eo.threads = c.threads;
   eo.max_batch_tokens = c.max_batch_tokens;

@@ -21,6 +21,7 @@
 #include "blockzoo/model_loader.h"
 #include "scheduler/zoo_engine.h"
 #include "tests/testing/counting_backend.h"
+#include "tests/testing/test_workers.h"
 #include "tests/testing/test_util.h"
 
 namespace blockserve::scheduler {
@@ -112,7 +113,8 @@ class EngineTest : public ::testing::Test {
     bo.kv_max_pages = opt.kv_max_pages;
     bo.kv_dtype = opt.kv_dtype;
     bo.backend = testing::TestBackend();
-    auto models = LoadEngineModels(*zoo_, AllModels(), bo);
+    auto models = LoadEngineModels(*zoo_, AllModels(), bo, /*lazy=*/false, /*share=*/true,
+                                   testing::TestBlockSource(*zoo_));
     EXPECT_THAT(models, IsOk());
     if (opt.threads == 0) opt.threads = 2;
     opt.backend = bo.backend;
@@ -139,7 +141,8 @@ class EngineTest : public ::testing::Test {
                                             bool background = false) {
     runtime::BlockOptions bo;
     bo.backend = testing::TestBackend();
-    auto models = LoadEngineModels(zoo, names, bo, /*lazy=*/true);
+    auto models = LoadEngineModels(zoo, names, bo, /*lazy=*/true, /*share=*/true,
+                                   testing::TestBlockSource(zoo));
     EXPECT_THAT(models, IsOk());
     if (!models.ok()) return nullptr;
     EngineOptions opt;

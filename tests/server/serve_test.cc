@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/child_process.h"
 #include "tests/testing/http_client.h"
 #include "tests/testing/test_util.h"
 
@@ -20,57 +21,13 @@ namespace {
 
 using testing::HttpReply;
 
-class ServeProcess {
+// `blockserve serve ARGS`; stdout (the ports line) read, stderr kept in a file.
+class ServeProcess : public testing::ChildProcess {
  public:
-  // Starts `blockserve serve ARGS`; stdout (the ports line) is read, stderr kept in a file.
-  ServeProcess(const std::vector<std::string>& args, const std::string& log) {
-    int out[2];
-    if (pipe(out) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], 1);
-      FILE* err = std::fopen(log.c_str(), "w");
-      if (err) dup2(fileno(err), 2);
-      close(out[0]);
-      std::vector<std::string> all = {std::string(BLOCKSERVE_BINARY_DIR) + "/bin/blockserve", "serve"};
-      all.insert(all.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& a : all) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    out_ = fdopen(out[0], "r");
-  }
-  ~ServeProcess() {
-    if (pid_ > 0 && !waited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (out_) std::fclose(out_);
-  }
+  ServeProcess(const std::vector<std::string>& args, const std::string& log)
+      : ChildProcess("serve", args, log) {}
   // The HTTP port from the "listening" line (0 when the process ended first).
-  int HttpPort() {
-    char line[512];
-    while (out_ && std::fgets(line, sizeof(line), out_)) {
-      std::cmatch m;
-      if (std::regex_search(line, m, std::regex("http=[^:]+:(\\d+)"))) return std::stoi(m[1]);
-    }
-    return 0;
-  }
-  void Signal(int sig) { kill(pid_, sig); }
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    waited_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* out_ = nullptr;
-  bool waited_ = false;
+  int HttpPort() { return ReadPort("http=[^:]+:(\\d+)"); }
 };
 
 std::string ImportZoo(const std::string& models, const std::string& dir) {

@@ -42,6 +42,14 @@ float* ExecContext::Scratch(int slot, size_t n) {
   return scratch_[slot].data();
 }
 
+absl::Status Block::ComputeSegment(absl::Span<Block* const> blocks, const BlockIo& io,
+                                   ExecContext& ctx) {
+  for (Block* b : blocks) {
+    if (absl::Status st = b->Compute(io, ctx); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Block::Forward(Batch& batch, ExecContext& ctx) {
   const size_t t = static_cast<size_t>(batch.num_tokens());
   if (kind() == BlockKind::kEmbed) batch.hidden.resize(t * hidden_dim());

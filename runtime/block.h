@@ -91,6 +91,14 @@ class Block {
   // Runs the block on one call's rows (hidden states in and out; embed reads tokens, head
   // writes logits). Errors: invalid token ids, KV exhaustion, non-contiguous positions.
   virtual absl::Status Compute(const BlockIo& io, ExecContext& ctx) = 0;
+  // Blocks whose segment_host() is the same non-null value live together elsewhere (on one
+  // worker process) and can run consecutive calls on the same rows as one segment, one round
+  // trip: the executor then calls ComputeSegment on the first of them with all of them (itself
+  // first, in chain order; a head only last). Blocks in this process have none.
+  virtual const void* segment_host() const { return nullptr; }
+  // Runs `blocks` one after another on io's rows (the default: Compute of each in turn).
+  virtual absl::Status ComputeSegment(absl::Span<Block* const> blocks, const BlockIo& io,
+                                      ExecContext& ctx);
   // Compute on a host batch (sizes its hidden rows at the embed and its logits at the head).
   absl::Status Forward(Batch& batch, ExecContext& ctx);
   // Drops all state held for `seq` (attn: its KV pages). No-op for stateless blocks.

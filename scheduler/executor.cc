@@ -149,7 +149,17 @@ absl::StatusOr<ExecResult> Executor::Run(const ExecInput& in) {
   if (in.spans.empty()) return result;
   const Layout layout = Arrange(in);
   RETURN_IF_ERROR(Prepare(in, layout));
-  for (const auto& calls : in.rounds) RETURN_IF_ERROR(RunRound(in, layout, calls, result));
+  for (size_t r = 0; r < in.rounds.size();) {
+    const size_t k = FusibleRounds(in, r);
+    if (k == 1) {
+      RETURN_IF_ERROR(RunRound(in, layout, in.rounds[r], result));
+    } else {  // consecutive calls on one worker: one round trip
+      std::vector<const BlockCall*> segment;
+      for (size_t i = r; i < r + k; ++i) segment.push_back(&in.rounds[i][0]);
+      RETURN_IF_ERROR(RunCall(in, layout, segment, 0, ctx_, result.calls));
+    }
+    r += k;
+  }
   SampleAndScore(in, layout, result);
   return result;
 }
@@ -190,8 +200,8 @@ absl::Status Executor::RunRound(const ExecInput& in, const Layout& l,
   }
   for (const std::vector<int>* g : big) {
     for (int c : *g) {
-      result.calls.emplace_back();
-      RETURN_IF_ERROR(RunCall(in, l, calls[c], staging[c], ctx_, result.calls.back()));
+      const BlockCall* call = &calls[c];
+      RETURN_IF_ERROR(RunCall(in, l, {&call, 1}, staging[c], ctx_, result.calls));
     }
   }
   if (small.empty()) return absl::OkStatus();
@@ -203,8 +213,8 @@ absl::Status Executor::RunRound(const ExecInput& in, const Layout& l,
   std::vector<absl::Status> status(small.size());
   ctx_.pool().Run(static_cast<int>(small.size()), [&](int i) {
     for (int c : *small[i]) {
-      stats[i].emplace_back();
-      status[i] = RunCall(in, l, calls[c], staging[c], *serial_ctx_[i], stats[i].back());
+      const BlockCall* call = &calls[c];
+      status[i] = RunCall(in, l, {&call, 1}, staging[c], *serial_ctx_[i], stats[i]);
       if (!status[i].ok()) return;
     }
   });
@@ -213,13 +223,34 @@ absl::Status Executor::RunRound(const ExecInput& in, const Layout& l,
   return absl::OkStatus();
 }
 
-// One block call on its members' rows: in place when they lie together in the arena, gathered
-// into staging (and scattered back) when not. Members go in area order.
-absl::Status Executor::RunCall(const ExecInput& in, const Layout& l, const BlockCall& call,
-                               size_t staging_row, runtime::ExecContext& ctx,
-                               ExecResult::Call& stats) {
-  runtime::Block& block = *table_->instance(call.instance);
-  const bool head = block.kind() == BlockKind::kHead;
+size_t Executor::FusibleRounds(const ExecInput& in, size_t r) const {
+  if (in.rounds[r].size() != 1) return 1;
+  const BlockCall& first = in.rounds[r][0];
+  const runtime::Block* prev = table_->instance(first.instance);
+  const void* host = prev->segment_host();
+  if (host == nullptr) return 1;
+  size_t k = 1;
+  for (; r + k < in.rounds.size() && in.rounds[r + k].size() == 1; ++k) {
+    const BlockCall& c = in.rounds[r + k][0];
+    if (prev->kind() == BlockKind::kHead || c.members != first.members) break;
+    const runtime::Block* b = table_->instance(c.instance);
+    if (b->segment_host() != host || b->kind() == BlockKind::kEmbed) break;
+    prev = b;
+  }
+  return k;
+}
+
+// Block calls on their members' rows: in place when they lie together in the arena, gathered
+// into staging (and scattered back) when not. Members go in area order. Several calls (a
+// segment) share the members and run one after another on the same rows.
+absl::Status Executor::RunCall(const ExecInput& in, const Layout& l,
+                               absl::Span<const BlockCall* const> calls, size_t staging_row,
+                               runtime::ExecContext& ctx, std::vector<ExecResult::Call>& stats) {
+  const BlockCall& call = *calls.front();
+  std::vector<runtime::Block*> blocks;
+  for (const BlockCall* c : calls) blocks.push_back(table_->instance(c->instance));
+  runtime::Block& block = *blocks.front();
+  const bool head = blocks.back()->kind() == BlockKind::kHead;
   std::vector<int> members = call.members;
   std::sort(members.begin(), members.end(), [&](int a, int b) { return l.rank[a] < l.rank[b]; });
   bool together = true;
@@ -266,9 +297,10 @@ absl::Status Executor::RunCall(const ExecInput& in, const Layout& l, const Block
     io.tokens = tokens;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(block.Compute(io, ctx));
-  stats = {call.instance, rows,
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  RETURN_IF_ERROR(blocks.size() == 1 ? block.Compute(io, ctx)
+                                     : block.ComputeSegment(blocks, io, ctx));
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (const BlockCall* c : calls) stats.push_back({c->instance, rows, secs / calls.size()});
   if (!together && !head) {
     backend_->ScatterRows(region, io.hidden, hidden_index.data(), rows, row_bytes);
   }

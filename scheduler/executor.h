@@ -119,8 +119,13 @@ class Executor {
   absl::Status Prepare(const ExecInput& in, const Layout& layout);
   absl::Status RunRound(const ExecInput& in, const Layout& layout,
                         const std::vector<BlockCall>& calls, ExecResult& result);
-  absl::Status RunCall(const ExecInput& in, const Layout& layout, const BlockCall& call,
-                       size_t staging_row, runtime::ExecContext& ctx, ExecResult::Call& stats);
+  // How many rounds from `r` on run as one segment: each a single call on the same members,
+  // their instances on one segment host (runtime::Block::segment_host); 1 when not fusible.
+  size_t FusibleRounds(const ExecInput& in, size_t r) const;
+  // Block calls on the same members, run as one segment (one call: Compute).
+  absl::Status RunCall(const ExecInput& in, const Layout& layout,
+                       absl::Span<const BlockCall* const> calls, size_t staging_row,
+                       runtime::ExecContext& ctx, std::vector<ExecResult::Call>& stats);
   void SampleAndScore(const ExecInput& in, const Layout& layout, ExecResult& result);
   uint8_t* arena() const { return static_cast<uint8_t*>(arena_.data()); }
 

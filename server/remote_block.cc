@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <set>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -56,9 +57,23 @@ class RemoteBlock final : public runtime::Block {
   size_t weight_bytes() const override { return weight_bytes_; }
   int kv_pages_used() const override { return kv_pages_.load(std::memory_order_relaxed); }
 
-  absl::Status Compute(const runtime::BlockIo& io, runtime::ExecContext&) override {
+  const void* segment_host() const override { return worker_.get(); }
+
+  absl::Status Compute(const runtime::BlockIo& io, runtime::ExecContext& ctx) override {
+    runtime::Block* self = this;
+    return ComputeSegment({&self, 1}, io, ctx);
+  }
+
+  // One RunSegment for all of `blocks` (RemoteBlocks on this worker: the executor fuses only
+  // blocks of one segment_host): the rows go once, the result comes back once.
+  absl::Status ComputeSegment(absl::Span<runtime::Block* const> blocks, const runtime::BlockIo& io,
+                              runtime::ExecContext&) override {
+    std::vector<RemoteBlock*> seg;
     wire::RunSegmentRequest req;
-    req.add_instances(instance_);
+    for (runtime::Block* b : blocks) {
+      seg.push_back(static_cast<RemoteBlock*>(b));
+      req.add_instances(seg.back()->instance_);
+    }
     for (const runtime::SeqSpan& s : io.spans) {
       wire::Span* p = req.add_spans();
       p->set_seq(s.seq);
@@ -73,10 +88,16 @@ class RemoteBlock final : public runtime::Block {
     grpc::ClientContext ctx;
     SetDeadline(ctx, kCallDeadlineS);
     wire::RunSegmentResponse resp;
+    if (source_->hop_delay() > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(source_->hop_delay()));
+    }
     RETURN_IF_ERROR(FromGrpc(worker_->stub().RunSegment(&ctx, req, &resp), What()));
-    if (resp.kv_pages_used_size() == 1) kv_pages_.store(resp.kv_pages_used(0));
-    if (kind_ == runtime::BlockKind::kHead) {
-      const size_t want = io.logit_rows.size() * static_cast<size_t>(vocab_) * sizeof(float);
+    if (resp.kv_pages_used_size() == static_cast<int>(seg.size())) {
+      for (size_t i = 0; i < seg.size(); ++i) seg[i]->kv_pages_.store(resp.kv_pages_used(i));
+    }
+    RemoteBlock* last = seg.back();
+    if (last->kind_ == runtime::BlockKind::kHead) {
+      const size_t want = io.logit_rows.size() * static_cast<size_t>(last->vocab_) * sizeof(float);
       if (resp.logits().size() != want) return Malformed("logits");
       std::memcpy(io.logits, resp.logits().data(), want);
     } else {
@@ -191,11 +212,13 @@ WorkerBlockSource::WorkerBlockSource(std::vector<std::shared_ptr<WorkerClient>> 
 
 size_t WorkerBlockSource::Place(const scheduler::BlockRef& ref) const {
   const size_t w = workers_.size();
-  // Chain position: embed 0, layer l at l + 1, head n_layers + 1.
-  const size_t n = static_cast<size_t>(ref.family.n_layers) + 2;
+  // Chain position: embed 0, attn of layer l at 2l + 1, its ffn at 2l + 2, head last.
+  const size_t n = 2 * static_cast<size_t>(ref.family.n_layers) + 2;
+  const size_t layer = static_cast<size_t>(std::max(ref.layer, 0));
   const size_t pos = ref.kind == runtime::BlockKind::kEmbed  ? 0
                      : ref.kind == runtime::BlockKind::kHead ? n - 1
-                                                             : static_cast<size_t>(ref.layer) + 1;
+                     : ref.kind == runtime::BlockKind::kAttn ? 2 * layer + 1
+                                                             : 2 * layer + 2;
   switch (placement_) {
     case Placement::kContiguous: return std::min(w - 1, pos * w / n);
     case Placement::kRoundRobin: return pos % w;
@@ -283,7 +306,7 @@ absl::StatusOr<std::vector<std::shared_ptr<WorkerClient>>> ConnectWorkers(
 
 absl::StatusOr<scheduler::SourceWrapper> WorkerSources(const std::string& list,
                                                        const std::string& placement,
-                                                       double wait_s) {
+                                                       double wait_s, double hop_delay_s) {
   ASSIGN_OR_RETURN(const Placement p, ParsePlacement(placement));
   ASSIGN_OR_RETURN(std::vector<std::shared_ptr<WorkerClient>> workers,
                    ConnectWorkers(list, wait_s));
@@ -291,8 +314,10 @@ absl::StatusOr<scheduler::SourceWrapper> WorkerSources(const std::string& list,
   for (const auto& w : workers) absl::StrAppend(&names, names.empty() ? "" : ", ", w->address());
   spdlog::info("{} workers ({} placement): {}", workers.size(), placement, names);
   return scheduler::SourceWrapper(
-      [workers, p](std::shared_ptr<const scheduler::BlockSource> zoo) {
-        return std::make_shared<const WorkerBlockSource>(workers, p, std::move(zoo));
+      [workers, p, hop_delay_s](std::shared_ptr<const scheduler::BlockSource> zoo) {
+        auto source = std::make_shared<WorkerBlockSource>(workers, p, std::move(zoo));
+        source->set_hop_delay(hop_delay_s);
+        return std::shared_ptr<const scheduler::BlockSource>(std::move(source));
       });
 }
 

@@ -59,6 +59,10 @@ class WorkerBlockSource final : public scheduler::BlockSource {
       const scheduler::BlockRef& ref) const override;
   absl::StatusOr<std::shared_ptr<const runtime::LoraAdapter>> LoadAdapter(
       const scheduler::BlockRef& ref) const override;
+  // A delay added to every round trip to a worker (benchmarks: a network between servers on a
+  // machine that has none); 0 by default.
+  void set_hop_delay(double seconds) { hop_delay_s_ = seconds; }
+  double hop_delay() const { return hop_delay_s_; }
   // The id of an adapter this source loaded (what a worker loads for it); NotFound otherwise.
   absl::StatusOr<scheduler::BlockRef> AdapterRef(const runtime::LoraAdapter* a) const;
   // Index of the worker `ref` is placed on.
@@ -68,6 +72,7 @@ class WorkerBlockSource final : public scheduler::BlockSource {
   std::vector<std::shared_ptr<WorkerClient>> workers_;
   Placement placement_;
   std::shared_ptr<const scheduler::BlockSource> zoo_;
+  double hop_delay_s_ = 0;
   mutable absl::Mutex mu_;
   mutable std::map<const runtime::LoraAdapter*, scheduler::BlockRef> adapters_
       ABSL_GUARDED_BY(mu_);
@@ -80,8 +85,9 @@ absl::StatusOr<std::vector<std::shared_ptr<WorkerClient>>> ConnectWorkers(
 
 // What `serve --workers LIST --placement NAME` hands the serving core: the zoo's source wrapped
 // so that every instance is built on a worker. Waits up to `wait_s` for each worker to answer.
+// `hop_delay_s`: WorkerBlockSource::set_hop_delay.
 absl::StatusOr<scheduler::SourceWrapper> WorkerSources(const std::string& list,
                                                        const std::string& placement,
-                                                       double wait_s);
+                                                       double wait_s, double hop_delay_s = 0);
 
 }  // namespace blockserve::server

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "blockzoo/zoo.h"
 #include "gtest/gtest.h"
 #include "server/remote_block.h"

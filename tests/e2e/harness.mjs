@@ -56,9 +56,30 @@ export async function startServer() {
     ],
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
-  const proc = spawn(join(build, 'bin', 'blockserve'),
-                     ['serve', '--zoo', zoo, '--http_port', '0', '--grpc_port', '0',
-                      '--config', join(dir, 'config.json')],
+  // BLOCKSERVE_E2E_WORKERS=N: the block instances live on N `blockserve worker` processes.
+  const workers = [];
+  const workerArgs = [];
+  for (let i = 0; i < Number(process.env.BLOCKSERVE_E2E_WORKERS || 0); i++) {
+    const w = spawn(join(build, 'bin', 'blockserve'),
+                    ['worker', '--zoo', zoo, '--listen', '127.0.0.1:0', '--threads', '1'],
+                    { stdio: ['ignore', 'pipe', 'pipe'] });
+    workers.push(w);
+    const port = await new Promise((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error('worker did not start')), 30000);
+      w.stdout.on('data', (d) => {
+        out += d;
+        const m = /listening port=(\d+)/.exec(out);
+        if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+      });
+      w.on('exit', (code) => reject(new Error(`worker exited ${code}`)));
+    });
+    workerArgs.push(`127.0.0.1:${port}`);
+  }
+  const serveArgs = ['serve', '--zoo', zoo, '--http_port', '0', '--grpc_port', '0',
+                     '--config', join(dir, 'config.json')];
+  if (workerArgs.length > 0) serveArgs.push('--workers', workerArgs.join(','));
+  const proc = spawn(join(build, 'bin', 'blockserve'), serveArgs,
                      { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stderr.on('data', (d) => { stderr += d; });
@@ -79,6 +100,7 @@ export async function startServer() {
       const exited = new Promise((r) => proc.on('exit', (code, sig) => r({ code, sig })));
       proc.kill('SIGTERM');
       const res = await exited;
+      for (const w of workers) w.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
       return res;
     },

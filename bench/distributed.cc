@@ -4,7 +4,7 @@
 // worker, or on three workers under each placement policy; each with no added delay and with a
 // delay per round trip to a worker that the transport injects (standing for a network between
 // servers: this machine has no traffic shaping). The workers are real gRPC servers on loopback
-// in this process (each with one compute thread); on a 2-core machine everything shares the
+// in this process (each with as many compute threads as the engine); on a 2-core machine everything shares the
 // cores, so compare the rows with each other, not with a cluster.
 // Per configuration: tokens/s, p50/p95 request latency, round trips to workers per generated
 // token, and whether every request's tokens equal the single process's.
@@ -26,6 +26,7 @@
 #include "scheduler/zoo_engine.h"
 #include "server/remote_block.h"
 #include "server/worker_service.h"
+#include "spdlog/spdlog.h"
 
 namespace blockserve::bench {
 namespace {
@@ -112,6 +113,7 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
+  spdlog::set_level(spdlog::level::warn);  // a line per block load would bury the table
   ScratchDir tmp;
   auto zoo = blockzoo::Zoo::Open(tmp.path(), true);
   if (!zoo.ok()) return 1;
@@ -133,13 +135,13 @@ int Main(int argc, char** argv) {
   std::string all;
   for (int i = 0; i < 3; ++i) {
     auto z = blockzoo::Zoo::Open(tmp.path(), false);
-    ws.push_back(std::make_unique<server::WorkerServer>(std::move(*z), 1));
+    ws.push_back(std::make_unique<server::WorkerServer>(std::move(*z), o.threads));
     if (!ws.back()->Start("127.0.0.1:0").ok()) return 1;
     absl::StrAppend(&all, all.empty() ? "" : ",", "127.0.0.1:", ws.back()->port());
   }
   const std::string one = absl::StrCat("127.0.0.1:", ws[0]->port());
   std::printf("\ndistributed: %d requests x %d tokens over 3 models (base + 2 fine-tunes), "
-              "%d engine threads, 1 thread per worker\n", o.requests, o.tokens, o.threads);
+              "%d compute threads in the engine and in each worker\n", o.requests, o.tokens, o.threads);
   std::printf("  %-34s %9s %8s %8s %10s %s\n", "configuration", "tok/s", "p50 s", "p95 s",
               "hops/tok", "tokens");
   auto single = Serve(**zoo, o, nullptr, ws);

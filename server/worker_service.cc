@@ -22,7 +22,7 @@ constexpr int kMaxTokens = 1 << 20;          // rows of one segment
 WorkerService::WorkerService(std::unique_ptr<blockzoo::Zoo> zoo, int threads)
     : zoo_(std::move(zoo)),
       source_(std::make_unique<scheduler::ZooBlockSource>(*zoo_)),
-      cpu_(threads),
+      cpu_(threads > 0 ? threads : runtime::DefaultThreadCount()),
       ctx_(&cpu_) {}
 
 absl::Status WorkerService::EnsureKnown(const scheduler::BlockRef& ref) {

@@ -29,6 +29,7 @@ namespace wire = ::blockserve::worker::v1;
 
 class WorkerService final : public wire::Worker::Service {
  public:
+  // `threads`: compute threads (0: BLOCKSERVE_THREADS or every CPU, as serve).
   WorkerService(std::unique_ptr<blockzoo::Zoo> zoo, int threads);
 
   grpc::Status LoadBlock(grpc::ServerContext*, const wire::LoadBlockRequest* req,

@@ -1,5 +1,7 @@
 #include "scheduler/executor.h"
 
+#include "absl/container/inlined_vector.h"
+
 #include <algorithm>
 #include <chrono>
 #include <numeric>
@@ -247,7 +249,7 @@ absl::Status Executor::RunCall(const ExecInput& in, const Layout& l,
                                absl::Span<const BlockCall* const> calls, size_t staging_row,
                                runtime::ExecContext& ctx, std::vector<ExecResult::Call>& stats) {
   const BlockCall& call = *calls.front();
-  std::vector<runtime::Block*> blocks;
+  absl::InlinedVector<runtime::Block*, 8> blocks;  // per block call: no allocation
   for (const BlockCall* c : calls) blocks.push_back(table_->instance(c->instance));
   runtime::Block& block = *blocks.front();
   const bool head = blocks.back()->kind() == BlockKind::kHead;

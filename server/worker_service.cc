@@ -149,15 +149,14 @@ absl::Status WorkerService::Run(const wire::RunSegmentRequest& req,
     }
     std::memcpy(hidden.data(), req.hidden().data(), req.hidden().size());
   }
-  std::vector<int> logit_rows(req.logit_rows().begin(), req.logit_rows().end());
+  const absl::Span<const int32_t> logit_rows(req.logit_rows().data(), req.logit_rows_size());
   for (int r : logit_rows) {
     if (r < 0 || r >= n) return absl::InvalidArgumentError("logit_rows: out of range");
   }
   const int vocab = heads ? seg.back()->block->vocab_size() : 0;
   std::vector<float> logits(logit_rows.size() * static_cast<size_t>(vocab));
-  const std::vector<int32_t> tokens(req.tokens().begin(), req.tokens().end());
   for (Instance* in : seg) {
-    runtime::BlockIo io{spans, tokens.data(), n, hidden.data(), logit_rows, logits.data()};
+    runtime::BlockIo io{spans, req.tokens().data(), n, hidden.data(), logit_rows, logits.data()};
     RETURN_IF_ERROR(in->block->Compute(io, ctx_));
     ++in->calls;
     in->tokens += n;
